@@ -1,0 +1,1 @@
+"""trackegress: LiveKit Track Egress in Python."""
