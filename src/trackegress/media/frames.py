@@ -31,7 +31,7 @@ class Codec(enum.Enum):
         for codec in cls:
             if codec.mime == mime.lower():
                 return codec
-        raise ValueError(f"{mime} is not yet supported")
+        raise ValueError(f"{mime.lower()} is not yet supported")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,345 @@
+"""One track egress, end to end. The status machine lives here and only here."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import secrets
+import string
+import time
+from collections.abc import Callable
+
+from livekit import api
+from livekit.protocol import egress, models
+
+from trackegress.config import Config
+from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.redact import redact_request
+from trackegress.room.signal import SignalError
+from trackegress.room.subscriber import SOURCE_CLOSED, TrackSource, TrackSubscriber, join_room
+from trackegress.sinks.base import Sink
+from trackegress.sinks.file import FileSink
+from trackegress.sinks.manifest import build_manifest
+from trackegress.sinks.naming import TemplateVars, output_path
+from trackegress.sinks.websocket import WebSocketSink, WebSocketSinkError
+from trackegress.storage.local import LocalStorage
+
+log = logging.getLogger(__name__)
+
+Status = egress.EgressStatus
+STOP_API = "StopEgress API"
+LIMIT_REACHED = "Session limit reached"
+_ENDED = (Status.EGRESS_COMPLETE, Status.EGRESS_FAILED, Status.EGRESS_ABORTED, Status.EGRESS_LIMIT_REACHED)
+_ALPHANUM = string.ascii_letters + string.digits
+
+
+def new_egress_id() -> str:
+    """``EG_`` + 12 alphanumerics, like livekit-server's."""
+    return "EG_" + "".join(secrets.choice(_ALPHANUM) for _ in range(12))
+
+
+def egress_token(config: Config, room_name: str, egress_id: str) -> str:
+    """A hidden recorder's join token, with upstream's grants (identity = egress id, 24 h)."""
+    grants = api.VideoGrants(
+        room_join=True, room=room_name, can_subscribe=True, can_publish=False,
+        can_publish_data=False, hidden=True, recorder=True,
+    )
+    return (
+        api.AccessToken(config.api_key, config.api_secret)
+        .with_identity(egress_id)
+        .with_kind("egress")
+        .with_grants(grants)
+        .with_ttl(datetime.timedelta(hours=24))
+        .to_jwt()
+    )
+
+
+class EgressFailure(Exception):
+    """Ends the egress FAILED with ``message`` and an HTTP-like ``code``."""
+
+    def __init__(self, message: str, code: int = 500) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Egress:
+    """Records one track: STARTING → ACTIVE (first media) → ENDING → COMPLETE, or FAILED / ABORTED."""
+
+    def __init__(
+        self,
+        request: egress.TrackEgressRequest,
+        config: Config,
+        *,
+        egress_id: str | None = None,
+        on_update: Callable[[egress.EgressInfo], None] | None = None,
+    ) -> None:
+        self._request = request
+        self._config = config
+        self._on_update = on_update or (lambda info: None)
+        now = time.time_ns()
+        self.info = egress.EgressInfo(
+            egress_id=egress_id or new_egress_id(),
+            room_name=request.room_name,
+            source_type=egress.EgressSourceType.EGRESS_SOURCE_TYPE_SDK,
+            status=Status.EGRESS_STARTING,
+            started_at=now,
+            updated_at=now,
+            track=redact_request(request),
+        )
+        self._storage = LocalStorage(config.local_dir)
+        self._sink: Sink | None = None
+        self._file: FileSink | None = None
+        self._stream: WebSocketSink | None = None
+        self._filename = ""
+        self._source: TrackSource | None = None
+        self._ended = asyncio.Event()
+        self._end_reason = SOURCE_CLOSED
+        self._end_error: str | None = None
+        self._limit_reached = False
+        self._media_started_at = 0
+        self.frames = 0
+        self.bytes_in = 0
+
+    @property
+    def egress_id(self) -> str:
+        return self.info.egress_id
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes written so far (file size, or PCM delivered)."""
+        if self._stream is not None:
+            return self._stream.bytes_sent
+        return self._file.size if self._file else 0
+
+    def stop(self, reason: str = STOP_API) -> None:
+        """Finish the egress as soon as possible (e.g. ``StopEgress``)."""
+        self._finish(reason, None)
+
+    def limit_reached(self) -> None:
+        """A session limit fired: finalise normally, then end LIMIT_REACHED."""
+        if not self._ended.is_set():
+            self._limit_reached = True
+            self._finish(LIMIT_REACHED, None)
+
+    async def run(self) -> egress.EgressInfo:
+        """Run until the egress ends; returns the final ``EgressInfo``."""
+        subscriber: TrackSubscriber | None = None
+        try:
+            subscriber = await self._join()
+            if not self._ended.is_set():
+                await self._start_media(subscriber)
+                await self._ended.wait()
+            await self._finalise()
+        except EgressFailure as exc:
+            await self._fail(str(exc), exc.code)
+        except Exception as exc:
+            log.exception("egress %s crashed", self.egress_id)
+            await self._fail(f"internal error: {exc}", 500)
+        finally:
+            if subscriber is not None:
+                await subscriber.close()
+        return self.info
+
+    # RoomEvents
+
+    def on_frame(self, frame: EncodedFrame) -> None:
+        if self._sink is None or self._ended.is_set():
+            return
+        if self.frames == 0:
+            self._media_started_at = time.time_ns()
+            self._set_status(Status.EGRESS_ACTIVE)
+        self.frames += 1
+        self.bytes_in += len(frame.data)
+        self._sink.write(frame)
+
+    def on_muted(self, muted: bool) -> None:
+        if self._sink is not None:
+            self._sink.set_muted(muted)
+
+    def on_ended(self, reason: str, error: str | None) -> None:
+        self._finish(reason, error)
+
+    # steps
+
+    async def _join(self) -> TrackSubscriber:
+        token = egress_token(self._config, self._request.room_name, self.egress_id)
+        joined = asyncio.ensure_future(join_room(self._config.ws_url, token, self._request.track_id, self))
+        stopped = asyncio.ensure_future(self._ended.wait())
+        await asyncio.wait((joined, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        try:
+            subscriber = await joined
+        except SignalError as exc:
+            raise EgressFailure(str(exc), 503) from exc
+        self.info.room_id = subscriber.room.sid
+        if not self._ended.is_set():
+            self._source = await self._wait_for_track(subscriber)
+        return subscriber
+
+    async def _wait_for_track(self, subscriber: TrackSubscriber) -> TrackSource | None:
+        found = asyncio.ensure_future(subscriber.find_track(self._config.track_wait_timeout))
+        stopped = asyncio.ensure_future(self._ended.wait())
+        await asyncio.wait((found, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not found.done():
+            found.cancel()
+            return None
+        try:
+            return found.result()
+        except TimeoutError:
+            raise EgressFailure(f"track {self._request.track_id} not found", 404) from None
+
+    async def _start_media(self, subscriber: TrackSubscriber) -> None:
+        assert self._source is not None
+        try:
+            codec = self._source.codec
+        except ValueError as exc:
+            raise EgressFailure(str(exc), 501) from None
+        if self._request.WhichOneof("output") == "websocket_url":
+            self._sink = await self._open_stream(codec)
+        else:
+            self._sink = self._open_file(codec)
+        await subscriber.subscribe(codec)
+
+    async def _open_stream(self, codec: Codec) -> WebSocketSink:
+        if codec.is_video:
+            raise EgressFailure(f"format websocket incompatible with codec {codec.mime}", 400)
+        self._stream = WebSocketSink(
+            self._request.websocket_url,
+            sample_rate=self._config.websocket_sample_rate,
+            channels=self._config.websocket_channels,
+            on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)),
+        )
+        try:
+            await self._stream.start()
+        except WebSocketSinkError as exc:
+            raise EgressFailure(str(exc), 400) from None
+        return self._stream
+
+    def _open_file(self, codec: Codec) -> FileSink:
+        assert self._source is not None
+        relative = output_path(self._request.file.filepath, codec, self._template_vars())
+        try:
+            path = self._storage.path_for(relative)
+        except ValueError as exc:
+            raise EgressFailure(f"invalid filepath {relative!r}: {exc}", 400) from None
+        self._file = FileSink(path, codec)
+        self._filename = relative
+        return self._file
+
+    def _template_vars(self) -> TemplateVars:
+        assert self._source is not None
+        track, participant = self._source.track, self._source.participant
+        return TemplateVars(
+            room_name=self.info.room_name,
+            room_id=self.info.room_id,
+            track_id=track.sid,
+            track_type="audio" if track.type == models.TrackType.AUDIO else "video",
+            track_source=models.TrackSource.Name(track.source).lower(),
+            publisher_identity=participant.identity,
+            now=datetime.datetime.now(),
+        )
+
+    async def _finalise(self) -> None:
+        if self.frames == 0:
+            await self._close_sink()
+            if self._end_error:
+                await self._fail(self._end_error, 500)
+            elif self._limit_reached:
+                await self._abort("Session limit reached before start signal")
+            else:
+                await self._abort("Start signal not received")
+            return
+        self.info.details = f"End reason: {self._end_reason}"
+        self._set_status(Status.EGRESS_ENDING)
+        await self._close_sink()
+        await self._write_results()
+        if self._end_error:
+            await self._fail(self._end_error, 500)
+        elif self._limit_reached:
+            self.info.error, self.info.error_code = LIMIT_REACHED, 413
+            self._set_status(Status.EGRESS_LIMIT_REACHED, ended=True)
+        else:
+            self._set_status(Status.EGRESS_COMPLETE, ended=True)
+
+    async def _close_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            await sink.close()
+
+    async def _write_results(self) -> None:
+        if self._stream is not None:
+            stream_info = self._stream.stream_info()
+            self.info.stream_results.append(stream_info)
+            self.info.stream.info.append(stream_info)
+        if self._file is None:
+            return
+        file_info = egress.FileInfo(
+            filename=self._filename,
+            location=self._storage.location(self._file.path),
+            size=self._file.size,
+            duration=self._file.duration_ns,
+            started_at=self._media_started_at,
+            ended_at=self._media_started_at + self._file.duration_ns,
+        )
+        self.info.file_results.append(file_info)
+        self.info.file.CopyFrom(file_info)
+        if not self._request.file.disable_manifest:
+            await self._write_manifest()
+
+    async def _write_manifest(self) -> None:
+        assert self._file is not None and self._source is not None
+        path = self._file.path.with_name(f"{self.egress_id}.json")
+        track = self._source.track
+        self.info.ended_at = time.time_ns()
+        body = build_manifest(
+            self.info,
+            publisher_identity=self._source.participant.identity,
+            track_id=track.sid,
+            track_kind="audio" if track.type == models.TrackType.AUDIO else "video",
+            track_source=models.TrackSource.Name(track.source).lower(),
+        )
+        await asyncio.to_thread(path.write_bytes, body)
+        self.info.manifest_location = self._storage.location(path)
+
+    # status changes
+
+    def _finish(self, reason: str, error: str | None) -> None:
+        if not self._ended.is_set():
+            self._end_reason, self._end_error = reason, error
+            self._ended.set()
+
+    async def _fail(self, error: str, code: int) -> None:
+        log.warning("egress %s failed: %s", self.egress_id, error)
+        self.info.error, self.info.error_code = error, code
+        await self._close_sink()
+        if self._stream is not None and not self.info.stream_results:
+            await self._write_results()
+        self._set_status(Status.EGRESS_FAILED, ended=True)
+
+    async def _abort(self, error: str) -> None:
+        self.info.error, self.info.error_code = error, 412
+        self._set_status(Status.EGRESS_ABORTED, ended=True)
+
+    def _set_status(self, status: egress.EgressStatus.ValueType, *, ended: bool = False) -> None:
+        if self.info.status in _ENDED:
+            return
+        now = time.time_ns()
+        self.info.status = status
+        self.info.updated_at = now
+        if ended:
+            self.info.ended_at = now
+        log.info("egress %s %s", self.egress_id, egress.EgressStatus.Name(status))
+        self._on_update(self._snapshot())
+
+    def _snapshot(self) -> egress.EgressInfo:
+        copy = egress.EgressInfo()
+        copy.CopyFrom(self.info)
+        return copy
+
+
+def is_ended(info: egress.EgressInfo) -> bool:
+    """Whether the status is final."""
+    return info.status in _ENDED
+

@@ -1,0 +1,49 @@
+"""Checks a ``TrackEgressRequest`` before anything starts: bad input changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from livekit.protocol import egress
+
+from trackegress.sinks.naming import resolve_under, validate_template
+
+
+class RequestError(ValueError):
+    """A request we refuse; ``code`` is the Twirp error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> None:
+    """Raise ``RequestError`` unless the request can be started as given."""
+    if not request.room_name:
+        raise RequestError("invalid_argument", "room_name is required")
+    if not request.track_id:
+        raise RequestError("invalid_argument", "track_id is required")
+    output = request.WhichOneof("output")
+    if output is None:
+        raise RequestError("invalid_argument", "output is required: file or websocket_url")
+    if output == "websocket_url":
+        from trackegress.sinks.websocket import validate_websocket_url
+
+        try:
+            validate_websocket_url(request.websocket_url)
+        except ValueError as exc:
+            raise RequestError("invalid_argument", str(exc)) from None
+        return
+    _check_file(request.file, local_dir)
+
+
+def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
+    upload = file.WhichOneof("output")
+    if upload is not None:
+        raise RequestError("unimplemented", f"{upload} upload is not supported yet")
+    try:
+        validate_template(file.filepath)
+        resolve_under(local_dir, file.filepath)
+    except ValueError as exc:
+        raise RequestError("invalid_argument", f"invalid filepath {file.filepath!r}: {exc}") from None

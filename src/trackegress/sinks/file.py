@@ -1,0 +1,43 @@
+"""File output: the track's frames remuxed (never transcoded) into a local file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.sinks.muxer import Muxer
+
+
+class FileSink:
+    """Writes one track into ``path`` (Ogg, WebM or fragmented MP4 by codec)."""
+
+    def __init__(self, path: Path, codec: Codec) -> None:
+        self.path = path
+        self.codec = codec
+        self._muxer = Muxer(path, codec)
+
+    def write(self, frame: EncodedFrame) -> None:
+        self._muxer.write(frame)
+
+    def set_muted(self, muted: bool) -> None:
+        """Passthrough keeps gaps as gaps: nothing to do."""
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._muxer.close)
+
+    @property
+    def frames(self) -> int:
+        return self._muxer.frames
+
+    @property
+    def duration_ns(self) -> int:
+        return self._muxer.duration_ns
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk so far (0 before the file exists)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0

@@ -1,0 +1,551 @@
+"""WebSocket output: the track's Opus decoded to live s16le PCM, one 10 ms binary message at a time.
+
+Wire format as upstream (``Content-Type: audio/x-raw``; 48 kHz stereo, 1920-byte messages;
+``{"muted":bool}`` text frames), minus its bugs: pings are echoed (websockets does it), PCM leaves as
+soon as it is decoded, the close is a normal 1000, and a dropped receiver is redialled with backoff
+while audio is buffered, instead of failing the egress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from livekit.protocol import egress
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidURI
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from trackegress.media.frames import EncodedFrame
+from trackegress.media.opus import OpusDecoder
+from trackegress.redact import redact_url
+from trackegress.sinks.pcm import CHUNK_SAMPLES, ClockStats, PcmClock, PcmConverter
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "audio/x-raw"
+MUTED = '{"muted":true}'
+UNMUTED = '{"muted":false}'
+MESSAGES_PER_SECOND = 100  # 10 ms each
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 2.0
+TICK_MIN = 0.002
+TICK_MAX = 0.05
+ACTIVE = egress.StreamInfo.ACTIVE
+FINISHED = egress.StreamInfo.FINISHED
+FAILED = egress.StreamInfo.FAILED
+
+Message = bytes | str
+
+
+class WebSocketSinkError(Exception):
+    """The receiver could not be reached (at start, or for longer than the reconnect deadline)."""
+
+
+def validate_websocket_url(url: str) -> None:
+    """ValueError ``invalid url <url>: invalid scheme`` unless ``url`` is a usable ws:// or wss:// URL."""
+    redacted = redact_url(url)
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise ValueError(f"invalid url {redacted}: {exc}") from None
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"invalid url {redacted}: invalid scheme")
+    try:
+        parse_uri(url)
+    except InvalidURI as exc:
+        raise ValueError(f"invalid url {redacted}: {exc.msg}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """Counters of one WebSocket sink (messages are 10 ms of audio)."""
+
+    bytes_sent: int
+    messages_sent: int
+    frames_lost: int
+    reconnects: int
+    retries: int
+    queued: int
+    decode_errors: int
+    packets_decoded: int
+    decode_seconds: float
+    clock: ClockStats
+
+
+class WebSocketSink:
+    """Streams one Opus track as live PCM to a WebSocket receiver (see the module docstring).
+
+    ``start()`` dials once and raises ``WebSocketSinkError`` if that fails. After that a lost
+    connection is redialled (immediately, then 0.1 s doubling to 2 s) for up to
+    ``reconnect_deadline`` seconds while up to ``max_buffer`` seconds of audio are kept (oldest dropped
+    beyond); past the deadline the sink is FAILED: ``on_error`` is called and ``failed`` resolves with
+    the error. ``sample_rate``/``channels`` select an opt-in output format (default 48000/2).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sample_rate: int = 48_000,
+        channels: int = 2,
+        reconnect_deadline: float = 30.0,
+        max_buffer: float = 30.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        late_allowance: float = 0.060,
+        stall_timeout: float = 0.5,
+        on_error: Callable[[WebSocketSinkError], None] | None = None,
+    ) -> None:
+        validate_websocket_url(url)
+        self.url = url
+        self.redacted_url = redact_url(url)
+        self._converter = PcmConverter(sample_rate, channels)
+        self._decoder = OpusDecoder()
+        self._clock = PcmClock(late_allowance=late_allowance)
+        self._reconnect_deadline = reconnect_deadline
+        self._max_queued = max(1, round(max_buffer * MESSAGES_PER_SECOND))
+        self._ping = (ping_interval, ping_timeout)
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._stall_timeout = stall_timeout
+        self._on_error = on_error
+        self._queue: collections.deque[Message] = collections.deque()
+        self._queued_audio = 0
+        self._wakeup = asyncio.Event()
+        self._conn: ClientConnection | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._failed: asyncio.Future[WebSocketSinkError] | None = None
+        self._closing = False
+        self._publisher_muted = self._stalled = self._wire_muted = False
+        self._head_muted = False  # the mute state told by the text frames already taken off the queue
+        self._overflowing = False
+        self._last_frame_at = 0.0
+        self._status: egress.StreamInfo.Status = ACTIVE
+        self._error = ""
+        self._started_at = self._ended_at = self._last_retry_at = 0
+        self._bytes_sent = self._messages_sent = self._frames_lost = 0
+        self._reconnects = self._retries = self._decode_errors = 0
+
+    # Sink protocol
+
+    def write(self, frame: EncodedFrame) -> None:
+        """Decode one Opus frame and queue its PCM (plus any gap zeros) right away."""
+        if self._closing or self._status == FAILED:
+            return
+        now = time.monotonic()
+        self._last_frame_at = now
+        resumed, self._stalled = self._stalled, False
+        chunks, lead = self._place(frame, now)
+        self._emit(chunks[:lead])
+        if resumed:
+            self._update_mute()  # {"muted":false} goes right before the first chunk of the frame's audio
+        self._emit(chunks[lead:])
+
+    def _place(self, frame: EncodedFrame, now: float) -> tuple[list[bytes], int]:
+        """The chunks completed by this frame, and how many of them come before its audio."""
+        try:
+            pcm = self._decoder.decode(frame.data)
+        except ValueError as exc:
+            self._decode_errors += 1
+            log.warning(
+                "websocket %s: dropping undecodable frame (ts %d): %s",
+                self.redacted_url,
+                frame.timestamp,
+                exc,
+            )
+            return [], 0
+        if not self._started_at:
+            self._started_at = time.time_ns()
+        first = self._clock.emitted
+        chunks = self._clock.push(frame.timestamp, pcm, now)
+        return chunks, max(0, (self._clock.frame_position - first) // CHUNK_SAMPLES) if chunks else 0
+
+    def set_muted(self, muted: bool) -> None:
+        """Publisher mute state; the receiver gets ``{"muted":…}`` when muted-or-stalled changes."""
+        if self._closing or self._status == FAILED:
+            return
+        self._publisher_muted = muted
+        self._update_mute()
+
+    async def start(self) -> None:
+        """Dial the receiver (once); raises ``WebSocketSinkError`` if it is unreachable."""
+        if self._sender is not None:
+            raise RuntimeError("WebSocketSink already started")
+        try:
+            conn = await self._dial(self._open_timeout)
+        except Exception as exc:
+            error = WebSocketSinkError(
+                f"failed to connect to websocket {self.redacted_url}: {self._why(exc)}"
+            )
+            self._set_ended(FAILED, str(error))
+            raise error from exc
+        log.info("websocket %s connected", self.redacted_url)
+        self._attach(conn)
+        self._sender = self._spawn(self._send_loop(), "sender")
+        self._ticker = self._spawn(self._tick_loop(), "ticker")
+
+    async def close(self) -> None:
+        """Flush the pending partial chunk and the queue (reconnecting if needed), then close with 1000."""
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_ticker()
+        if self._status == ACTIVE:
+            self._emit(self._clock.flush())
+            self._enqueue_all(self._converter.flush())
+        self._wakeup.set()
+        if self._sender is not None:
+            await self._drain_sender()
+        await self._close_connection()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._status == ACTIVE:
+            self._set_ended(FINISHED, "")
+        log.info(
+            "websocket %s closed: %d bytes sent, %d frames lost, %d reconnects",
+            self.redacted_url,
+            self._bytes_sent,
+            self._frames_lost,
+            self._reconnects,
+        )
+
+    # results
+
+    @property
+    def failed(self) -> asyncio.Future[WebSocketSinkError]:
+        """Resolves (with the error as its result, never raising) when the sink fails after start()."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return self._failed
+
+    @property
+    def status(self) -> egress.StreamInfo.Status:
+        return self._status
+
+    @property
+    def error(self) -> str:
+        return self._error
+
+    @property
+    def bytes_sent(self) -> int:
+        """PCM bytes handed to a live connection."""
+        return self._bytes_sent
+
+    @property
+    def frames_lost(self) -> int:
+        """10 ms messages lost: buffer overflow, in flight on a dead connection, or undeliverable."""
+        return self._frames_lost
+
+    @property
+    def reconnects(self) -> int:
+        return self._reconnects
+
+    @property
+    def duration_ns(self) -> int:
+        """Duration of the PCM delivered so far."""
+        return self._bytes_sent * 1_000_000_000 // self._converter.bytes_per_second
+
+    @property
+    def stats(self) -> SinkStats:
+        return SinkStats(
+            bytes_sent=self._bytes_sent,
+            messages_sent=self._messages_sent,
+            frames_lost=self._frames_lost,
+            reconnects=self._reconnects,
+            retries=self._retries,
+            queued=self._queued_audio,
+            decode_errors=self._decode_errors,
+            packets_decoded=self._decoder.packets,
+            decode_seconds=self._decoder.decode_seconds,
+            clock=dataclasses.replace(self._clock.stats),
+        )
+
+    def stream_info(self) -> egress.StreamInfo:
+        """Upstream's stream result; the URL's query values are redacted, duration is PCM delivered."""
+        return egress.StreamInfo(
+            url=self.redacted_url,
+            started_at=self._started_at,
+            ended_at=self._ended_at,
+            duration=self.duration_ns,
+            status=self._status,
+            error=self._error,
+            retries=self._retries,
+            last_retry_at=self._last_retry_at,
+        )
+
+    # PCM in
+
+    def _emit(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._enqueue_all(self._converter.convert(chunk))
+
+    def _enqueue_all(self, messages: list[bytes]) -> None:
+        for message in messages:
+            self._enqueue(message)
+
+    def _enqueue(self, message: Message) -> None:
+        self._queue.append(message)
+        if isinstance(message, bytes):
+            self._queued_audio += 1
+            if self._queued_audio > self._max_queued:
+                self._drop_oldest_audio()
+        self._wakeup.set()
+
+    def _drop_oldest_audio(self) -> None:
+        """Drop the oldest queued audio message, keeping any mute text frames ahead of it."""
+        texts: list[Message] = []
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, bytes):
+                self._queued_audio -= 1
+                break
+            texts.append(item)
+        self._queue.extendleft(reversed(texts))
+        if not self._overflowing:
+            log.warning(
+                "websocket %s: buffer full (%d messages), dropping the oldest audio",
+                self.redacted_url,
+                self._max_queued,
+            )
+        self._overflowing = True
+        self._lose(1, "buffer overflow")
+
+    def _lose(self, count: int, why: str) -> None:
+        self._frames_lost += count
+        log.debug(
+            "websocket %s: lost %d frame(s) (%s), %d in total",
+            self.redacted_url,
+            count,
+            why,
+            self._frames_lost,
+        )
+
+    def _update_mute(self) -> None:
+        muted = self._publisher_muted or self._stalled
+        if muted != self._wire_muted:
+            self._wire_muted = muted
+            self._enqueue(MUTED if muted else UNMUTED)
+
+    # real-time clock
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._emit(self._clock.tick(now))
+            self._check_stall(now)
+            await asyncio.sleep(self._tick_delay(now))
+
+    def _check_stall(self, now: float) -> None:
+        if self._stalled or not self._clock.started or now - self._last_frame_at < self._stall_timeout:
+            return
+        log.info(
+            "websocket %s: no media for %.1fs, sending silence", self.redacted_url, now - self._last_frame_at
+        )
+        self._stalled = True
+        self._update_mute()
+
+    def _tick_delay(self, now: float) -> float:
+        wake = now + TICK_MAX
+        deadline = self._clock.deadline()
+        if deadline is not None:
+            wake = min(wake, deadline + 0.001)
+        if self._clock.started and not self._stalled:
+            wake = min(wake, self._last_frame_at + self._stall_timeout)
+        return max(TICK_MIN, wake - now)
+
+    def _cancel_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    # connection
+
+    def _dial(self, timeout: float) -> connect:
+        ping_interval, ping_timeout = self._ping
+        return connect(
+            self.url,
+            additional_headers={"Content-Type": CONTENT_TYPE},
+            compression=None,
+            open_timeout=timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=self._close_timeout,
+        )
+
+    def _attach(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self._spawn(self._read_loop(conn), "reader")
+
+    async def _read_loop(self, conn: ClientConnection) -> None:
+        """Discard what the receiver sends (so pings keep being answered) until the connection ends."""
+        try:
+            async for _ in conn:
+                pass
+        except ConnectionClosed:
+            pass
+        finally:
+            self._wakeup.set()
+
+    def _is_open(self) -> bool:
+        return self._conn is not None and self._conn.state is State.OPEN
+
+    async def _send_loop(self) -> None:
+        while True:
+            if self._closing and not self._queue:
+                return
+            if not self._is_open():
+                if not await self._reconnect():
+                    return
+            elif self._queue:
+                await self._send_next()
+            else:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+
+    async def _send_next(self) -> None:
+        """Send the oldest message; if the write fails it was in flight and is not sent again."""
+        assert self._conn is not None
+        item = self._queue.popleft()
+        audio = isinstance(item, bytes)
+        if audio:
+            self._queued_audio -= 1
+        else:
+            self._head_muted = item == MUTED
+        try:
+            await self._conn.send(item)
+        except ConnectionClosed as exc:
+            log.warning(
+                "websocket %s: lost a %s message in flight: %s",
+                self.redacted_url,
+                "PCM" if audio else "text",
+                exc,
+            )
+            if audio:
+                self._lose(1, "in flight")
+            return
+        if audio:
+            self._bytes_sent += len(item)
+            self._messages_sent += 1
+            self._overflowing = False
+
+    async def _reconnect(self) -> bool:
+        """Redial with exponential backoff until the deadline; False (and FAILED) if it passes."""
+        deadline = time.monotonic() + self._reconnect_deadline
+        last_error = self._close_description()
+        log.warning(
+            "websocket %s: %s; reconnecting (deadline %gs)",
+            self.redacted_url,
+            last_error,
+            self._reconnect_deadline,
+        )
+        delay = 0.0
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(delay, remaining))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            delay = min(max(2 * delay, BACKOFF_MIN), BACKOFF_MAX)
+            self._retries += 1
+            self._last_retry_at = time.time_ns()
+            try:
+                conn = await self._dial(min(self._open_timeout, remaining))
+            except Exception as exc:
+                last_error = self._why(exc)
+                log.warning(
+                    "websocket %s: reconnect attempt %d failed: %s",
+                    self.redacted_url,
+                    self._retries,
+                    last_error,
+                )
+                continue
+            self._reconnects += 1
+            log.warning(
+                "websocket %s: reconnected (%d so far); sending %d buffered messages, %d frames lost so far",
+                self.redacted_url,
+                self._reconnects,
+                self._queued_audio,
+                self._frames_lost,
+            )
+            self._attach(conn)
+            if self._head_muted:
+                self._queue.appendleft(MUTED)  # the new connection starts knowing the stream is muted
+            return True
+        self._fail(
+            f"websocket {self.redacted_url} unreachable for {self._reconnect_deadline:g}s: {last_error}"
+        )
+        return False
+
+    def _close_description(self) -> str:
+        code = self._conn.close_code if self._conn is not None else None
+        return "connection lost" if code is None else f"connection closed with code {code}"
+
+    def _why(self, exc: BaseException) -> str:
+        return _describe(exc).replace(self.url, self.redacted_url)
+
+    async def _drain_sender(self) -> None:
+        assert self._sender is not None
+        done, _ = await asyncio.wait({self._sender}, timeout=self._reconnect_deadline + self._close_timeout)
+        if not done:
+            self._sender.cancel()
+            self._fail(f"websocket {self.redacted_url}: could not deliver buffered audio before closing")
+
+    async def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close(code=1000)
+
+    # failure and tasks
+
+    def _fail(self, message: str) -> None:
+        if self._status != ACTIVE:
+            return
+        if self._queued_audio:
+            self._lose(self._queued_audio, "undeliverable")
+        self._queue.clear()
+        self._queued_audio = 0
+        self._cancel_ticker()
+        self._set_ended(FAILED, message)
+        log.error("websocket sink failed: %s (%d bytes delivered)", message, self._bytes_sent)
+        error = WebSocketSinkError(message)
+        if not self.failed.done():
+            self.failed.set_result(error)
+        if self._on_error is not None:
+            try:
+                self._on_error(error)
+            except Exception:
+                log.exception("websocket %s: on_error callback failed", self.redacted_url)
+
+    def _set_ended(self, status: egress.StreamInfo.Status, error: str) -> None:
+        self._status, self._error = status, error
+        self._ended_at = time.time_ns()
+
+    def _spawn(self, coro: Coroutine[None, None, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"websocket-sink-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("websocket %s: %s crashed", self.redacted_url, task.get_name(), exc_info=task.exception())
+        with contextlib.suppress(Exception):
+            self._fail(f"websocket {self.redacted_url}: internal error: {task.exception()}")

@@ -1,0 +1,34 @@
+"""Secrets are replaced by placeholders in request copies and URLs."""
+
+from livekit.protocol import egress
+
+from trackegress.redact import redact_request, redact_url
+
+
+def test_query_values_are_redacted_like_livekit_protocol() -> None:
+    assert redact_url("wss://asr.example/ws?token=s3cr3t&lang=en") == "wss://asr.example/ws?token={...}&lang={...}"
+    assert redact_url("ws://h/p?flag&empty=") == "ws://h/p?flag&empty="
+    assert redact_url("ws://h/p") == "ws://h/p"
+
+
+def test_password_in_the_authority_is_redacted() -> None:
+    assert redact_url("ws://user:pass@host:9000/p") == "ws://user:{...}@host:9000/p"
+
+
+def test_request_copy_hides_every_secret_and_leaves_the_original() -> None:
+    request = egress.TrackEgressRequest(room_name="r", track_id="TR_1")
+    request.file.filepath = "a/{track_id}"
+    request.file.s3.access_key = "AKIA123"
+    request.file.s3.secret = "topsecret"
+    request.webhooks.add(url="http://hook", signing_key="k3y")
+    copy = redact_request(request)
+    text = str(copy)
+    for secret in ("AKIA123", "topsecret", "k3y"):
+        assert secret not in text
+    assert copy.file.s3.access_key == "{access_key}" and copy.file.filepath == "a/{track_id}"
+    assert request.file.s3.secret == "topsecret"
+
+
+def test_websocket_url_in_request_copy_is_redacted() -> None:
+    request = egress.TrackEgressRequest(room_name="r", track_id="TR_1", websocket_url="ws://h/a?key=abc")
+    assert redact_request(request).websocket_url == "ws://h/a?key={...}"

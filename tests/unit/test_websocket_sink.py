@@ -1,0 +1,432 @@
+"""WebSocketSink against real local websockets servers: bytes on the wire, mute, reconnects, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from livekit.protocol import egress
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from trackegress.media.frames import EncodedFrame
+from trackegress.sinks.websocket import (
+    MUTED,
+    UNMUTED,
+    WebSocketSink,
+    WebSocketSinkError,
+    validate_websocket_url,
+)
+
+RATE = 48_000
+FRAME = 0.02  # 20 ms Opus packets
+LEFT_HZ, RIGHT_HZ = 441.0, 661.0  # not a whole number of cycles per 10 ms: phase tells position
+FIRST_TS = 3_000_000_000  # near the 32-bit wrap; the sink gets unwrapped timestamps
+
+
+# signal
+
+
+@functools.cache
+def packets() -> list[bytes]:
+    """6 s of Opus (20 ms packets): 441 Hz left, 661 Hz right, encoded by PyAV's libopus."""
+    t = np.arange(6 * RATE) / RATE
+    signal = np.stack([np.sin(2 * np.pi * LEFT_HZ * t), np.sin(2 * np.pi * RIGHT_HZ * t)]) * 8000
+    pcm = signal.astype(np.int16)
+    enc = av.CodecContext.create("libopus", "w")
+    assert isinstance(enc, av.AudioCodecContext)
+    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = RATE, "stereo", "s16", 96_000
+    enc.open()
+    out: list[bytes] = []
+    for i in range(0, pcm.shape[1], 960):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm[:, i : i + 960].T).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = RATE, i
+        out += [bytes(p) for p in enc.encode(frame)]
+    return out
+
+
+async def feed(sink: WebSocketSink, indices: Sequence[int], t0: float) -> None:
+    """Write packet k at t0 + k*20 ms (real time) with RTP timestamp FIRST_TS + k*960."""
+    data = packets()
+    for k in indices:
+        delay = t0 + k * FRAME - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sink.write(EncodedFrame(data[k], FIRST_TS + k * 960, True, time.monotonic()))
+
+
+# receiver
+
+
+@dataclass
+class Conn:
+    ws: ServerConnection
+    path: str
+    headers: Headers
+    messages: list[tuple[float, bytes | str]] = field(default_factory=list)
+    close_code: int | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def binary(self) -> list[bytes]:
+        return [m for _, m in self.messages if isinstance(m, bytes)]
+
+    @property
+    def texts(self) -> list[str]:
+        return [m for _, m in self.messages if isinstance(m, str)]
+
+
+class Receiver:
+    """A websockets server on 127.0.0.1 recording every connection; can be stopped and restarted."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.port = 0
+        self.conns: list[Conn] = []
+        self._server: Server | None = None
+
+    def url(self, path: str = "/audio") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> None:
+        self._server = await serve(self._handler, "127.0.0.1", self.port, **self.options)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        conn = Conn(ws, ws.request.path, ws.request.headers)
+        self.conns.append(conn)
+        try:
+            async for message in ws:
+                conn.messages.append((time.monotonic(), message))
+        except ConnectionClosed:
+            pass
+        conn.close_code = ws.close_code
+        conn.done.set()
+
+
+@pytest.fixture
+async def receiver() -> Any:
+    rx = Receiver()
+    await rx.start()
+    yield rx
+    await rx.stop()
+
+
+# analysis
+
+
+def channels(messages: list[bytes], nch: int = 2) -> np.ndarray:
+    return np.frombuffer(b"".join(messages), dtype="<i2").reshape(-1, nch).astype(np.float64)
+
+
+def peak_hz(samples: np.ndarray, rate: int = RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate / len(samples))
+
+
+def phase(message: bytes) -> tuple[float, float] | None:
+    """Phase (in cycles) of the left/right test tones at the start of a 10 ms message; None if silent."""
+    pcm = channels([message])
+    if np.abs(pcm).max() < 1000:
+        return None
+    n = np.arange(len(pcm))
+    out = []
+    for ch, hz in ((0, LEFT_HZ), (1, RIGHT_HZ)):
+        w = 2 * np.pi * hz / RATE
+        out.append(np.arctan2(-(pcm[:, ch] @ np.sin(w * n)), pcm[:, ch] @ np.cos(w * n)) / (2 * np.pi))
+    return out[0], out[1]
+
+
+def steps(messages: list[bytes]) -> list[int]:
+    """For each consecutive pair of tone messages, how many 10 ms positions apart they are (1 = next)."""
+
+    def error(delta: float, k: int, hz: float) -> float:
+        d = (delta - k * hz * 0.01) % 1.0
+        return min(d, 1.0 - d)
+
+    phases = [p for p in map(phase, messages) if p is not None]
+    return [
+        min(range(-40, 41), key=lambda k: error(b[0] - a[0], k, LEFT_HZ) + error(b[1] - a[1], k, RIGHT_HZ))
+        for a, b in itertools.pairwise(phases)
+    ]
+
+
+def is_silent(message: bytes) -> bool:
+    return not any(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# URL handling
+
+
+def test_validate_websocket_url() -> None:
+    validate_websocket_url("ws://h/p?token=x")
+    validate_websocket_url("WSS://h:8443/p")
+    for url in ("http://h/p", "https://h/p?token=secret", "h/p", "rtmp://h/live"):
+        with pytest.raises(ValueError, match=r"^invalid url .*: invalid scheme$"):
+            validate_websocket_url(url)
+
+
+def test_bad_scheme_fails_before_anything_starts() -> None:
+    with pytest.raises(ValueError, match="invalid scheme") as exc:
+        WebSocketSink("https://h/p?token=secret")
+    assert "secret" not in str(exc.value)
+
+
+async def test_start_raises_when_the_receiver_is_unreachable() -> None:
+    port = free_port()
+    sink = WebSocketSink(f"ws://127.0.0.1:{port}/x?token=secret")
+    with pytest.raises(
+        WebSocketSinkError, match=rf"failed to connect to websocket ws://127.0.0.1:{port}/x\?token="
+    ):
+        await sink.start()
+    info = sink.stream_info()
+    assert info.status == egress.StreamInfo.FAILED
+    assert "secret" not in info.error and "Connect call failed" in info.error
+    await sink.close()
+
+
+# streaming
+
+
+async def test_streams_48k_stereo_pcm_in_10ms_messages(receiver: Receiver) -> None:
+    sink = WebSocketSink(receiver.url("/audio?token=abc&call=7"))
+    await sink.start()
+    t0 = time.monotonic()
+    writes = [t0 + k * FRAME for k in range(75)]
+    await feed(sink, range(75), t0)  # 1.5 s
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 2)
+
+    (conn,) = receiver.conns
+    assert conn.headers["Content-Type"] == "audio/x-raw"
+    assert conn.path == "/audio?token=abc&call=7"  # query string kept
+    assert conn.texts == []
+    assert {len(m) for m in conn.binary} == {1920}
+    assert abs(len(b"".join(conn.binary)) - 1.5 * 192_000) <= 1920  # duration x 192000, within 10 ms
+    pcm = channels(conn.binary)[RATE // 10 :]
+    assert peak_hz(pcm[:, 0]) == pytest.approx(LEFT_HZ, abs=3)
+    assert peak_hz(pcm[:, 1]) == pytest.approx(RIGHT_HZ, abs=3)
+    assert set(steps(conn.binary)) == {1}
+    assert conn.close_code == 1000
+
+    # latency: a frame's two messages reach the receiver right after write(), no mixer delay
+    arrivals = [t for t, m in conn.messages if isinstance(m, bytes)][1::2]
+    latency = np.array(arrivals[: len(writes)]) - np.array(writes[: len(arrivals)])
+    assert float(np.median(latency)) < 0.02
+
+    info = sink.stream_info()
+    assert info.status == egress.StreamInfo.FINISHED and info.error == ""
+    assert info.url == f"ws://127.0.0.1:{receiver.port}/audio?token={{...}}&call={{...}}"
+    assert info.duration == len(b"".join(conn.binary)) * 1_000_000_000 // 192_000
+    assert 0 < info.started_at <= info.ended_at
+    assert sink.frames_lost == 0 and sink.reconnects == 0 and sink.bytes_sent == len(b"".join(conn.binary))
+
+
+async def test_mute_sends_text_frames_with_silence_between(receiver: Receiver) -> None:
+    sink = WebSocketSink(receiver.url())
+    await sink.start()
+    t0 = time.monotonic()
+    await feed(sink, range(20), t0)  # 0.4 s of audio
+    sink.set_muted(True)
+    sink.set_muted(True)  # no change, no frame
+    await asyncio.sleep(t0 + 60 * FRAME - time.monotonic())  # 0.8 s muted: no packets at all
+    sink.set_muted(False)
+    await feed(sink, range(60, 80), t0)  # timestamps kept running
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 2)
+
+    (conn,) = receiver.conns
+    assert conn.texts == [MUTED, UNMUTED]
+    kinds = [m if isinstance(m, str) else ("zero" if is_silent(m) else "audio") for _, m in conn.messages]
+    first, last = kinds.index(MUTED), kinds.index(UNMUTED)
+    assert set(kinds[:first]) == {"audio"} and len(kinds[:first]) == 40
+    between = kinds[first + 1 : last]
+    assert set(between) == {"zero"} and 80 <= len(between) <= 85  # the muted 0.8 s, as silence
+    assert set(kinds[last + 1 :]) == {"audio"} and len(kinds[last + 1 :]) == 40
+    assert {len(m) for m in conn.binary} == {1920}
+    assert abs(len(b"".join(conn.binary)) - 1.6 * 192_000) <= 1920  # 1.6 s of timestamps, no more
+
+
+async def test_media_stall_is_signalled_as_muted(receiver: Receiver) -> None:
+    sink = WebSocketSink(receiver.url())
+    await sink.start()
+    t0 = time.monotonic()
+    await feed(sink, range(15), t0)  # 0.3 s
+    await feed(sink, range(55, 70), t0)  # 0.8 s stall, then 0.3 s
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 2)
+
+    (conn,) = receiver.conns
+    assert conn.texts == [MUTED, UNMUTED]
+    kinds = [m if isinstance(m, str) else ("zero" if is_silent(m) else "audio") for _, m in conn.messages]
+    first, last = kinds.index(MUTED), kinds.index(UNMUTED)
+    assert 40 <= kinds[:first].count("zero") <= 50  # ~0.5 s of silence before "muted"
+    assert set(kinds[first + 1 : last]) <= {"zero"}
+    assert abs(len(b"".join(conn.binary)) - 1.4 * 192_000) <= 1920
+
+
+@pytest.mark.parametrize(("rate", "nch"), [(16_000, 1), (8_000, 2)])
+async def test_transcription_format(receiver: Receiver, rate: int, nch: int) -> None:
+    sink = WebSocketSink(receiver.url(), sample_rate=rate, channels=nch)
+    await sink.start()
+    await feed(sink, range(50), time.monotonic())  # 1 s
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 2)
+
+    (conn,) = receiver.conns
+    size = rate // 100 * nch * 2
+    assert {len(m) for m in conn.binary} == {size}
+    assert abs(len(conn.binary) - 100) <= 1
+    pcm = channels(conn.binary, nch)[rate // 10 :]
+    if nch == 2:
+        assert peak_hz(pcm[:, 0], rate) == pytest.approx(LEFT_HZ, abs=5)
+        assert peak_hz(pcm[:, 1], rate) == pytest.approx(RIGHT_HZ, abs=5)
+    else:
+        spectrum = np.abs(np.fft.rfft(pcm[:, 0] * np.hanning(len(pcm))))
+        top2 = sorted(np.argsort(spectrum)[-2:] * rate / len(pcm))
+        assert top2[0] == pytest.approx(LEFT_HZ, abs=5) and top2[1] == pytest.approx(RIGHT_HZ, abs=5)
+
+
+# receiver outages
+
+
+async def test_receiver_outage_is_bridged_in_order_without_duplicates(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trackegress.sinks.websocket")
+    sink = WebSocketSink(receiver.url("/audio?token=abc"), late_allowance=0.3)
+    await sink.start()
+    t0 = time.monotonic()
+    feeding = asyncio.create_task(feed(sink, range(250), t0))  # 5 s
+    await asyncio.sleep(t0 + 1.0 - time.monotonic())
+    receiver.conns[0].ws.transport.abort()  # TCP reset mid-stream, then a 3 s outage while audio keeps coming
+    await receiver.stop()
+    await asyncio.sleep(3.0)
+    await receiver.start()
+    await feeding
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[-1].done.wait(), 2)
+
+    assert len(receiver.conns) == 2 and sink.reconnects == 1
+    for conn in receiver.conns:
+        assert conn.headers["Content-Type"] == "audio/x-raw" and conn.path == "/audio?token=abc"
+        assert {len(m) for m in conn.binary} == {1920} and conn.texts == []
+    first, second = receiver.conns[0].binary, receiver.conns[1].binary
+    assert len(first) >= 90 and len(second) >= 200  # the buffered outage went to the new connection
+    assert set(steps(first)) == {1} and set(steps(second)) == {1}
+    (boundary,) = steps(first[-1:] + second[:1])
+    assert 1 <= boundary <= 10  # in order, nothing twice; at most what was in flight is missing
+    produced = sink.stats.messages_sent + sink.frames_lost
+    assert len(first) + len(second) + boundary - 1 == produced
+    assert sink.stats.clock.stall_samples == 0
+    assert receiver.conns[1].close_code == 1000
+    assert any("reconnected" in r.getMessage() for r in caplog.records)
+    info = sink.stream_info()
+    assert info.status == egress.StreamInfo.FINISHED and info.retries >= 1 and info.last_retry_at > 0
+
+
+async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "trackegress.sinks.websocket")
+    sink = WebSocketSink(receiver.url(), max_buffer=0.3, late_allowance=0.3)
+    await sink.start()
+    t0 = time.monotonic()
+    feeding = asyncio.create_task(feed(sink, range(90), t0))  # 1.8 s
+    await asyncio.sleep(t0 + 0.3 - time.monotonic())
+    sink.set_muted(True)  # still sending packets (e.g. DTX/silence), so audio keeps flowing
+    await asyncio.sleep(0.05)
+    await receiver.stop()
+    await asyncio.sleep(1.0)
+    await receiver.start()
+    await feeding
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[-1].done.wait(), 2)
+
+    first, second = receiver.conns[0].binary, receiver.conns[1].binary
+    assert receiver.conns[0].texts == [MUTED]
+    assert receiver.conns[1].messages[0][1] == MUTED  # the new connection is told the current state first
+    assert sink.frames_lost >= 60
+    assert any("buffer full" in r.getMessage() for r in caplog.records)
+    assert set(steps(first)) == {1} and set(steps(second)) == {1}  # kept audio is contiguous and in order
+    assert (
+        len(first) + len(second) + sink.frames_lost <= 180 <= len(first) + len(second) + sink.frames_lost + 10
+    )
+
+
+async def test_receiver_that_never_comes_back_fails_after_the_deadline(receiver: Receiver) -> None:
+    errors: list[WebSocketSinkError] = []
+    sink = WebSocketSink(receiver.url("/x?token=secret"), reconnect_deadline=1.0, on_error=errors.append)
+    await sink.start()
+    t0 = time.monotonic()
+    feeding = asyncio.create_task(feed(sink, range(100), t0))
+    await asyncio.sleep(0.3)
+    await receiver.stop()
+    stopped = time.monotonic()
+    error = await asyncio.wait_for(sink.failed, 3)
+    assert 0.9 <= time.monotonic() - stopped <= 1.8
+    url = f"ws://127.0.0.1:{receiver.port}/x?token={{...}}"
+    assert str(error).startswith(f"websocket {url} unreachable for 1s: ")
+    assert "Connect call failed" in str(error)
+    assert errors == [error]
+
+    feeding.cancel()
+    await sink.close()  # no raise, no wait
+    received = sum(len(m) for m in receiver.conns[0].binary)
+    info = sink.stream_info()
+    assert info.status == egress.StreamInfo.FAILED and info.error == str(error)
+    assert 0 < received <= sink.bytes_sent and info.duration == sink.bytes_sent * 1_000_000_000 // 192_000
+    assert info.ended_at >= info.started_at > 0
+    sink.write(EncodedFrame(packets()[0], FIRST_TS, True))  # ignored once failed
+    assert sink.stream_info().status == egress.StreamInfo.FAILED
+
+
+# keepalive
+
+
+async def test_keepalive_with_a_strict_websockets_server() -> None:
+    rx = Receiver(ping_interval=1, ping_timeout=1)  # the server pings every 1 s, wants a pong within 1 s
+    await rx.start()
+    sink = WebSocketSink(rx.url(), ping_interval=1, ping_timeout=1)  # and so do we
+    try:
+        await sink.start()
+        await asyncio.sleep(2.5)  # idle: nothing to send yet
+        t0 = time.monotonic()
+        await feed(sink, range(10), t0)
+        await asyncio.sleep(2.3)  # stalled publisher: only silence flows
+        (conn,) = rx.conns
+        assert conn.ws.state is State.OPEN and not conn.done.is_set()
+        assert conn.ws.latency > 0  # the server got pongs to its pings
+        assert sink._conn is not None and sink._conn.latency > 0  # our pings were answered
+        assert sink.reconnects == 0
+        await sink.close()
+        await asyncio.wait_for(conn.done.wait(), 2)
+        assert conn.close_code == 1000
+    finally:
+        await rx.stop()
