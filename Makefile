@@ -1,13 +1,17 @@
-.PHONY: install test lint demo
+.PHONY: install lint test demo bench
 
 install:
 	bash scripts/install.sh
 
 lint: install
-	.venv/bin/ruff check src tests
+	.venv/bin/ruff check src tests bench scripts
+	.venv/bin/mypy
 
 test: install lint
-	.venv/bin/pytest tests/unit -q
+	.venv/bin/pytest -q --durations=10
 
 demo: install
-	@echo "demo: not implemented yet (see issue 2 notes)"; exit 1
+	.venv/bin/python scripts/demo.py
+
+bench: install
+	.venv/bin/python bench/file_egress.py

@@ -10,6 +10,7 @@ import string
 import time
 from collections.abc import Callable
 
+import av
 from livekit import api
 from livekit.protocol import egress, models
 
@@ -151,7 +152,11 @@ class Egress:
             self._set_status(Status.EGRESS_ACTIVE)
         self.frames += 1
         self.bytes_in += len(frame.data)
-        self._sink.write(frame)
+        try:
+            self._sink.write(frame)
+        except (OSError, av.FFmpegError) as exc:
+            log.error("egress %s: writing failed: %s", self.egress_id, exc)
+            self._finish(SOURCE_CLOSED, f"writing output failed: {exc}")
 
     def on_muted(self, muted: bool) -> None:
         if self._sink is not None:
@@ -322,7 +327,7 @@ class Egress:
         self.info.error, self.info.error_code = error, 412
         self._set_status(Status.EGRESS_ABORTED, ended=True)
 
-    def _set_status(self, status: egress.EgressStatus.ValueType, *, ended: bool = False) -> None:
+    def _set_status(self, status: egress.EgressStatus, *, ended: bool = False) -> None:
         if self.info.status in _ENDED:
             return
         now = time.time_ns()

@@ -11,7 +11,6 @@ class Codec(enum.Enum):
 
     OPUS = ("audio/opus", "audio", 48_000, "ogg", "audio/ogg")
     VP8 = ("video/vp8", "video", 90_000, "webm", "video/webm")
-    VP9 = ("video/vp9", "video", 90_000, "webm", "video/webm")
     H264 = ("video/h264", "video", 90_000, "mp4", "video/mp4")
 
     def __init__(self, mime: str, kind: str, clock_rate: int, extension: str, content_type: str) -> None:

@@ -19,13 +19,14 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.codecs import CODECS
-from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
 from trackegress.media import h264, vp8
 from trackegress.media.frames import Codec, EncodedFrame, TimestampUnwrapper
+from trackegress.room.blank import is_blank
+from trackegress.room.reorder import AudioReorderBuffer
 from trackegress.room.signal import SignalClient
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class RoomEvents(Protocol):
 def allow_all_h264_profiles() -> None:
     """Let aiortc accept every H.264 profile LiveKit offers: we never decode, only depacketize."""
     known = {c.parameters.get("profile-level-id") for c in CODECS["video"] if c.mimeType == "video/H264"}
-    next_pt = max(c.payloadType for c in CODECS["video"]) + 1
+    next_pt = max(c.payloadType or 0 for c in CODECS["video"]) + 1
     for profile_level_id in ("4d001f", "640c1f", "64001f", "f4001f"):
         if profile_level_id in known:
             continue
@@ -123,24 +124,46 @@ class TrackTap:
         self._events = events
         self._unwrapper = TimestampUnwrapper()
         self._receiver: Any = None
+        self._audio: AudioReorderBuffer | None = None
         self.keyframes = 0
         self.frames = 0
+        self.blank = 0
 
     def attach(self, receiver: Any) -> None:
         """Replace the receiver's decoder queue and timestamp mapper (before its first packet)."""
         receiver._RTCRtpReceiver__decoder_queue = _TapQueue(self)
         receiver._RTCRtpReceiver__timestamp_mapper = _IdentityMapper()
         if not self.codec.is_video:
-            # aiortc holds 4 audio frames back (80 ms); one is enough to restore order.
-            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=0)
+            receiver._RTCRtpReceiver__jitter_buffer = self._audio = AudioReorderBuffer(self.push)
         self._receiver = receiver
 
     def push(self, data: bytes, timestamp: int) -> None:
+        if is_blank(self.codec, data):
+            self.blank += 1
+            return
         keyframe = self._is_keyframe(data)
         self.frames += 1
         self.keyframes += keyframe
         frame = EncodedFrame(data, self._unwrapper.unwrap(timestamp), keyframe, time.monotonic())
         self._events.on_frame(frame)
+
+    def flush(self) -> None:
+        """Hand over the last frame: the jitter buffer only releases a frame when the next one starts."""
+        if self._audio is not None:
+            self._audio.flush()
+            return
+        buffer = self._receiver._RTCRtpReceiver__jitter_buffer if self._receiver is not None else None
+        if buffer is None or buffer._origin is None:
+            return
+        packets: list[Any] = []
+        for count in range(buffer.capacity):
+            packet = buffer._packets[(buffer._origin + count) % buffer.capacity]
+            if packet is None or (packets and packet.timestamp != packets[0].timestamp):
+                break
+            packets.append(packet)
+        if packets and packets[-1].marker:
+            buffer.remove(len(packets))
+            self.push(b"".join(p._data for p in packets), packets[0].timestamp)
 
     async def request_keyframe(self) -> None:
         """Send a PLI to every SSRC we hear (video only)."""
@@ -331,6 +354,8 @@ class TrackSubscriber:
     def _end(self, reason: str, error: str | None) -> None:
         if not self._ended:
             self._ended = True
+            if self._tap is not None:
+                self._tap.flush()
             self._events.on_ended(reason, error)
 
     async def _request_first_keyframe(self) -> None:

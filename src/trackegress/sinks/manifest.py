@@ -1,0 +1,26 @@
+"""The JSON manifest written next to a track egress recording."""
+
+from __future__ import annotations
+
+import json
+
+from livekit.protocol.egress import EgressInfo
+
+
+def build_manifest(
+    info: EgressInfo, *, publisher_identity: str, track_id: str, track_kind: str, track_source: str
+) -> bytes:
+    """Upstream's manifest fields for ``info`` plus its files, with the publisher fields filled in (UTF-8 JSON)."""
+    manifest = {
+        "egress_id": info.egress_id,
+        "room_id": info.room_id,
+        "room_name": info.room_name,
+        "started_at": info.started_at,
+        "ended_at": info.ended_at,
+        "publisher_identity": publisher_identity,
+        "track_id": track_id,
+        "track_kind": track_kind,
+        "track_source": track_source,
+        "files": [{"filename": f.filename, "location": f.location} for f in info.file_results],
+    }
+    return json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")

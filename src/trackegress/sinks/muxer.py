@@ -1,0 +1,154 @@
+"""Remuxing with PyAV: encoded frames in, container out, never a decoder or encoder on the media path.
+
+Opus → Ogg, VP8 → WebM, H.264 → fragmented MP4 (a fragment per keyframe or per second, the moov up
+front), so a process killed mid-way leaves a file that plays up to its last fragment. Timestamps are the
+RTP timestamps relative to the first frame: a gap in the track stays a gap in the file.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import struct
+from pathlib import Path
+
+import av
+from av.container import OutputContainer
+from av.stream import Stream
+
+from trackegress.media import h264, vp8
+from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.media.opus import opus_packet_samples
+
+log = logging.getLogger(__name__)
+
+_FORMATS = {Codec.OPUS: "ogg", Codec.VP8: "webm", Codec.H264: "mp4"}
+# Fragment at every keyframe and at least every second; write the moov once the first packet gave avcC.
+_MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "1000000"}
+# An OpusHead with pre-skip 0: the packets are the publisher's, no encoder delay to hide.
+_OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)
+
+
+class Muxer:
+    """Writes one track's frames into ``path``; the file is created at the first usable frame."""
+
+    def __init__(self, path: Path, codec: Codec) -> None:
+        self.path = path
+        self.codec = codec
+        self.frames = 0
+        self.dropped = 0
+        self.filled = 0
+        self._time_base = fractions.Fraction(1, codec.clock_rate)
+        self._container: OutputContainer | None = None
+        self._stream: Stream | None = None
+        self._pts_shift = 0
+        self._first_ts = 0
+        self._last_ts = -1
+        self._last_duration = 0
+        self._last_toc = 0
+        self._closed = False
+
+    @property
+    def duration_ns(self) -> int:
+        """Media time from the first frame to the end of the last one."""
+        if self.frames == 0:
+            return 0
+        ticks = self._last_ts - self._first_ts + self._last_duration
+        return ticks * 1_000_000_000 // self.codec.clock_rate
+
+    def write(self, frame: EncodedFrame) -> None:
+        """Mux one frame; video before the first keyframe and out-of-order frames are dropped."""
+        if self._closed:
+            return
+        if self.codec is Codec.OPUS and not _valid_opus(frame.data):
+            self.dropped += 1
+            return
+        if self._container is None and not self._open(frame):
+            self.dropped += 1
+            return
+        if frame.timestamp <= self._last_ts:
+            self.dropped += 1
+            return
+        if self.codec is Codec.OPUS and self.frames:
+            self._fill_until(frame.timestamp)
+        self._mux(frame)
+
+    def close(self) -> None:
+        """Finish the file (idempotent)."""
+        self._closed = True
+        container, self._container = self._container, None
+        if container is not None:
+            container.close()
+
+    def _open(self, frame: EncodedFrame) -> bool:
+        size = None
+        if self.codec.is_video:
+            size = _dimensions(self.codec, frame) if frame.keyframe else None
+            if size is None:
+                return False
+        options = {"flush_packets": "1"} | (_MP4_OPTIONS if self.codec is Codec.H264 else {})
+        container = av.open(str(self.path), "w", format=_FORMATS[self.codec], options=options)
+        if size is None:
+            self._stream = self._opus_stream(container)
+        else:
+            self._stream = container.add_mux_stream(self.codec.name.lower(), width=size[0], height=size[1])
+            self._stream.time_base = self._time_base
+        self._container = container
+        self._first_ts = frame.timestamp
+        return True
+
+    def _opus_stream(self, container: OutputContainer) -> Stream:
+        """An Ogg Opus stream whose header we write ourselves (the libopus context is opened, never fed).
+
+        FFmpeg's Ogg muxer adds the encoder's pre-skip to every granule position, so packet times are
+        shifted back by it to keep the file's timeline starting at zero.
+        """
+        stream = container.add_stream("libopus", rate=48_000, layout="stereo")
+        context = stream.codec_context
+        context.open()
+        self._pts_shift = struct.unpack_from("<H", context.extradata or bytes(12), 10)[0]
+        context.extradata = _OPUS_HEAD
+        return stream
+
+    def _fill_until(self, timestamp: int) -> None:
+        """Cover an audio gap (loss, DTX, mute) with TOC-only packets, which decoders treat as lost frames.
+
+        Ogg has no per-packet time: without them players would close the gap and drift out of sync.
+        """
+        filler = bytes([self._last_toc & 0xFC])  # same mode and frame size, one frame, no payload
+        step = opus_packet_samples(filler)
+        while self._last_ts + self._last_duration + step <= timestamp:
+            self._mux(EncodedFrame(filler, self._last_ts + self._last_duration, True))
+            self.filled += 1
+
+    def _mux(self, frame: EncodedFrame) -> None:
+        assert self._container is not None and self._stream is not None
+        pts = frame.timestamp - self._first_ts
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = pts - self._pts_shift
+        packet.time_base = self._time_base
+        packet.is_keyframe = frame.keyframe
+        if self.codec.is_video:  # a video frame lasts until the next: assume the last interval again
+            if self.frames:
+                self._last_duration = frame.timestamp - self._last_ts
+            packet.duration = self._last_duration
+        else:
+            self._last_duration = packet.duration = opus_packet_samples(frame.data)
+            self._last_toc = frame.data[0]
+        packet.stream = self._stream
+        self._container.mux(packet)
+        self._last_ts = frame.timestamp
+        self.frames += 1
+
+
+def _dimensions(codec: Codec, frame: EncodedFrame) -> tuple[int, int] | None:
+    if codec is Codec.H264:
+        return h264.dimensions(frame.data)
+    return vp8.dimensions(frame.data)
+
+
+def _valid_opus(packet: bytes) -> bool:
+    try:
+        return opus_packet_samples(packet) > 0
+    except ValueError:
+        return False

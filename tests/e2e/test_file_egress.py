@@ -1,0 +1,197 @@
+"""File track egress against the real livekit-server: the published frames come out byte-for-byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+from google.protobuf.json_format import Parse
+from livekit.protocol import egress
+from support.media import h264_canonical, make_h264
+from support.publisher import Publisher
+from support.server import LiveKitServer, RoomFactory
+
+from trackegress.config import Config
+from trackegress.egress import Egress
+
+EXTENSIONS = {"opus": "ogg", "vp8": "webm", "h264": "mp4"}
+Status = egress.EgressStatus
+
+
+def config_for(server: LiveKitServer, local_dir: Path, **overrides: object) -> Config:
+    values: dict[str, object] = {
+        "ws_url": server.url, "api_key": server.api_key, "api_secret": server.api_secret, "local_dir": local_dir,
+    }
+    return Config(**(values | overrides))  # type: ignore[arg-type]
+
+
+def file_request(room: str, track: str, filepath: str = "") -> egress.TrackEgressRequest:
+    return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
+
+
+def packets(path: Path) -> list[bytes]:
+    """The encoded frames in a recording; MP4 back in Annex B with 4-byte start codes, as published."""
+    if path.suffix != ".mp4":
+        with av.open(str(path)) as container:
+            return [bytes(p) for p in container.demux() if p.size]
+    annexb = path.with_suffix(".h264")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c", "copy", "-bsf:v", "h264_mp4toannexb",
+                    str(annexb)], check=True)
+    with av.open(str(annexb), format="h264") as container:
+        return [h264_canonical(bytes(p)) for p in container.demux() if p.size]
+
+
+def decode_errors(path: Path) -> str:
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                            text=True)
+    return result.stderr.strip()
+
+
+def probe_duration(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out)
+
+
+async def until(condition: object, timeout: float = 10.0) -> None:
+    """Poll ``condition()`` until it is true."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+async def record_while_publishing(
+    server: LiveKitServer, room: str, path: Path, local_dir: Path, filepath: str = ""
+) -> tuple[egress.EgressInfo, list[bytes], str]:
+    """Publish ``path`` (held until the recorder has joined), record it, leave; returns (info, sent, track)."""
+    creds = (server.api_key, server.api_secret)
+    async with Publisher(server.url, creds, room, "alice", path, start_delay=None, prime=True) as pub:
+        job = Egress(file_request(room, pub.track_sid, filepath), config_for(server, local_dir))
+        run = asyncio.create_task(job.run())
+        await until(lambda: job.info.room_id)
+        await asyncio.sleep(1.5)  # subscription negotiated
+        pub.begin()
+        await asyncio.wait_for(pub.done, 15)
+        await asyncio.sleep(0.5)
+        sent = list(pub.sent)
+    info = await asyncio.wait_for(run, 15)
+    return info, sent, pub.track_sid
+
+
+@pytest.mark.parametrize("codec", ["opus", "vp8", "h264"])
+async def test_published_frames_are_recorded_byte_for_byte(
+    codec: str, livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    info, sent, track = await record_while_publishing(livekit_server, await make_room(), sample_media[codec], tmp_path)
+
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    assert info.details == "End reason: Source closed"
+    result = info.file_results[0]
+    assert result.filename.startswith(f"{track}-") and result.filename.endswith(f".{EXTENSIONS[codec]}")
+    out = tmp_path / result.filename
+    assert result.location == str(out.resolve())
+    assert result.size == out.stat().st_size > 0
+    recorded = packets(out)
+    skipped = len(sent) - len(recorded)
+    assert 0 <= skipped <= 30, "at most the first GOP may be missing"
+    assert recorded == [h264_canonical(f) if codec == "h264" else f for f in sent[skipped:]]
+    assert decode_errors(out) == ""
+    expected_seconds = (len(recorded) * (0.02 if codec == "opus" else 1 / 30))
+    assert probe_duration(out) == pytest.approx(expected_seconds, abs=0.1)
+    assert result.duration / 1e9 == pytest.approx(expected_seconds, abs=0.1)
+    assert result.ended_at - result.started_at == result.duration
+    manifest = json.loads((tmp_path / f"{info.egress_id}.json").read_text())
+    assert manifest["track_id"] == track and manifest["publisher_identity"] == "alice"
+    assert manifest["files"] == [{"filename": result.filename, "location": result.location}]
+    assert info.manifest_location == str((tmp_path / f"{info.egress_id}.json").resolve())
+
+
+async def test_filename_template(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    room = await make_room()
+    template = "{room_name}/{publisher_identity}-{track_type}-{track_source}-{track_id}.mp4"
+    info, _, track = await record_while_publishing(livekit_server, room, sample_media["opus"], tmp_path, template)
+    assert info.file_results[0].filename == f"{room}/alice-audio-microphone-{track}.ogg"
+    assert (tmp_path / room / f"alice-audio-microphone-{track}.ogg").stat().st_size > 0
+
+
+async def test_unknown_track_fails_not_found(
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path
+) -> None:
+    room = await make_room()
+    job = Egress(file_request(room, "TR_doesnotexist"), config_for(livekit_server, tmp_path, track_wait_timeout=1.0))
+    info = await asyncio.wait_for(job.run(), 15)
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_FAILED"
+    assert (info.error, info.error_code) == ("track TR_doesnotexist not found", 404)
+    assert list(tmp_path.iterdir()) == []
+
+
+def cli(server: LiveKitServer, *args: str) -> list[str]:
+    return [sys.executable, "-m", "trackegress.cli", "record", "--url", server.url, "--api-key", server.api_key,
+            "--api-secret", server.api_secret, *args]
+
+
+async def test_cli_refuses_a_path_that_escapes_the_base_dir(livekit_server: LiveKitServer, tmp_path: Path) -> None:
+    base = tmp_path / "recordings"
+    result = subprocess.run(
+        cli(livekit_server, "--room", "r", "--track", "TR_x", "--output", "../outside.ogg", "--local-dir", str(base)),
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "invalid_argument" in result.stderr and "outside.ogg" in result.stderr
+    assert not base.exists() and not (tmp_path / "outside.ogg").exists()
+
+
+async def test_cli_records_until_the_publisher_leaves(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    vp8 = sample_media["vp8"]
+    async with Publisher(livekit_server.url, creds, room, "bob", vp8, start_delay=None, prime=True) as pub:
+        proc = await asyncio.create_subprocess_exec(
+            *cli(livekit_server, "--room", room, "--track", pub.track_sid, "--output", "bob.webm",
+                 "--local-dir", str(tmp_path)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(4)  # interpreter start, join, subscription
+        pub.begin()
+        await asyncio.wait_for(pub.done, 15)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    info = Parse(stdout.decode(), egress.EgressInfo())
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE"
+    assert info.file_results[0].filename == "bob.webm"
+    assert decode_errors(tmp_path / "bob.webm") == ""
+
+
+async def test_kill_9_leaves_a_playable_mp4(
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path
+) -> None:
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    source = make_h264(tmp_path / "long.h264", seconds=4)
+    async with Publisher(livekit_server.url, creds, room, "carol", source, loop=True, prime=True) as pub:
+        proc = subprocess.Popen(
+            cli(livekit_server, "--room", room, "--track", pub.track_sid, "--output", "crash.mp4",
+                "--local-dir", str(tmp_path / "rec")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        out = tmp_path / "rec" / "crash.mp4"
+        await until(lambda: out.exists() and out.stat().st_size > 100_000, timeout=30)
+        await asyncio.sleep(2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    frames = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0",
+         str(out)], capture_output=True, text=True, check=True,
+    )
+    assert frames.stderr == ""
+    assert int(frames.stdout) >= 60  # at least two seconds of 30 fps video survived
+    assert decode_errors(out) == ""

@@ -1,0 +1,132 @@
+"""A real livekit-server (dev mode) on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO
+
+from livekit import api
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = REPO / ".bin" / "livekit-server"
+DEV_KEY = "devkey"
+DEV_SECRET = "secret"
+
+RoomFactory = Callable[[], Awaitable[str]]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the OS considers free on 127.0.0.1 right now (TCP or UDP)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config_body(tcp_port: int) -> str:
+    """The YAML handed to ``--config-body``: loopback-only ICE candidates (pion drops loopback unless
+    ``enable_loopback_candidate``), no TURN."""
+    return (
+        "rtc:\n"
+        f"  tcp_port: {tcp_port}\n"
+        "  use_external_ip: false\n"
+        "  enable_loopback_candidate: true\n"
+        "  ips:\n"
+        "    includes: [127.0.0.1/32]\n"
+        "turn:\n"
+        "  enabled: false\n"
+    )
+
+
+class LiveKitServer:
+    """``livekit-server --dev`` bound to 127.0.0.1; use as a context manager or call ``stop()``."""
+
+    def __init__(self, binary: Path = BINARY, startup_timeout: float = 20.0) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.tcp_port = free_port()
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.api_key = DEV_KEY
+        self.api_secret = DEV_SECRET
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="livekit-server-", suffix=".log", delete=False)
+        self.log_path = Path(self._log.name)
+        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_env())
+        try:
+            self._wait_ready(startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def command(self) -> list[str]:
+        """The command line that starts the server."""
+        return [
+            str(self.binary),
+            "--dev",
+            "--bind", "127.0.0.1",
+            "--node-ip", "127.0.0.1",
+            "--port", str(self.port),
+            "--udp-port", str(self.udp_port),
+            "--config-body", config_body(self.tcp_port),
+        ]  # fmt: skip
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server's combined stdout/stderr."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it lingers) and remove its log."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> LiveKitServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"livekit-server exited with {self._proc.returncode}:\n{self.log_tail()}")
+            if _answers(self.http_url):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"livekit-server did not answer on {self.http_url} within {timeout:.0f}s")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _env() -> dict[str, str]:
+    """Our environment minus variables the server would read as configuration."""
+    ignored = {"LIVEKIT_CONFIG", "LIVEKIT_KEYS", "NODE_IP", "UDP_PORT", "REDIS_HOST", "REDIS_PASSWORD"}
+    return {k: v for k, v in os.environ.items() if k not in ignored}
+
+
+async def create_room(client: api.LiveKitAPI, prefix: str = "e2e") -> str:
+    """Create a room with a unique name and return the name."""
+    room = await client.room.create_room(api.CreateRoomRequest(name=f"{prefix}-{uuid.uuid4().hex[:10]}"))
+    return str(room.name)
