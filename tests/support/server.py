@@ -33,7 +33,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def config_body(tcp_port: int) -> str:
     """The YAML handed to ``--config-body``: loopback-only ICE candidates (pion drops loopback unless
-    ``enable_loopback_candidate``), no TURN."""
+    ``enable_loopback_candidate``), no TURN, and remote unmute so tests can mute and unmute tracks."""
     return (
         "rtc:\n"
         f"  tcp_port: {tcp_port}\n"
@@ -43,6 +43,8 @@ def config_body(tcp_port: int) -> str:
         "    includes: [127.0.0.1/32]\n"
         "turn:\n"
         "  enabled: false\n"
+        "room:\n"
+        "  enable_remote_unmute: true\n"
     )
 
 

@@ -1,0 +1,453 @@
+"""Benchmark: N concurrent file egresses of one published track, all in one process.
+
+Starts a dev ``livekit-server`` on loopback, publishes a looping Opus track (20 ms frames, 64 kbit/s) or H.264
+track (1280x720, 30 fps, ~1 Mbit/s) from a *separate* publisher process, then, for each N, runs a fresh worker
+process that records that track N times (``Egress`` → Ogg / fragmented MP4; the SFU forwards a copy to each
+recorder). The worker waits until every egress is ACTIVE, lets them settle, then measures its own CPU time
+(user + sys, every thread) and RSS over a fixed window. Publisher and server CPU are not counted.
+
+    .venv/bin/python bench/file_egress.py                       # audio N=1,10,50 and video N=1,5,20
+    .venv/bin/python bench/file_egress.py --kind audio --counts 50 --profile
+
+Prints a markdown table (see bench/README.md). ``--profile`` runs cProfile over the window in the worker
+(profiling slows pure-Python code: its CPU numbers are inflated, use them for shares only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import logging
+import os
+import platform
+import pstats
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: server, media, publisher
+
+from livekit.protocol import egress
+from support.media import FFMPEG, make_opus_ogg
+from support.server import LiveKitServer
+
+from trackegress.config import Config
+from trackegress.egress import Egress, is_ended
+
+KINDS = ("audio", "video")
+DEFAULT_COUNTS = {"audio": (1, 10, 50), "video": (1, 5, 20)}
+FRAME_RATE = {"audio": 50, "video": 30}  # Opus 20 ms frames; H.264 30 fps
+VIDEO_SIZE = (1280, 720)
+VIDEO_BITRATE = "1M"
+MEDIA_SECONDS = 10.0  # the publishers loop the file
+TARGETS = {"audio": (2.0, 1.0), "video": (15.0, 2.0)}  # CPU ms per track-second, RSS MB per extra egress
+ACTIVE_TIMEOUT = 90.0
+STOP_TIMEOUT = 60.0
+RESULT_PREFIX = "RESULT "
+TOP = 15
+
+log = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker process measures."""
+
+    kind: str
+    count: int
+    seconds: float
+    warmup: float
+    url: str
+    api_key: str
+    api_secret: str
+    room: str
+    track_sid: str
+    profile: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    """One worker's measurement."""
+
+    kind: str
+    count: int
+    window: float  # wall seconds of the measured window
+    cpu_user: float  # seconds, the whole process (all threads) over the window
+    cpu_sys: float
+    rss_base_kb: int  # before the first egress was created
+    rss_active_kb: int  # at the end of the window, every egress ACTIVE
+    threads: int
+    frames: int  # recorded during the window, all egresses
+    expected_frames: int
+    not_complete: int  # egresses that did not end EGRESS_COMPLETE
+    profile: str
+
+    @property
+    def cpu_ms_per_second(self) -> float:
+        """Process CPU milliseconds per wall second (the whole N-egress load)."""
+        return (self.cpu_user + self.cpu_sys) * 1000 / self.window
+
+    @property
+    def cpu_ms_per_track_second(self) -> float:
+        return self.cpu_ms_per_second / self.count
+
+    @property
+    def cpu_us_per_frame(self) -> float:
+        return (self.cpu_user + self.cpu_sys) * 1e6 / max(self.frames, 1)
+
+
+# ---------------------------------------------------------------------------------------------- orchestration
+
+
+def run_bench(kinds: list[str], counts: dict[str, list[int]], seconds: float, warmup: float, profile: bool) -> None:
+    """Server, media and one publisher process per kind; one fresh worker process per (kind, N)."""
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp, LiveKitServer() as server:
+        media = {
+            "audio": make_opus_ogg(Path(tmp) / "tone.ogg", seconds=MEDIA_SECONDS),
+            "video": make_h264_1mbps(Path(tmp) / "testsrc2-720p.h264", seconds=MEDIA_SECONDS),
+        }
+        for kind in kinds:
+            room = f"bench-{kind}"
+            with publishing(server, room, media[kind]) as track_sid:
+                for count in counts[kind]:
+                    job = Job(kind, count, seconds, warmup, server.url, server.api_key, server.api_secret, room,
+                              track_sid, profile)
+                    print(f"bench: {kind} N={count} ...", file=sys.stderr, flush=True)
+                    result = run_worker(job)
+                    results.append(result)
+                    print(f"bench: {kind} N={count}: {result.cpu_ms_per_track_second:.2f} CPU ms per track-second, "
+                          f"RSS {result.rss_active_kb / 1024:.1f} MB, {result.frames}/{result.expected_frames} frames",
+                          file=sys.stderr, flush=True)
+    print(report(results, seconds, warmup, profile))
+    for result in results:
+        if result.profile:
+            print(f"\n### Profile: {result.kind}, N={result.count} ({result.window:.0f} s window)\n")
+            print(result.profile)
+
+
+def make_h264_1mbps(path: Path, seconds: float) -> Path:
+    """Like ``support.media.make_h264`` (Constrained Baseline 3.1, no B-frames, 1 s GOP, SPS/PPS on every IDR),
+    at 1280x720 30 fps rate-controlled to ~1 Mbit/s."""
+    width, height = VIDEO_SIZE
+    subprocess.run(
+        [
+            FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={FRAME_RATE['video']}:duration={seconds}",
+            "-c:v", "libx264", "-profile:v", "baseline", "-level", "3.1", "-pix_fmt", "yuv420p",
+            "-g", "30", "-keyint_min", "30", "-sc_threshold", "0", "-bf", "0",
+            "-b:v", VIDEO_BITRATE, "-maxrate", VIDEO_BITRATE, "-bufsize", VIDEO_BITRATE,
+            "-x264-params", "repeat-headers=1",
+            "-f", "h264", str(path),
+        ],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+@contextlib.contextmanager
+def publishing(server: LiveKitServer, room: str, media: Path) -> Iterator[str]:
+    """A child process publishing ``media`` (looped) into ``room``; yields the track SID."""
+    command = [sys.executable, __file__, "--role", "publish", "--url", server.url, "--room", room,
+               "--media", str(media)]
+    env = os.environ | {"BENCH_API_KEY": server.api_key, "BENCH_API_SECRET": server.api_secret}
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"publisher for {room} exited with {proc.wait()}")
+        yield str(json.loads(line)["track_sid"])
+    finally:
+        _stop_child(proc)
+
+
+def _stop_child(proc: subprocess.Popen[str]) -> None:
+    """Close its stdin (it leaves the room and exits), then terminate, then kill."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    for action in (None, proc.terminate, proc.kill):
+        if action is not None:
+            action()
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def run_worker(job: Job) -> Result:
+    """Measure ``job`` in a fresh process (clean RSS baseline, nothing else on its event loop)."""
+    command = [sys.executable, __file__, "--role", "worker", "--job", json.dumps(asdict(job))]
+    timeout = ACTIVE_TIMEOUT + job.warmup + job.seconds + STOP_TIMEOUT + 30
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"worker for {job.kind} N={job.count} failed (exit {done.returncode})")
+    return Result(**json.loads(lines[-1].removeprefix(RESULT_PREFIX)))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def report(results: list[Result], seconds: float, warmup: float, profile: bool) -> str:
+    """The markdown table, with the machine and the targets."""
+    lines = [
+        f"Machine: {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}; "
+        f"window {seconds:g} s after all egresses ACTIVE + {warmup:g} s warm-up."
+        + (" **Profiled run: CPU inflated by cProfile.**" if profile else ""),
+        "",
+        "| kind | N | CPU ms per track-second | marginal CPU ms per extra track-second | CPU µs per frame "
+        "| CPU % of one core | RSS MB total | RSS MB per extra egress | threads | frames recorded / expected |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        rows = sorted((r for r in results if r.kind == kind), key=lambda r: r.count)
+        if not rows:
+            continue
+        base = rows[0]
+        for r in rows:
+            if r is base:
+                marginal = "—"
+                rss_extra = f"(first: +{(r.rss_active_kb - r.rss_base_kb) / 1024 / r.count:.1f})"
+            else:
+                extra = r.count - base.count
+                marginal = f"{(r.cpu_ms_per_second - base.cpu_ms_per_second) / extra:.2f}"
+                rss_extra = f"{(r.rss_active_kb - base.rss_active_kb) / 1024 / extra:.2f}"
+            failed = f", {r.not_complete} not COMPLETE" if r.not_complete else ""
+            lines.append(
+                f"| {kind} | {r.count} | {r.cpu_ms_per_track_second:.2f} | {marginal} | {r.cpu_us_per_frame:.0f} "
+                f"| {r.cpu_ms_per_second / 10:.1f} | {r.rss_active_kb / 1024:.1f} | {rss_extra} | {r.threads} "
+                f"| {r.frames} / {r.expected_frames}{failed} |"
+            )
+    targets = "; ".join(f"{kind} ≤ {cpu:g} ms per track-second and ≤ {rss:g} MB per extra egress"
+                        for kind, (cpu, rss) in TARGETS.items())
+    lines += ["", f"Targets: {targets}."]
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+# ---------------------------------------------------------------------------------------------- publisher
+
+
+async def publish(url: str, room: str, media: Path) -> None:
+    """Publish ``media`` looped until stdin closes; print the track SID as one JSON line."""
+    from support.publisher import Publisher  # only the publisher process needs it
+
+    creds = (os.environ["BENCH_API_KEY"], os.environ["BENCH_API_SECRET"])
+    async with Publisher(url, creds, room, f"{room}-publisher", media, loop=True, prime=True) as pub:
+        print(json.dumps({"track_sid": pub.track_sid}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+
+async def measure(job: Job) -> Result:
+    """Run ``job.count`` egresses of the track; measure this process over the window."""
+    with tempfile.TemporaryDirectory(prefix="bench-egress-") as out:
+        config = Config(ws_url=job.url, api_key=job.api_key, api_secret=job.api_secret, local_dir=Path(out))
+        rss_base = _proc_status("VmRSS")
+        jobs = [Egress(_request(job, i), config) for i in range(job.count)]
+        runs = [asyncio.create_task(e.run()) for e in jobs]
+        profiler = cProfile.Profile() if job.profile else None
+        try:
+            await _until_active(jobs, runs)
+            await asyncio.sleep(job.warmup)
+            frames_before = sum(e.frames for e in jobs)
+            before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
+            await asyncio.sleep(job.seconds)
+            if profiler is not None:
+                profiler.disable()
+            after, window = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
+            frames = sum(e.frames for e in jobs) - frames_before
+            rss_active, threads = _proc_status("VmRSS"), _proc_status("Threads")
+        finally:
+            for e in jobs:
+                e.stop()
+            ended = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), STOP_TIMEOUT)
+    complete = sum(1 for info in ended if isinstance(info, egress.EgressInfo)
+                   and info.status == egress.EgressStatus.EGRESS_COMPLETE)
+    return Result(
+        kind=job.kind,
+        count=job.count,
+        window=window,
+        cpu_user=after.ru_utime - before.ru_utime,
+        cpu_sys=after.ru_stime - before.ru_stime,
+        rss_base_kb=rss_base,
+        rss_active_kb=rss_active,
+        threads=threads,
+        frames=frames,
+        expected_frames=round(job.count * window * FRAME_RATE[job.kind]),
+        not_complete=job.count - complete,
+        profile=profile_report(profiler) if profiler is not None else "",
+    )
+
+
+def _request(job: Job, index: int) -> egress.TrackEgressRequest:
+    return egress.TrackEgressRequest(
+        room_name=job.room, track_id=job.track_sid, file=egress.DirectFileOutput(filepath=f"bench/{index}")
+    )
+
+
+async def _until_active(jobs: list[Egress], runs: list[asyncio.Task[egress.EgressInfo]]) -> None:
+    """Wait until every egress has recorded its first frame; fail if one ends or it takes too long."""
+    deadline = time.monotonic() + ACTIVE_TIMEOUT
+    while True:
+        for e, run in zip(jobs, runs, strict=True):
+            if run.done() or is_ended(e.info):
+                raise RuntimeError(f"egress {e.egress_id} ended early: {e.info.error or e.info.details}")
+        active = sum(1 for e in jobs if e.info.status == egress.EgressStatus.EGRESS_ACTIVE)
+        if active == len(jobs):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {active} of {len(jobs)} egresses ACTIVE after {ACTIVE_TIMEOUT:g} s")
+        await asyncio.sleep(0.1)
+
+
+def _proc_status(field: str) -> int:
+    """A numeric field of /proc/self/status (VmRSS in kB, Threads)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+_Key = tuple[str, int, str]
+_IDLE = "<method 'poll' of 'select.epoll' objects>"
+
+
+def profile_report(profiler: cProfile.Profile, top: int = TOP) -> str:
+    """Where the busy time went: by package and module (C builtins charged to their Python caller), then the
+    top functions by own time and by cumulative time. Shares are of busy (non-``epoll``) profiled time."""
+    stats = pstats.Stats(profiler)
+    raw: dict[_Key, tuple[int, int, float, float, dict[_Key, tuple[int, int, float, float]]]] = (
+        stats.__dict__["stats"]
+    )
+    idle = sum(tt for key, (_, _, tt, _, _) in raw.items() if key[2] == _IDLE)
+    busy = sum(tt for _, _, tt, _, _ in raw.values()) - idle
+    by_module: dict[str, float] = defaultdict(float)
+    for key, (_, _, tt, _, callers) in raw.items():
+        if key[2] == _IDLE:
+            continue
+        if key[0] != "~":
+            by_module[_short(key[0])] += tt
+            continue
+        charged = sum(c[2] for c in callers.values())
+        for caller, c in callers.items():  # a builtin's time goes to the module that called it
+            by_module[_short(caller[0]) if caller[0] != "~" else "(builtins)"] += c[2]
+        if tt > charged:
+            by_module["(builtins)"] += tt - charged
+    by_package: dict[str, float] = defaultdict(float)
+    for module, tt in by_module.items():
+        by_package[_package(module)] += tt
+
+    def share(seconds: float) -> str:
+        return f"{100 * seconds / busy:.1f} %" if busy else "-"
+
+    lines = [f"Busy (profiled) {busy:.2f} s, idle in epoll {idle:.2f} s.", "",
+             "| package (own time + C calls it makes) | share of busy |", "|---|---|"]
+    lines += [f"| {name} | {share(tt)} |" for name, tt in sorted(by_package.items(), key=lambda kv: -kv[1])]
+    lines += ["", "| module (own time + C calls it makes) | share of busy |", "|---|---|"]
+    lines += [f"| {name} | {share(tt)} |" for name, tt in sorted(by_module.items(), key=lambda kv: -kv[1])[:top]]
+    rows = [(key, calls, tt, ct) for key, (_, calls, tt, ct, _) in raw.items() if key[2] != _IDLE]
+    for title, cumulative in (("own time (tottime)", False), ("cumulative time", True)):
+        lines += ["", f"| top {top} by {title} | calls | tottime s | cumtime s | share of busy |",
+                  "|---|---|---|---|---|"]
+        for key, calls, tt, ct in sorted(rows, key=lambda row: -(row[3] if cumulative else row[2]))[:top]:
+            lines.append(f"| `{_label(key)}` | {calls} | {tt:.3f} | {ct:.3f} | {share(ct if cumulative else tt)} |")
+    return "\n".join(lines)
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/src/", f"python{sys.version_info.major}.{sys.version_info.minor}/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def _package(module: str) -> str:
+    top = module.split("/", 1)[0]
+    if top in ("asyncio", "selectors.py", "socket.py", "ssl.py"):
+        return "asyncio + selectors (event loop)"
+    if top.endswith(".py") or top in ("json", "concurrent", "logging", "email", "importlib", "collections"):
+        return "stdlib (other)"
+    return top
+
+
+def _label(key: _Key) -> str:
+    filename, line, name = key
+    return name if filename == "~" else f"{_short(filename)}:{line}({name})"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _counts(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("counts must be positive integers, e.g. 1,10,50")
+    return sorted(set(values))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=(*KINDS, "both"), default="both")
+    parser.add_argument("--counts", type=_counts, help="egress counts (default audio 1,10,50; video 1,5,20)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window (default 20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="settling time after all are ACTIVE (default 3)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the window; print where the time goes")
+    # internal: the child processes
+    parser.add_argument("--role", choices=("bench", "publish", "worker"), default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--room", help=argparse.SUPPRESS)
+    parser.add_argument("--media", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format=f"{args.role}: %(levelname)s %(name)s: %(message)s")
+
+    if args.role == "publish":
+        asyncio.run(publish(args.url, args.room, args.media))
+        return
+    if args.role == "worker":
+        job = Job(**json.loads(args.job))
+        result = asyncio.run(measure(job))
+        print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds: publishers, server and temp files are cleaned up
+
+    signal.signal(signal.SIGTERM, terminated)
+    kinds = list(KINDS) if args.kind == "both" else [args.kind]
+    counts = {kind: args.counts or list(DEFAULT_COUNTS[kind]) for kind in kinds}
+    run_bench(kinds, counts, args.seconds, args.warmup, args.profile)
+
+
+if __name__ == "__main__":
+    main()
