@@ -140,7 +140,7 @@ async def test_streams_48k_stereo_pcm_in_10ms_messages(receiver: Receiver) -> No
     assert info.url == f"ws://127.0.0.1:{receiver.port}/audio?token={{...}}&call={{...}}"
     assert info.duration == len(b"".join(conn.binary)) * 1_000_000_000 // 192_000
     assert 0 < info.started_at <= info.ended_at
-    assert sink.frames_lost == 0 and sink.reconnects == 0 and sink.bytes_sent == len(b"".join(conn.binary))
+    assert sink.stats.frames_lost == 0 and sink.stats.reconnects == 0 and sink.bytes_sent == len(b"".join(conn.binary))
 
 
 async def test_mute_sends_text_frames_with_silence_between(receiver: Receiver) -> None:
@@ -228,7 +228,7 @@ async def test_receiver_outage_is_bridged_in_order_without_duplicates(
     await sink.close()
     await asyncio.wait_for(receiver.conns[-1].done.wait(), 2)
 
-    assert len(receiver.conns) == 2 and sink.reconnects == 1
+    assert len(receiver.conns) == 2 and sink.stats.reconnects == 1
     for conn in receiver.conns:
         assert conn.headers["Content-Type"] == "audio/x-raw" and conn.path == "/audio?token=abc"
         assert {len(m) for m in conn.binary} == {1920} and conn.texts == []
@@ -237,7 +237,7 @@ async def test_receiver_outage_is_bridged_in_order_without_duplicates(
     assert set(steps(first)) == {1} and set(steps(second)) == {1}
     (boundary,) = steps(first[-1:] + second[:1])
     assert 1 <= boundary <= 10  # in order, nothing twice; at most what was in flight is missing
-    produced = sink.stats.messages_sent + sink.frames_lost
+    produced = sink.stats.messages_sent + sink.stats.frames_lost
     assert len(first) + len(second) + boundary - 1 == produced
     assert sink.stats.clock.stall_samples == 0
     assert receiver.conns[1].close_code == 1000
@@ -267,11 +267,11 @@ async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
     first, second = receiver.conns[0].binary, receiver.conns[1].binary
     assert receiver.conns[0].texts == [MUTED]
     assert receiver.conns[1].messages[0][1] == MUTED  # the new connection is told the current state first
-    assert sink.frames_lost >= 60
+    assert sink.stats.frames_lost >= 60
     assert any("buffer full" in r.getMessage() for r in caplog.records)
     assert set(steps(first)) == {1} and set(steps(second)) == {1}  # kept audio is contiguous and in order
     assert (
-        len(first) + len(second) + sink.frames_lost <= 180 <= len(first) + len(second) + sink.frames_lost + 10
+        len(first) + len(second) + sink.stats.frames_lost <= 180 <= len(first) + len(second) + sink.stats.frames_lost + 10
     )
 
 
@@ -319,7 +319,7 @@ async def test_keepalive_with_a_strict_websockets_server() -> None:
         assert conn.ws.state is State.OPEN and not conn.done.is_set()
         assert conn.ws.latency > 0  # the server got pongs to its pings
         assert sink._conn is not None and sink._conn.latency > 0  # our pings were answered
-        assert sink.reconnects == 0
+        assert sink.stats.reconnects == 0
         await sink.close()
         await asyncio.wait_for(conn.done.wait(), 2)
         assert conn.close_code == 1000

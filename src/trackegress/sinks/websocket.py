@@ -237,26 +237,9 @@ class WebSocketSink:
         return self._failed
 
     @property
-    def status(self) -> egress.StreamInfo.Status:
-        return self._status
-
-    @property
-    def error(self) -> str:
-        return self._error
-
-    @property
     def bytes_sent(self) -> int:
         """PCM bytes handed to a live connection."""
         return self._bytes_sent
-
-    @property
-    def frames_lost(self) -> int:
-        """10 ms messages lost: buffer overflow, in flight on a dead connection, or undeliverable."""
-        return self._frames_lost
-
-    @property
-    def reconnects(self) -> int:
-        return self._reconnects
 
     @property
     def duration_ns(self) -> int:
