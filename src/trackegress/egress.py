@@ -176,7 +176,7 @@ class Egress:
         try:
             subscriber = await joined
         except SignalError as exc:
-            raise EgressFailure(str(exc), 503) from exc
+            raise EgressFailure(f"connection to room failed: {exc}", 503) from exc
         self.info.room_id = subscriber.room.sid
         if not self._ended.is_set():
             self._source = await self._wait_for_track(subscriber)

@@ -13,10 +13,11 @@ from pathlib import Path
 import av
 import pytest
 from google.protobuf.json_format import Parse
+from livekit import api
 from livekit.protocol import egress
 from support.media import h264_canonical, make_h264
 from support.publisher import Publisher
-from support.server import LiveKitServer, RoomFactory
+from support.server import LiveKitServer, RoomFactory, free_port
 
 from trackegress.config import Config
 from trackegress.egress import Egress
@@ -195,3 +196,42 @@ async def test_kill_9_leaves_a_playable_mp4(
     assert frames.stderr == ""
     assert int(frames.stdout) >= 60  # at least two seconds of 30 fps video survived
     assert decode_errors(out) == ""
+
+
+async def test_stop_before_any_media_is_aborted(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    async with Publisher(livekit_server.url, creds, room, "dave", sample_media["opus"], start_delay=None) as pub:
+        job = Egress(file_request(room, pub.track_sid), config_for(livekit_server, tmp_path))
+        run = asyncio.create_task(job.run())
+        await until(lambda: job.info.room_id)
+        await asyncio.sleep(1)
+        job.stop()
+        info = await asyncio.wait_for(run, 10)
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_ABORTED"
+    assert (info.error, info.error_code) == ("Start signal not received", 412)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_room_deleted_mid_recording_completes(
+    livekit_server: LiveKitServer, make_room: RoomFactory, room_api: api.LiveKitAPI, sample_media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    async with Publisher(livekit_server.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
+        job = Egress(file_request(room, pub.track_sid, "erin.ogg"), config_for(livekit_server, tmp_path))
+        run = asyncio.create_task(job.run())
+        await until(lambda: job.frames > 50)
+        await room_api.room.delete_room(api.DeleteRoomRequest(room=room))
+        info = await asyncio.wait_for(run, 10)
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    assert info.file_results[0].filename == "erin.ogg"
+    assert decode_errors(tmp_path / "erin.ogg") == ""
+
+
+async def test_unreachable_livekit_server_fails(make_room: RoomFactory, tmp_path: Path) -> None:
+    config = Config(ws_url=f"ws://127.0.0.1:{free_port()}", api_key="devkey", api_secret="secret", local_dir=tmp_path)
+    info = await asyncio.wait_for(Egress(file_request("r", "TR_x"), config).run(), 20)
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_FAILED"
+    assert info.error.startswith("connection to room failed") and info.error_code == 503
