@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -52,12 +53,15 @@ VIDEO_SIZE = (1280, 720)
 VIDEO_BITRATE = "1M"
 MEDIA_SECONDS = 10.0  # the publishers loop the file
 TARGETS = {"audio": (2.0, 1.0), "video": (15.0, 2.0)}  # CPU ms per track-second, RSS MB per extra egress
-ACTIVE_TIMEOUT = 90.0
+ACTIVE_TIMEOUT = 120.0  # until every egress is ACTIVE
+START_CONCURRENCY = 4  # egresses joining at the same time
+STUCK_AFTER = 15.0  # seconds in STARTING before an egress is replaced (see Fleet)
 STOP_TIMEOUT = 60.0
 RESULT_PREFIX = "RESULT "
 TOP = 15
 
 log = logging.getLogger("bench")
+Status = egress.EgressStatus
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Result:
     frames: int  # recorded during the window, all egresses
     expected_frames: int
     not_complete: int  # egresses that did not end EGRESS_COMPLETE
+    replaced: int  # egresses replaced because they were stuck in STARTING (see Fleet)
     profile: str
 
     @property
@@ -125,10 +130,15 @@ def run_bench(kinds: list[str], counts: dict[str, list[int]], seconds: float, wa
                     job = Job(kind, count, seconds, warmup, server.url, server.api_key, server.api_secret, room,
                               track_sid, profile)
                     print(f"bench: {kind} N={count} ...", file=sys.stderr, flush=True)
-                    result = run_worker(job)
+                    try:
+                        result = run_worker(job)
+                    except (RuntimeError, subprocess.TimeoutExpired):
+                        print(f"bench: livekit-server log tail:\n{server.log_tail(60)}", file=sys.stderr)
+                        raise
                     results.append(result)
                     print(f"bench: {kind} N={count}: {result.cpu_ms_per_track_second:.2f} CPU ms per track-second, "
-                          f"RSS {result.rss_active_kb / 1024:.1f} MB, {result.frames}/{result.expected_frames} frames",
+                          f"RSS {result.rss_active_kb / 1024:.1f} MB, {result.frames}/{result.expected_frames} frames, "
+                          f"{result.replaced} replaced at start",
                           file=sys.stderr, flush=True)
     print(report(results, seconds, warmup, profile))
     for result in results:
@@ -229,6 +239,7 @@ def report(results: list[Result], seconds: float, warmup: float, profile: bool) 
                 marginal = f"{(r.cpu_ms_per_second - base.cpu_ms_per_second) / extra:.2f}"
                 rss_extra = f"{(r.rss_active_kb - base.rss_active_kb) / 1024 / extra:.2f}"
             failed = f", {r.not_complete} not COMPLETE" if r.not_complete else ""
+            failed += f", {r.replaced} replaced at start" if r.replaced else ""
             lines.append(
                 f"| {kind} | {r.count} | {r.cpu_ms_per_track_second:.2f} | {marginal} | {r.cpu_us_per_frame:.0f} "
                 f"| {r.cpu_ms_per_second / 10:.1f} | {r.rss_active_kb / 1024:.1f} | {rss_extra} | {r.threads} "
@@ -269,13 +280,13 @@ async def measure(job: Job) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-egress-") as out:
         config = Config(ws_url=job.url, api_key=job.api_key, api_secret=job.api_secret, local_dir=Path(out))
         rss_base = _proc_status("VmRSS")
-        jobs = [Egress(_request(job, i), config) for i in range(job.count)]
-        runs = [asyncio.create_task(e.run()) for e in jobs]
+        fleet = Fleet(job, config)
         profiler = cProfile.Profile() if job.profile else None
         try:
-            await _until_active(jobs, runs)
+            await fleet.start_all()
             await asyncio.sleep(job.warmup)
-            frames_before = sum(e.frames for e in jobs)
+            fleet.check()
+            frames_before = fleet.frames
             before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
@@ -283,14 +294,12 @@ async def measure(job: Job) -> Result:
             if profiler is not None:
                 profiler.disable()
             after, window = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
-            frames = sum(e.frames for e in jobs) - frames_before
+            frames = fleet.frames - frames_before
             rss_active, threads = _proc_status("VmRSS"), _proc_status("Threads")
+            fleet.check()
         finally:
-            for e in jobs:
-                e.stop()
-            ended = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), STOP_TIMEOUT)
-    complete = sum(1 for info in ended if isinstance(info, egress.EgressInfo)
-                   and info.status == egress.EgressStatus.EGRESS_COMPLETE)
+            ended = await fleet.stop_all()
+    complete = sum(1 for info in ended if info.status == Status.EGRESS_COMPLETE)
     return Result(
         kind=job.kind,
         count=job.count,
@@ -303,29 +312,86 @@ async def measure(job: Job) -> Result:
         frames=frames,
         expected_frames=round(job.count * window * FRAME_RATE[job.kind]),
         not_complete=job.count - complete,
+        replaced=fleet.replaced,
         profile=profile_report(profiler) if profiler is not None else "",
     )
 
 
-def _request(job: Job, index: int) -> egress.TrackEgressRequest:
-    return egress.TrackEgressRequest(
-        room_name=job.room, track_id=job.track_sid, file=egress.DirectFileOutput(filepath=f"bench/{index}")
-    )
+class Fleet:
+    """``job.count`` egresses of the track, started ``START_CONCURRENCY`` at a time.
 
+    An egress still STARTING ``STUCK_AFTER`` seconds after it was created is stopped and replaced (counted in
+    ``replaced``). That works around a start-up race seen under load: when the SFU's offer adding the track
+    is applied while the bundle's DTLS handshake is still running, aiortc never calls ``receiver.receive()``
+    for the new transceiver (its two ``__connect`` tasks both skip it), so the connection is up, SRTP packets
+    arrive, and the RTP router drops every one of them.
+    """
 
-async def _until_active(jobs: list[Egress], runs: list[asyncio.Task[egress.EgressInfo]]) -> None:
-    """Wait until every egress has recorded its first frame; fail if one ends or it takes too long."""
-    deadline = time.monotonic() + ACTIVE_TIMEOUT
-    while True:
-        for e, run in zip(jobs, runs, strict=True):
+    def __init__(self, job: Job, config: Config) -> None:
+        self._job = job
+        self._config = config
+        self.egresses: list[Egress] = []
+        self._runs: list[asyncio.Task[egress.EgressInfo]] = []
+        self._created: list[float] = []
+        self._retired: list[asyncio.Task[egress.EgressInfo]] = []
+        self.replaced = 0
+
+    @property
+    def frames(self) -> int:
+        return sum(e.frames for e in self.egresses)
+
+    async def start_all(self) -> None:
+        """Return once every egress is ACTIVE (has recorded a frame)."""
+        deadline = time.monotonic() + ACTIVE_TIMEOUT
+        while True:
+            self.check()
+            now = time.monotonic()
+            starting = [i for i, e in enumerate(self.egresses) if e.info.status == Status.EGRESS_STARTING]
+            for i in starting:
+                if now - self._created[i] > STUCK_AFTER:
+                    log.warning("egress %s still STARTING after %g s: replaced", self.egresses[i].egress_id,
+                                STUCK_AFTER)
+                    self.egresses[i].stop()
+                    self._retired.append(self._runs[i])
+                    self._launch(i)
+                    self.replaced += 1
+            while len(self.egresses) < self._job.count and len(starting) < START_CONCURRENCY:
+                starting.append(len(self.egresses))
+                self._launch(len(self.egresses))
+            if len(self.egresses) == self._job.count and not starting:
+                return
+            if now > deadline:
+                raise RuntimeError(f"only {self._job.count - len(starting)} of {self._job.count} egresses ACTIVE "
+                                   f"after {ACTIVE_TIMEOUT:g} s")
+            await asyncio.sleep(0.1)
+
+    def check(self) -> None:
+        """Raise if an egress has ended (they should run until ``stop_all``)."""
+        for e, run in zip(self.egresses, self._runs, strict=True):
             if run.done() or is_ended(e.info):
                 raise RuntimeError(f"egress {e.egress_id} ended early: {e.info.error or e.info.details}")
-        active = sum(1 for e in jobs if e.info.status == egress.EgressStatus.EGRESS_ACTIVE)
-        if active == len(jobs):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {active} of {len(jobs)} egresses ACTIVE after {ACTIVE_TIMEOUT:g} s")
-        await asyncio.sleep(0.1)
+
+    async def stop_all(self) -> list[egress.EgressInfo]:
+        """Stop every egress; the final infos of the current ones (not of replaced ones)."""
+        for e in self.egresses:
+            e.stop()
+        runs = asyncio.gather(*self._runs, *self._retired, return_exceptions=True)
+        ended = await asyncio.wait_for(runs, STOP_TIMEOUT)
+        return [info for info in ended[: len(self._runs)] if isinstance(info, egress.EgressInfo)]
+
+    def _launch(self, index: int) -> None:
+        request = egress.TrackEgressRequest(
+            room_name=self._job.room, track_id=self._job.track_sid,
+            file=egress.DirectFileOutput(filepath=f"bench/{index}"),
+        )  # fmt: skip
+        job = Egress(request, self._config)
+        run = asyncio.create_task(job.run())
+        if index == len(self.egresses):
+            self.egresses.append(job)
+            self._runs.append(run)
+            self._created.append(time.monotonic())
+        else:
+            self.egresses[index], self._runs[index], self._created[index] = job, run, time.monotonic()
 
 
 def _proc_status(field: str) -> int:
@@ -429,7 +495,10 @@ def main() -> None:
     parser.add_argument("--room", help=argparse.SUPPRESS)
     parser.add_argument("--media", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format=f"{args.role}: %(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper()  # e.g. BENCH_LOG_LEVEL=INFO for egress states
+    logging.basicConfig(level=level, format=f"{args.role}: %(asctime)s %(levelname)s %(name)s: %(message)s")
+    # livekit-server --dev signs with the 6-byte secret "secret"
+    warnings.filterwarnings("ignore", message="The HMAC key is .* bytes long")
 
     if args.role == "publish":
         asyncio.run(publish(args.url, args.room, args.media))

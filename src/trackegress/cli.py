@@ -1,27 +1,36 @@
-"""Command line: ``trackegress record`` (and, later, serve/worker/start/list/stop)."""
+"""Command line: ``trackegress record``, ``serve``, ``worker``, and the API clients ``start`` / ``list`` / ``stop``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import json
 import logging
+import os
+import re
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToJson
+import aiohttp
+from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from livekit import api
 from livekit.protocol import egress
 
-from trackegress.config import Config, ConfigError
-from trackegress.egress import Egress
+from trackegress.config import Config, ConfigError, load_service_config
+from trackegress.egress import Egress, is_ended
 from trackegress.request import RequestError, check_track_request
 
 log = logging.getLogger("trackegress")
+DEFAULT_API_URL = "http://127.0.0.1:7990"
+_EGRESS_ID = re.compile(r"\bEG_[A-Za-z0-9]{12}\b")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackegress", description="Export one LiveKit track.")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument("--log-level", help="debug, info, warning, error (default info, or the config's)")
     commands = parser.add_subparsers(dest="command", required=True)
     record = commands.add_parser("record", help="record one track until it ends; prints the final EgressInfo")
     record.add_argument("--room", required=True, help="room name")
@@ -35,14 +44,50 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--api-secret", help="env LIVEKIT_API_SECRET")
     record.add_argument("--track-timeout", type=float, help="seconds to wait for the track (default 30)")
     record.add_argument("--no-manifest", action="store_true", help="do not write the manifest JSON")
+    serve = commands.add_parser("serve", help="run LiveKit's livekit.Egress Twirp API for track egress")
+    serve.add_argument("--config", type=Path, help="egress.yaml (default: env EGRESS_CONFIG_FILE / EGRESS_CONFIG_BODY)")
+    serve.add_argument("--port", type=int, help="API port (config api_port, default 7990)")
+    serve.add_argument("--bind", help="API address (config bind, default 127.0.0.1)")
+    worker = commands.add_parser("worker", help="egress worker for livekit-server: track egress over Redis (psrpc)")
+    worker.add_argument("--config", type=Path, help="egress.yaml (or env EGRESS_CONFIG_FILE / EGRESS_CONFIG_BODY)")
+    worker.add_argument("--shutdown-grace", type=float, default=60.0,
+                        help="seconds SIGTERM lets running egresses go on before stopping them (default 60)")
+    _client_commands(commands)
     return parser
+
+
+def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``start``, ``list`` and ``stop``: LiveKit's Python client against a running ``serve``."""
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", default=os.environ.get("TRACKEGRESS_URL", DEFAULT_API_URL),
+                        help=f"the service's URL (env TRACKEGRESS_URL, default {DEFAULT_API_URL})")
+    client.add_argument("--api-key", help="env LIVEKIT_API_KEY")
+    client.add_argument("--api-secret", help="env LIVEKIT_API_SECRET")
+    start = commands.add_parser("start", parents=[client], help="StartTrackEgress from a request JSON file")
+    start.add_argument("request", type=Path, help="TrackEgressRequest as JSON (as for lk egress start --type track)")
+    start.add_argument("--wait", action="store_true", help="show live status until the egress ends")
+    listing = commands.add_parser("list", parents=[client], help="ListEgress")
+    listing.add_argument("--room", default="", help="only this room")
+    listing.add_argument("--id", default="", help="only this egress")
+    listing.add_argument("--active", action="store_true", help="only egresses that have not ended")
+    listing.add_argument("--json", action="store_true", help="print the ListEgressResponse as JSON")
+    stop = commands.add_parser("stop", parents=[client], help="StopEgress")
+    stop.add_argument("egress_id", help="EG_...")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    if args.command == "serve":
+        return _serve_main(args)
+    if args.command == "worker":
+        return _worker_main(args)
+    _setup_logging(args.log_level or "info")
+    if args.command == "record":
+        return _record_main(args)
+    return _client_main(args)
+
+
+def _record_main(args: argparse.Namespace) -> int:
     try:
         config = Config.from_env(
             ws_url=args.url, api_key=args.api_key, api_secret=args.api_secret,
@@ -100,6 +145,185 @@ async def _progress(job: Egress) -> None:
             f"\r{job.egress_id} {status:<8} frames={job.frames} in={job.bytes_in}B out={job.bytes_out}B "
         )
         sys.stderr.flush()
+
+
+# serve
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    try:
+        config = load_service_config(args.config, api_port=args.port, bind=args.bind)
+    except ConfigError as exc:
+        _setup_logging(args.log_level or "info")
+        print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
+                   secrets=(config.egress.api_secret,))
+    from trackegress.api.serve import serve
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"trackegress: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# worker
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    from trackegress.cluster.settings import load_worker_config
+    from trackegress.cluster.worker import run_worker
+
+    try:
+        config = load_worker_config(args.config)
+    except ConfigError as exc:
+        _setup_logging(args.log_level or "info")
+        print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
+                   secrets=(config.service.egress.api_secret, config.redis.password))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(config, stop, args.shutdown_grace)
+
+    try:
+        asyncio.run(run())
+    except (OSError, RuntimeError) as exc:
+        print(f"trackegress: worker failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# API clients
+
+
+def _client_main(args: argparse.Namespace) -> int:
+    if args.command == "start":
+        try:
+            request = Parse(args.request.read_text(), egress.TrackEgressRequest())
+        except (OSError, ParseError) as exc:
+            print(f"trackegress: cannot read {args.request}: {exc}", file=sys.stderr)
+            return 2
+        return _call(args, lambda lk: _start(lk, request, args.wait))
+    if args.command == "list":
+        listing = egress.ListEgressRequest(room_name=args.room, egress_id=args.id, active=args.active)
+        return _call(args, lambda lk: _list(lk, listing, args.json))
+    return _call(args, lambda lk: _stop(lk, args.egress_id))
+
+
+def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awaitable[int]]) -> int:
+    """Run ``action`` with a client; Twirp and connection errors become a message and exit code 1."""
+
+    async def run() -> int:
+        client = api.LiveKitAPI(args.url, args.api_key, args.api_secret, failover=False)
+        try:
+            return await action(client)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except ValueError as exc:  # missing key or secret
+        print(f"trackegress: {exc}", file=sys.stderr)
+    except api.TwirpError as exc:
+        print(f"trackegress: {exc.code}: {exc.message}", file=sys.stderr)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"trackegress: cannot reach {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+    return 1
+
+
+async def _start(client: api.LiveKitAPI, request: egress.TrackEgressRequest, wait: bool) -> int:
+    info = await client.egress.start_track_egress(request)
+    if not wait:
+        print(MessageToJson(info, indent=2))
+        return 0
+    _print_status(info)
+    while not is_ended(info):
+        await asyncio.sleep(0.5)
+        latest = await client.egress.list_egress(egress.ListEgressRequest(egress_id=info.egress_id))
+        if latest.items and latest.items[0].status != info.status:
+            _print_status(latest.items[0])
+        info = latest.items[0] if latest.items else info
+    print(MessageToJson(info, indent=2))
+    return 0 if info.status == egress.EgressStatus.EGRESS_COMPLETE else 1
+
+
+async def _list(client: api.LiveKitAPI, request: egress.ListEgressRequest, as_json: bool) -> int:
+    response = await client.egress.list_egress(request)
+    if as_json:
+        print(MessageToJson(response, indent=2))
+        return 0
+    for info in response.items:
+        started = datetime.datetime.fromtimestamp(info.started_at / 1e9).isoformat(timespec="seconds")
+        status = egress.EgressStatus.Name(info.status).removeprefix("EGRESS_")
+        print(f"{info.egress_id}  {status:<13} {started}  {info.room_name}  {info.track.track_id}  {info.error}")
+    return 0
+
+
+async def _stop(client: api.LiveKitAPI, egress_id: str) -> int:
+    info = await client.egress.stop_egress(egress.StopEgressRequest(egress_id=egress_id))
+    print(MessageToJson(info, indent=2))
+    return 0
+
+
+# logging
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per line; ``egress_id`` from the record's extra or from the message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": message,
+        }
+        found = getattr(record, "egress_id", None) or _EGRESS_ID.search(message)
+        if found:
+            entry["egress_id"] = found if isinstance(found, str) else found.group()
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class _Redact(logging.Filter):
+    """Replaces the given secrets in every message."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self._secrets):
+            for secret in self._secrets:
+                message = message.replace(secret, "{secret}")
+            record.msg, record.args = message, ()
+        return True
+
+
+def _setup_logging(level: str, *, json_lines: bool = False, secrets: tuple[str, ...] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLines() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    handler.addFilter(_Redact(secrets))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import posixpath
 import secrets
 import string
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import av
 from livekit import api
@@ -24,7 +26,10 @@ from trackegress.sinks.file import FileSink
 from trackegress.sinks.manifest import build_manifest
 from trackegress.sinks.naming import TemplateVars, output_path
 from trackegress.sinks.websocket import WebSocketSink, WebSocketSinkError
+from trackegress.storage.base import UploadError
 from trackegress.storage.local import LocalStorage
+from trackegress.storage.settings import Destination, StorageSettings, UploadConfigError
+from trackegress.storage.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,7 @@ class Egress:
             track=redact_request(request),
         )
         self._storage = LocalStorage(config.local_dir)
+        self._upload_to: Destination | None = None
         self._sink: Sink | None = None
         self._file: FileSink | None = None
         self._stream: WebSocketSink | None = None
@@ -112,6 +118,18 @@ class Egress:
         if self._stream is not None:
             return self._stream.bytes_sent
         return self._file.size if self._file else 0
+
+    @property
+    def partial_file(self) -> egress.FileInfo | None:
+        """The file being written (filename, location, size so far) once it is open; None otherwise."""
+        if self._file is None:
+            return None
+        return egress.FileInfo(
+            filename=self._filename,
+            location=self._storage.location(self._file.path),
+            size=self._file.size,
+            started_at=self._media_started_at,
+        )
 
     def stop(self, reason: str = STOP_API) -> None:
         """Finish the egress as soon as possible (e.g. ``StopEgress``)."""
@@ -225,13 +243,22 @@ class Egress:
     def _open_file(self, codec: Codec) -> FileSink:
         assert self._source is not None
         relative = output_path(self._request.file.filepath, codec, self._template_vars())
+        self._upload_to = self._destination()
+        local = f"{self.egress_id}/{posixpath.basename(relative)}" if self._upload_to else relative
         try:
-            path = self._storage.path_for(relative)
+            path = self._storage.path_for(local)
         except ValueError as exc:
             raise EgressFailure(f"invalid filepath {relative!r}: {exc}", 400) from None
         self._file = FileSink(path, codec)
         self._filename = relative
         return self._file
+
+    def _destination(self) -> Destination | None:
+        """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
+        try:
+            return (self._config.storage or StorageSettings()).destination(self._request.file)
+        except UploadConfigError as exc:
+            raise EgressFailure(str(exc), 501 if exc.code == "unimplemented" else 400) from None
 
     def _template_vars(self) -> TemplateVars:
         assert self._source is not None
@@ -259,9 +286,11 @@ class Egress:
         self.info.details = f"End reason: {self._end_reason}"
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
-        await self._write_results()
+        upload_error = await self._write_results()
         if self._end_error:
             await self._fail(self._end_error, 500)
+        elif upload_error:
+            await self._fail(upload_error, 500)
         elif self._limit_reached:
             self.info.error, self.info.error_code = LIMIT_REACHED, 413
             self._set_status(Status.EGRESS_LIMIT_REACHED, ended=True)
@@ -273,13 +302,31 @@ class Egress:
         if sink is not None:
             await sink.close()
 
-    async def _write_results(self) -> None:
+    async def _write_results(self) -> str | None:
+        """Fill in the results, uploading the file and its manifest if configured; returns the upload error."""
         if self._stream is not None:
             stream_info = self._stream.stream_info()
             self.info.stream_results.append(stream_info)
             self.info.stream.info.append(stream_info)
         if self._file is None:
-            return
+            return None
+        if self._upload_to is None:
+            await self._write_file_results(None)
+            return None
+        settings = self._config.storage or StorageSettings()
+        uploader = Uploader(self._upload_to, settings.backup)
+        try:
+            error = await self._write_file_results(uploader)
+        finally:
+            await uploader.close()
+            self.info.backup_storage_used = uploader.backup_used
+        if error is None:
+            await asyncio.to_thread(_remove_empty_dir, self._file.path.parent)
+        return error
+
+    async def _write_file_results(self, uploader: Uploader | None) -> str | None:
+        """FileInfo and manifest; after an upload failure the manifest stays local and names local paths."""
+        assert self._file is not None
         file_info = egress.FileInfo(
             filename=self._filename,
             location=self._storage.location(self._file.path),
@@ -288,12 +335,25 @@ class Egress:
             started_at=self._media_started_at,
             ended_at=self._media_started_at + self._file.duration_ns,
         )
+        error = None
+        if uploader is not None:
+            try:
+                file_info.location = await self._upload(uploader, self._file.path, self._filename)
+            except UploadError as exc:
+                error, uploader = str(exc), None
         self.info.file_results.append(file_info)
         self.info.file.CopyFrom(file_info)
         if not self._request.file.disable_manifest:
-            await self._write_manifest()
+            error = await self._write_manifest(uploader) or error
+        return error
 
-    async def _write_manifest(self) -> None:
+    async def _upload(self, uploader: Uploader, local: Path, filename: str) -> str:
+        """Upload ``local`` as ``filename``, then (only then) delete the local copy; returns the location."""
+        location = await uploader.upload(local, filename)
+        await asyncio.to_thread(local.unlink)
+        return location
+
+    async def _write_manifest(self, uploader: Uploader | None) -> str | None:
         assert self._file is not None and self._source is not None
         path = self._file.path.with_name(f"{self.egress_id}.json")
         track = self._source.track
@@ -307,6 +367,14 @@ class Egress:
         )
         await asyncio.to_thread(path.write_bytes, body)
         self.info.manifest_location = self._storage.location(path)
+        if uploader is None:
+            return None
+        filename = posixpath.join(posixpath.dirname(self._filename), path.name)
+        try:
+            self.info.manifest_location = await self._upload(uploader, path, filename)
+        except UploadError as exc:
+            return str(exc)
+        return None
 
     # status changes
 
@@ -342,6 +410,14 @@ class Egress:
         copy = egress.EgressInfo()
         copy.CopyFrom(self.info)
         return copy
+
+
+def _remove_empty_dir(path: Path) -> None:
+    """Remove the egress's local directory once everything in it was uploaded."""
+    try:
+        path.rmdir()
+    except OSError:
+        log.warning("local directory %s is not empty after the upload; kept", path)
 
 
 def is_ended(info: egress.EgressInfo) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from livekit.protocol import egress
 
 from trackegress.sinks.naming import resolve_under, validate_template
+from trackegress.storage.settings import UploadConfigError, from_request
 
 
 class RequestError(ValueError):
@@ -39,11 +40,14 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
 
 
 def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
-    upload = file.WhichOneof("output")
-    if upload is not None:
-        raise RequestError("unimplemented", f"{upload} upload is not supported yet")
+    try:
+        from_request(file)
+    except UploadConfigError as exc:
+        raise RequestError(exc.code, str(exc)) from None
     try:
         validate_template(file.filepath)
-        resolve_under(local_dir, file.filepath)
+        # An empty path or a directory ("dir/") gets the default file name ({track_id}-{time}.ext) appended.
+        default_name = not file.filepath or file.filepath.endswith("/")
+        resolve_under(local_dir, file.filepath + "{track_id}" if default_name else file.filepath)
     except ValueError as exc:
         raise RequestError("invalid_argument", f"invalid filepath {file.filepath!r}: {exc}") from None

@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -31,10 +31,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
-def config_body(tcp_port: int) -> str:
+def config_body(tcp_port: int, redis_address: str = "", webhook_urls: Sequence[str] = ()) -> str:
     """The YAML handed to ``--config-body``: loopback-only ICE candidates (pion drops loopback unless
-    ``enable_loopback_candidate``), no TURN, and remote unmute so tests can mute and unmute tracks."""
-    return (
+    ``enable_loopback_candidate``), no TURN, and remote unmute so tests can mute and unmute tracks.
+    ``redis_address`` (host:port) switches on Redis (and so psrpc egress); ``webhook_urls`` get signed webhooks."""
+    extra = f"redis:\n  address: {redis_address}\n" if redis_address else ""
+    if webhook_urls:
+        extra += f"webhook:\n  api_key: {DEV_KEY}\n  urls: [{', '.join(webhook_urls)}]\n"
+    return extra + (
         "rtc:\n"
         f"  tcp_port: {tcp_port}\n"
         "  use_external_ip: false\n"
@@ -51,8 +55,13 @@ def config_body(tcp_port: int) -> str:
 class LiveKitServer:
     """``livekit-server --dev`` bound to 127.0.0.1; use as a context manager or call ``stop()``."""
 
-    def __init__(self, binary: Path = BINARY, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self, binary: Path = BINARY, startup_timeout: float = 20.0, *, redis_address: str = "",
+        webhook_urls: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
+        self.redis_address = redis_address
+        self.webhook_urls = tuple(webhook_urls)
         self.port = free_port()
         self.tcp_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
@@ -78,7 +87,7 @@ class LiveKitServer:
             "--node-ip", "127.0.0.1",
             "--port", str(self.port),
             "--udp-port", str(self.udp_port),
-            "--config-body", config_body(self.tcp_port),
+            "--config-body", config_body(self.tcp_port, self.redis_address, self.webhook_urls),
         ]  # fmt: skip
 
     def log_tail(self, lines: int = 40) -> str:

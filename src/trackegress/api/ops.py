@@ -1,0 +1,68 @@
+"""Operations endpoints: health (JSON status) and Prometheus metrics, each on its own port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from livekit.protocol import egress
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trackegress.egress import is_ended
+from trackegress.service import EgressManager
+
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics(Collector):
+    """``trackegress_*`` metrics in a registry of their own; ``observe`` is an EgressManager listener."""
+
+    def __init__(self, manager: EgressManager) -> None:
+        self._manager = manager
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._started = Counter("trackegress_egress_started", "Egresses started", registry=self.registry)
+        self._ended = Counter(
+            "trackegress_egress_ended", "Egresses ended, by final status", ["status"], registry=self.registry
+        )
+        self._ended_bytes = 0
+        self.registry.register(self)
+
+    def observe(self, info: egress.EgressInfo) -> None:
+        """Count a status change."""
+        if info.status == egress.EgressStatus.EGRESS_STARTING:
+            self._started.inc()
+        elif is_ended(info):
+            self._ended.labels(egress.EgressStatus.Name(info.status)).inc()
+            self._ended_bytes += sum(f.size for f in info.file_results)
+
+    def collect(self) -> Iterator[Metric]:
+        """Live values read from the running egresses at scrape time."""
+        running = self._manager.running()
+        yield GaugeMetricFamily("trackegress_egress_active", "Egresses running now", value=len(running))
+        written = self._ended_bytes + sum(job.bytes_out for job in running)
+        yield CounterMetricFamily("trackegress_bytes_written", "Bytes written to files and streams", value=written)
+
+    def app(self) -> web.Application:
+        """``GET /metrics`` in Prometheus' text format."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve)
+        return app
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_TYPE})
+
+
+def health_app(manager: EgressManager) -> web.Application:
+    """``GET /`` (and ``/health``): ``{"status": "ok", "active_egresses": n, "accepting": bool}``."""
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "active_egresses": manager.active_count, "accepting": manager.accepting}
+        )
+
+    app = web.Application()
+    app.router.add_get("/", health)
+    app.router.add_get("/health", health)
+    return app

@@ -1,0 +1,321 @@
+"""psrpc on Redis pub/sub with asyncio: the bus, a server (claims, queue lock) and a client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from trackegress.cluster import psrpc
+from trackegress.cluster.psrpc import ClaimRequest, ClaimResponse, PsrpcError, Request, Response, SelectionOpts
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], Awaitable[None]]
+T = TypeVar("T")
+_RETRY_MAX = 2.0
+FIRST_AVAILABLE = SelectionOpts(accept_first_available=True)  # psrpc's choice for methods without affinity
+
+
+class RedisBus:
+    """One pub/sub connection for every subscription, messages dispatched to per-channel handlers.
+
+    A queue subscription only hands a message on after winning psrpc's lock on it, so one subscriber in the
+    whole cluster (Go or Python) handles it.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._pubsub = redis.pubsub()
+        self._handlers: dict[str, tuple[Handler, bool]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def subscribe(self, channel: str, handler: Handler, *, queue: bool = False) -> None:
+        """Deliver ``channel``'s messages to ``handler(channel, payload)``; returns once Redis confirms."""
+        self._handlers[channel] = (handler, queue)
+        await self._pubsub.subscribe(channel)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="psrpc-bus")
+
+    async def unsubscribe(self, *channels: str) -> None:
+        for name in channels:
+            self._handlers.pop(name, None)
+        if channels:
+            await self._pubsub.unsubscribe(*channels)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self.redis.publish(channel, payload)
+
+    async def close(self) -> None:
+        """Stop reading; in-flight handlers are cancelled."""
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` in the background, logged if it fails, cancelled by ``close()``."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("psrpc: %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _read(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except (RedisError, OSError) as exc:
+                log.warning("psrpc: redis receive failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            delay = 0.1
+            if message is None or message.get("type") != "message":
+                continue
+            name = message["channel"].decode(errors="replace")
+            entry = self._handlers.get(name)
+            if entry is not None:
+                self.spawn(self._deliver(name, bytes(message["data"]), *entry), f"psrpc {name}")
+
+    async def _deliver(self, channel: str, payload: bytes, handler: Handler, queue: bool) -> None:
+        if queue and not await self._lock(payload):
+            return
+        await handler(channel, payload)
+
+    async def _lock(self, payload: bytes) -> bool:
+        key = base64.b64encode(hashlib.sha256(payload).digest()).decode()
+        return bool(await self.redis.set(key, secrets.randbits(63), nx=True, px=psrpc.LOCK_TTL_MS))
+
+
+@dataclass(frozen=True)
+class Method(Generic[T]):
+    """One RPC a server serves: how to parse its request, handle it and (optionally) how much it wants it."""
+
+    name: str
+    decode: Callable[[bytes], T]
+    handle: Callable[[Request, T], Awaitable[bytes]]
+    affinity: Callable[[Request, T], Awaitable[float]] | None = None
+    claim: bool = True
+    queue: bool = False
+
+
+class RPCServer:
+    """The server side of one psrpc service: ``await register(method, topic)`` per method and topic."""
+
+    def __init__(self, bus: RedisBus, service: str, server_id: str | None = None) -> None:
+        self.bus = bus
+        self.service = service
+        self.server_id = server_id or psrpc.new_id("SRV_")
+        self._claims: dict[str, asyncio.Future[ClaimResponse]] = {}
+        self._methods: dict[str, tuple[Method[Any], str]] = {}
+
+    async def register(self, method: Method[Any], topic: str = "") -> None:
+        """Subscribe to the method's RCLAIM (if it claims) and then REQ channels."""
+        if method.claim:
+            await self.bus.subscribe(psrpc.claim_response_channel(self.service, method.name, topic), self._on_claim)
+        req = psrpc.request_channel(self.service, method.name, topic)
+        self._methods[req] = (method, topic)
+        await self.bus.subscribe(req, self._on_request, queue=method.queue)
+
+    async def unregister(self, method: Method[Any], topic: str = "") -> None:
+        req = psrpc.request_channel(self.service, method.name, topic)
+        self._methods.pop(req, None)
+        channels = [req]
+        if method.claim:
+            channels.append(psrpc.claim_response_channel(self.service, method.name, topic))
+        await self.bus.unsubscribe(*channels)
+
+    async def _on_request(self, channel: str, payload: bytes) -> None:
+        entry = self._methods.get(channel)
+        if entry is None:
+            return
+        method = entry[0]
+        try:
+            request = psrpc.unwrap(payload, Request)
+        except psrpc.MalformedMessage as exc:
+            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+            return
+        if time.time_ns() >= request.expiry:
+            log.debug("psrpc: %s %s expired", channel, request.request_id)
+            return
+        try:
+            body = method.decode(request.raw_request)
+        except psrpc.MalformedMessage as exc:
+            log.warning("psrpc: malformed %s request %s: %s", method.name, request.request_id, exc)
+            await self._respond(request, error=PsrpcError(psrpc.MALFORMED_REQUEST, str(exc)))
+            return
+        if method.claim and not await self._claim(method, request, body):
+            return
+        await self._serve(method, request, body)
+
+    async def _claim(self, method: Method[Any], request: Request, body: Any) -> bool:
+        affinity = 1.0 if method.affinity is None else await method.affinity(request, body)
+        if affinity < 0:
+            return False
+        won: asyncio.Future[ClaimResponse] = asyncio.get_running_loop().create_future()
+        self._claims[request.request_id] = won
+        try:
+            claim = ClaimRequest(request.request_id, self.server_id, affinity)
+            await self.bus.publish(psrpc.claim_request_channel(self.service, request.client_id), psrpc.wrap(claim))
+            timeout = max(0.0, (request.expiry - time.time_ns()) / 1e9)
+            response = await asyncio.wait_for(won, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._claims.pop(request.request_id, None)
+        return response.server_id == self.server_id
+
+    async def _on_claim(self, channel: str, payload: bytes) -> None:
+        try:
+            response = psrpc.unwrap(payload, ClaimResponse)
+        except psrpc.MalformedMessage as exc:
+            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+            return
+        waiter = self._claims.get(response.request_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    async def _serve(self, method: Method[Any], request: Request, body: Any) -> None:
+        try:
+            raw = await method.handle(request, body)
+        except PsrpcError as exc:
+            await self._respond(request, error=exc)
+        except Exception as exc:
+            log.exception("psrpc: %s.%s failed", self.service, method.name)
+            await self._respond(request, error=PsrpcError(psrpc.INTERNAL, str(exc)))
+        else:
+            await self._respond(request, raw=raw)
+
+    async def _respond(self, request: Request, raw: bytes = b"", error: PsrpcError | None = None) -> None:
+        response = Response(
+            request.request_id, self.server_id, time.time_ns(), raw_response=raw,
+            error=error.message if error else "", code=error.code if error else "",
+        )
+        await self.bus.publish(psrpc.response_channel(self.service, request.client_id), psrpc.wrap(response))
+
+
+class RPCClient:
+    """The client side of one psrpc service; ``await start()`` before the first call."""
+
+    def __init__(self, bus: RedisBus, service: str, client_id: str | None = None) -> None:
+        self.bus = bus
+        self.service = service
+        self.client_id = client_id or psrpc.new_id("CLI_")
+        self._claims: dict[str, asyncio.Queue[ClaimRequest]] = {}
+        self._responses: dict[str, asyncio.Queue[Response]] = {}
+
+    async def start(self) -> None:
+        await self.bus.subscribe(psrpc.claim_request_channel(self.service, self.client_id), self._on_claim)
+        await self.bus.subscribe(psrpc.response_channel(self.service, self.client_id), self._on_response)
+
+    async def call(
+        self, method: str, payload: bytes, *, topic: str = "", timeout: float = 3.0, claim: bool = True,
+        selection: SelectionOpts = FIRST_AVAILABLE,
+    ) -> bytes:
+        """One unary RPC; returns the raw response, raises ``PsrpcError`` (``deadline_exceeded`` on timeout)."""
+        request = self._request(payload, timeout, multi=False)
+        claims: asyncio.Queue[ClaimRequest] = asyncio.Queue()
+        responses: asyncio.Queue[Response] = asyncio.Queue()
+        self._claims[request.request_id], self._responses[request.request_id] = claims, responses
+        try:
+            async with asyncio.timeout(timeout):
+                await self.bus.publish(psrpc.request_channel(self.service, method, topic), psrpc.wrap(request))
+                if claim:
+                    server_id = await _select(claims, responses, selection)
+                    chosen = ClaimResponse(request.request_id, server_id)
+                    await self.bus.publish(psrpc.claim_response_channel(self.service, method, topic),
+                                           psrpc.wrap(chosen))
+                return _result(await responses.get())
+        except TimeoutError:
+            raise PsrpcError(psrpc.DEADLINE_EXCEEDED, "request timed out") from None
+        finally:
+            self._claims.pop(request.request_id, None)
+            self._responses.pop(request.request_id, None)
+
+    async def multi(self, method: str, payload: bytes, *, topic: str = "", timeout: float = 1.0) -> list[bytes]:
+        """A multi RPC: every server answers; returns the successful responses received within ``timeout``."""
+        request = self._request(payload, timeout, multi=True)
+        responses: asyncio.Queue[Response] = asyncio.Queue()
+        self._responses[request.request_id] = responses
+        results: list[bytes] = []
+        try:
+            await self.bus.publish(psrpc.request_channel(self.service, method, topic), psrpc.wrap(request))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while True:
+                        response = await responses.get()
+                        if not response.error:
+                            results.append(response.raw_response)
+        finally:
+            self._responses.pop(request.request_id, None)
+        return results
+
+    def _request(self, payload: bytes, timeout: float, *, multi: bool) -> Request:
+        now = time.time_ns()
+        return Request(psrpc.new_id("REQ_"), self.client_id, now, now + int(timeout * 1e9), multi, payload)
+
+    async def _on_claim(self, channel: str, payload: bytes) -> None:
+        try:
+            claim = psrpc.unwrap(payload, ClaimRequest)
+        except psrpc.MalformedMessage as exc:
+            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+            return
+        queue = self._claims.get(claim.request_id)
+        if queue is not None:
+            queue.put_nowait(claim)
+
+    async def _on_response(self, channel: str, payload: bytes) -> None:
+        try:
+            response = psrpc.unwrap(payload, Response)
+        except psrpc.MalformedMessage as exc:
+            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+            return
+        queue = self._responses.get(response.request_id)
+        if queue is not None:
+            queue.put_nowait(response)
+
+
+async def _select(
+    claims: asyncio.Queue[ClaimRequest], responses: asyncio.Queue[Response], opts: SelectionOpts
+) -> str:
+    """psrpc's selection phase: claims until one wins outright or the affinity/short-circuit timer ends."""
+    selection = psrpc.Selection(opts)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + opts.affinity_timeout
+    while (left := deadline - loop.time()) > 0:
+        try:
+            claim = await asyncio.wait_for(claims.get(), left)
+        except TimeoutError:
+            break
+        if (winner := selection.offer(claim)) is not None:
+            return winner
+        if selection.claims == 1 and opts.short_circuit_timeout > 0:
+            deadline = min(deadline, loop.time() + opts.short_circuit_timeout)
+    if not responses.empty():  # only a malformed-request error can arrive before a claim is answered
+        _result(responses.get_nowait())
+    return selection.best()
+
+
+def _result(response: Response) -> bytes:
+    if response.error:
+        raise PsrpcError(response.code or psrpc.UNKNOWN, response.error)
+    return response.raw_response

@@ -1,0 +1,283 @@
+"""``trackegress worker``: a drop-in egress worker that livekit-server dispatches track egresses to.
+
+Serves ``EgressInternal.StartEgress`` / ``ListActiveEgress`` (topic ``cluster_id``) and, per running egress,
+``EgressHandler.StopEgress`` / ``UpdateStream`` (topic = egress id) over psrpc on Redis; reports every status
+to livekit-server's ``IOInfo``. The egress lifecycle (limits, store, restart recovery) is ``EgressManager``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from livekit.protocol import egress
+from redis.asyncio import Redis
+
+from trackegress.cluster import psrpc
+from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
+from trackegress.cluster.ioinfo import SERVICE as IOINFO
+from trackegress.cluster.ioinfo import IOInfoReporter
+from trackegress.cluster.psrpc import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
+from trackegress.cluster.settings import WorkerConfig
+from trackegress.egress import is_ended, new_egress_id
+from trackegress.request import RequestError
+from trackegress.service import EgressManager, LiveKitRooms
+from trackegress.store import Store
+
+log = logging.getLogger(__name__)
+
+INTERNAL = "EgressInternal"
+HANDLER = "EgressHandler"
+CREATE_WAIT = 3.0  # StartEgress waits this long for IOInfo.CreateEgress (livekit-server retries after 10 s)
+STOP_WAIT = 2.0  # StopEgress answers within this (livekit-server's psrpc timeout is 3 s)
+OWNER_PREFIX = "trackegress:egress:"  # Redis key naming the worker that runs an egress id
+OWNER_TTL = 24 * 3600
+DRAIN_TIMEOUT = 15.0
+
+
+def affinity(budget: float, used: float, cost: float) -> float:
+    """Claim affinity: the share of the CPU budget still free, or -1 (no claim) when ``cost`` does not fit."""
+    if budget <= 0 or used + cost > budget + 1e-9:
+        return -1.0
+    return (budget - used) / budget
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A StartEgress we claimed and may be chosen for: its cost is reserved until ``expiry`` (ns)."""
+
+    egress_id: str
+    cost: float
+    expiry: int
+
+
+@dataclass
+class _Running:
+    cost: float
+    room_id: str
+    launch: asyncio.Task[egress.EgressInfo]
+    ended: bool = False
+
+
+class Worker:
+    """psrpc front of an ``EgressManager``: ``await start()``, then ``await shutdown(grace)``."""
+
+    def __init__(self, config: WorkerConfig, bus: RedisBus, manager: EgressManager) -> None:
+        self.server_id = psrpc.new_id("SRV_")
+        self._config = config
+        self._bus = bus
+        self._manager = manager
+        self._internal = RPCServer(bus, INTERNAL, self.server_id)
+        self._handler = RPCServer(bus, HANDLER, self.server_id)
+        self._io = RPCClient(bus, IOINFO)
+        self._reporter = IOInfoReporter(self._io, on_final=self._on_final)
+        self._running: dict[str, _Running] = {}
+        self._pending: dict[str, _Claim] = {}  # by request id
+        self._accepting = True
+        self._idle = asyncio.Event()
+        self._start_method = Method("StartEgress", StartEgressRequest.decode, self._start_egress, self._affinity)
+        self._list_method = Method("ListActiveEgress", _empty, self._list_active, claim=False)
+        self._stop_method = Method("StopEgress", _stop_request, self._stop_egress, queue=True)
+        self._update_method = Method("UpdateStream", _update_request, self._update_stream, queue=True)
+
+    async def start(self) -> None:
+        """Report what a previous run left unfinished (FAILED "Process killed"), then start claiming."""
+        await self._io.start()
+        self._manager.add_listener(self._on_update)
+        for info in await self._manager.recover():
+            log.warning("egress %s: reported FAILED (Process killed) after a restart", info.egress_id)
+        await self._internal.register(self._start_method, self._config.cluster_id)
+        await self._internal.register(self._list_method, self._config.cluster_id)
+        log.info("worker %s serving (cluster_id %r, CPU budget %.2f, track cost %.2f)", self.server_id,
+                 self._config.cluster_id, self._config.cpu_budget, self._config.track_cpu_cost)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop claiming; let running egresses end for ``grace`` seconds, stop the rest; report everything."""
+        self._accepting = False
+        await self._internal.unregister(self._start_method, self._config.cluster_id)
+        if self._busy():
+            log.info("shutting down: waiting up to %.0fs for %d egress(es)", grace, self._manager.active_count)
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        await self._manager.close()
+        await self._reporter.drain(DRAIN_TIMEOUT)
+        await self._internal.unregister(self._list_method, self._config.cluster_id)
+
+    # EgressInternal
+
+    async def _affinity(self, request: Request, start: StartEgressRequest) -> float:
+        if not self._accepting or start.kind != "track":
+            return -1.0
+        now = time.time_ns()
+        self._pending = {rid: claim for rid, claim in self._pending.items() if claim.expiry > now}
+        if start.egress_id in self._running or any(c.egress_id == start.egress_id for c in self._pending.values()):
+            return 1.0  # a repeat of one we run or are starting: answer it again
+        if start.egress_id and await self._owner(start.egress_id) not in (None, self.server_id):
+            return -1.0  # another worker runs it
+        cost = start.estimated_cpu or self._config.track_cpu_cost
+        used = sum(r.cost for r in self._running.values()) + sum(c.cost for c in self._pending.values())
+        value = affinity(self._config.cpu_budget, used, cost)
+        if value < 0:
+            log.info("egress %s: not claimed, at capacity (%.2f of %.2f CPU used)", start.egress_id, used,
+                     self._config.cpu_budget)
+        else:
+            self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
+        return value
+
+    async def _start_egress(self, request: Request, start: StartEgressRequest) -> bytes:
+        pending = self._pending.pop(request.request_id, None)
+        track = start.track
+        if track is None:
+            raise PsrpcError(psrpc.INVALID_ARGUMENT, "only track egress requests are served here")
+        egress_id = start.egress_id or new_egress_id()
+        running = self._running.get(egress_id)
+        if running is None:
+            if not self._accepting:
+                raise PsrpcError(psrpc.UNAVAILABLE, "worker is shutting down")
+            cost = pending.cost if pending else start.estimated_cpu or self._config.track_cpu_cost
+            launch = asyncio.ensure_future(self._launch(egress_id, track))
+            running = self._running[egress_id] = _Running(cost, start.room_id, launch)
+        elif running.launch.done():
+            log.info("egress %s: repeated StartEgress, answering with its current state", egress_id)
+        try:
+            info = await asyncio.shield(running.launch)
+        except RequestError as exc:
+            raise PsrpcError(exc.code, exc.message) from None
+        current = await self._manager.list(egress_id=egress_id)
+        answer = current[0] if current else info
+        answer.room_id = answer.room_id or start.room_id
+        return answer.SerializeToString()
+
+    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest) -> egress.EgressInfo:
+        owned = False
+        try:
+            await self._own(egress_id)
+            owned = True
+            await self._handler.register(self._stop_method, egress_id)
+            await self._handler.register(self._update_method, egress_id)
+            info = await self._manager.start(track, egress_id)
+        except Exception:
+            self._running.pop(egress_id, None)
+            await self._unregister_handlers(egress_id)
+            if owned:
+                await self._bus.redis.delete(OWNER_PREFIX + egress_id)
+            raise
+        await self._reporter.wait_created(egress_id, CREATE_WAIT)
+        return info
+
+    async def _own(self, egress_id: str) -> None:
+        """Cluster-wide: one worker per egress id (livekit-server retries StartEgress with the same id)."""
+        if await self._bus.redis.set(OWNER_PREFIX + egress_id, self.server_id, nx=True, ex=OWNER_TTL):
+            return
+        if await self._owner(egress_id) != self.server_id:
+            raise PsrpcError(psrpc.ALREADY_EXISTS, f"egress {egress_id} already exists")
+
+    async def _owner(self, egress_id: str) -> str | None:
+        owner = await self._bus.redis.get(OWNER_PREFIX + egress_id)
+        return owner if owner is None or isinstance(owner, str) else owner.decode(errors="replace")
+
+    async def _list_active(self, request: Request, _: None) -> bytes:
+        return ListActiveEgressResponse(tuple(job.egress_id for job in self._manager.running())).encode()
+
+    # EgressHandler
+
+    async def _stop_egress(self, request: Request, stop: egress.StopEgressRequest) -> bytes:
+        try:
+            info = await asyncio.wait_for(self._manager.stop(stop.egress_id), STOP_WAIT)
+        except TimeoutError:
+            info = next(iter(await self._manager.list(egress_id=stop.egress_id)), egress.EgressInfo())
+        except RequestError as exc:
+            raise PsrpcError(exc.code, exc.message) from None
+        return info.SerializeToString()
+
+    async def _update_stream(self, request: Request, update: egress.UpdateStreamRequest) -> bytes:
+        try:
+            info = await self._manager.update_stream(update.egress_id)
+        except RequestError as exc:
+            raise PsrpcError(exc.code, exc.message) from None
+        return info.SerializeToString()
+
+    # status reports
+
+    def _on_update(self, info: egress.EgressInfo) -> None:
+        running = self._running.get(info.egress_id)
+        if running is not None:
+            info.room_id = info.room_id or running.room_id
+            if is_ended(info):
+                running.cost, running.ended = 0.0, True  # kept until the final report is sent
+        self._reporter.report(info)
+        if not self._busy():
+            self._idle.set()
+
+    def _busy(self) -> bool:
+        return any(not running.ended for running in self._running.values())
+
+    def _on_final(self, egress_id: str) -> None:
+        """The final status is with livekit-server: forget the egress, stop serving its topic."""
+        self._running.pop(egress_id, None)
+        self._bus.spawn(self._unregister_handlers(egress_id), f"unregister {egress_id}")
+
+    async def _unregister_handlers(self, egress_id: str) -> None:
+        await self._handler.unregister(self._stop_method, egress_id)
+        await self._handler.unregister(self._update_method, egress_id)
+
+
+def _empty(data: bytes) -> None:
+    """``rpc.ListActiveEgressRequest`` has no fields."""
+
+
+def _stop_request(data: bytes) -> egress.StopEgressRequest:
+    request: egress.StopEgressRequest = psrpc.parse_message(egress.StopEgressRequest, data)
+    return request
+
+
+def _update_request(data: bytes) -> egress.UpdateStreamRequest:
+    request: egress.UpdateStreamRequest = psrpc.parse_message(egress.UpdateStreamRequest, data)
+    return request
+
+
+async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully (see ``Worker.shutdown``)."""
+    service = config.service
+    async with contextlib.AsyncExitStack() as stack:
+        lock = await asyncio.to_thread(_lock_data_dir, service.data_dir)
+        stack.callback(lock.close)
+        redis = Redis(
+            host=config.redis.host, port=config.redis.port, db=config.redis.db, ssl=config.redis.use_tls,
+            username=config.redis.username or None, password=config.redis.password or None,
+        )
+        stack.push_async_callback(redis.aclose)
+        await redis.ping()
+        store = await Store.open(service.data_dir / "worker.db")
+        stack.push_async_callback(store.close)
+        rooms = LiveKitRooms(service.egress.ws_url, service.egress.api_key, service.egress.api_secret)
+        stack.push_async_callback(rooms.aclose)
+        bus = RedisBus(redis)
+        stack.push_async_callback(bus.close)
+        worker = Worker(config, bus, EgressManager(service, store, rooms.check_track))
+        await worker.start()
+        await stop.wait()
+        log.info("shutting down")
+        await worker.shutdown(grace)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """One worker per data dir: its store is what a restart reports as killed."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "worker.lock", "wb")  # held for the process's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another worker is using data_dir {data_dir}") from None
+    handle.write(str(os.getpid()).encode())
+    handle.flush()
+    return handle

@@ -1,0 +1,305 @@
+"""EgressManager: starts, lists and stops egresses; applies session limits; keeps the store, webhooks and
+listeners informed. Transport-free, so the Twirp API and a psrpc worker can both drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from livekit import api
+from livekit.protocol import egress
+
+from trackegress.config import ServiceConfig
+from trackegress.egress import Egress, is_ended, new_egress_id
+from trackegress.redact import redact_url
+from trackegress.request import RequestError, check_track_request
+from trackegress.store import Store
+from trackegress.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+Status = egress.EgressStatus
+Listener = Callable[[egress.EgressInfo], None]
+TrackCheck = Callable[[str, str], Awaitable[None]]
+Tasks = list[asyncio.Task[object]]
+PROCESS_KILLED = "Process killed"
+SIZE_CHECK_INTERVAL = 1.0  # seconds between file_output_max_size checks
+STOP_WAIT = 5.0  # seconds StopEgress waits for the egress to leave STARTING/ACTIVE
+
+
+class LiveKitRooms:
+    """Asks the LiveKit server (RoomService) whether a room and a track exist.
+
+    A track appears in ListParticipants only once its publisher's connection is up, a moment after
+    ``track_published``: an unlisted track is looked for again for ``track_grace`` seconds.
+    """
+
+    def __init__(self, ws_url: str, api_key: str, api_secret: str, track_grace: float = 3.0) -> None:
+        self._api = api.LiveKitAPI(ws_url, api_key, api_secret, timeout=aiohttp.ClientTimeout(total=5))
+        self._grace = track_grace
+
+    async def check_track(self, room_name: str, track_id: str) -> None:
+        """``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
+        try:
+            rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
+            if not any(room.name == room_name for room in rooms.rooms):
+                raise RequestError("not_found", "requested room does not exist")
+            deadline = time.monotonic() + self._grace
+            while not await self._has_track(room_name, track_id):
+                if time.monotonic() >= deadline:
+                    raise RequestError("not_found", f"track {track_id} not found in room {room_name}")
+                await asyncio.sleep(0.2)
+        except api.TwirpError as exc:
+            raise RequestError("unavailable", f"LiveKit server refused RoomService: {exc.code}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RequestError("unavailable", f"LiveKit server unreachable: {type(exc).__name__}") from None
+
+    async def _has_track(self, room_name: str, track_id: str) -> bool:
+        people = await self._api.room.list_participants(api.ListParticipantsRequest(room=room_name))
+        return any(track.sid == track_id for person in people.participants for track in person.tracks)
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+
+@dataclass
+class _Job:
+    runner: Egress
+    info: egress.EgressInfo
+    webhook_urls: tuple[str, ...]
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: Tasks = field(default_factory=list)
+
+
+class EgressManager:
+    """The egresses of this process. ``on_update`` listeners get a copy of every EgressInfo change."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        store: Store,
+        check_track: TrackCheck,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._check_track = check_track
+        self._webhooks = webhooks
+        self._listeners: list[Listener] = []
+        self._jobs: dict[str, _Job] = {}
+        self._accepting = True
+
+    @property
+    def active_count(self) -> int:
+        """Egresses running in this process."""
+        return len(self._jobs)
+
+    @property
+    def accepting(self) -> bool:
+        """False once ``close()`` has begun."""
+        return self._accepting
+
+    def running(self) -> list[Egress]:
+        """The egresses running in this process."""
+        return [job.runner for job in self._jobs.values()]
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(info)`` on every change (STARTING included), after the store has it queued."""
+        self._listeners.append(listener)
+
+    async def recover(self) -> list[egress.EgressInfo]:
+        """Egresses a dead process left unfinished become FAILED "Process killed", keeping the partial files."""
+        recovered = []
+        for info in await self._store.unfinished():
+            await _finish_killed(info)
+            log.warning("egress %s was running when the service stopped: FAILED", info.egress_id)
+            await self._store.put(info)
+            self._announce(info, _request_webhooks(info.track))
+            recovered.append(info)
+        return recovered
+
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
+        """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info."""
+        if not self._accepting:
+            raise RequestError("unavailable", "the egress service is shutting down")
+        check_track_request(request, self._config.egress.local_dir)
+        self._check_webhooks(request)
+        if egress_id in self._jobs:
+            raise RequestError("already_exists", f"egress {egress_id} is already running")
+        await self._check_track(request.room_name, request.track_id)
+        egress_id = egress_id or new_egress_id()
+        job = Egress(request, self._config.egress, egress_id=egress_id,
+                     on_update=lambda info: self._on_update(egress_id, info))
+        await self._store.put(job.info)
+        state = _Job(job, job.info, _request_webhooks(request))
+        self._jobs[egress_id] = state
+        self._announce(job.info, state.webhook_urls)
+        state.tasks = [
+            asyncio.create_task(self._run(state), name=f"egress {job.egress_id}"),
+            *self._limit_tasks(state, request),
+        ]
+        log.info("egress %s started for track %s in room %s", job.egress_id, request.track_id, request.room_name,
+                 extra={"egress_id": job.egress_id})
+        return _copy(job.info)
+
+    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False) -> list[egress.EgressInfo]:
+        """Stored egresses matching the filters, with running ones as of now."""
+        infos = await self._store.query(room_name=room_name, egress_id=egress_id, active=active)
+        return [_copy(self._jobs[i.egress_id].info) if i.egress_id in self._jobs else i for i in infos]
+
+    async def stop(self, egress_id: str) -> egress.EgressInfo:
+        """Ask a running egress to finish (``End reason: StopEgress API``); its info once it has left ACTIVE."""
+        job = self._jobs.get(egress_id)
+        if job is None:
+            raise await self._not_running(egress_id)
+        job.changed.clear()
+        job.runner.stop()
+        try:
+            async with asyncio.timeout(STOP_WAIT):
+                while job.info.status in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE):
+                    await job.changed.wait()
+                    job.changed.clear()
+        except TimeoutError:
+            pass
+        return _copy(job.info)
+
+    async def update_stream(self, egress_id: str) -> egress.EgressInfo:
+        """Track egress has no stream outputs to change: always an error, like upstream."""
+        if egress_id not in self._jobs and await self._store.get(egress_id) is None:
+            raise RequestError("not_found", "egress does not exist")
+        raise RequestError("invalid_argument", "UpdateStream called on non-streaming egress")
+
+    async def close(self) -> None:
+        """Stop accepting, stop every running egress (``End reason: Process killed``) and wait for them."""
+        self._accepting = False
+        for job in list(self._jobs.values()):
+            job.runner.stop(PROCESS_KILLED)
+        runs = [job.tasks[0] for job in self._jobs.values()]
+        if runs:
+            await asyncio.gather(*runs, return_exceptions=True)
+
+    # internals
+
+    def _check_webhooks(self, request: egress.TrackEgressRequest) -> None:
+        for hook in request.webhooks:
+            if not _is_http_url(hook.url):
+                raise RequestError("invalid_argument", f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
+            if hook.signing_key and hook.signing_key != self._config.egress.api_key:
+                raise RequestError("invalid_argument", "webhook signing_key is not a configured API key")
+
+    async def _not_running(self, egress_id: str) -> RequestError:
+        info = await self._store.get(egress_id)
+        if info is None:
+            return RequestError("not_found", "egress does not exist")
+        return RequestError("failed_precondition", f"egress with status {Status.Name(info.status)} cannot be stopped")
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            await job.runner.run()
+        finally:
+            for task in job.tasks[1:]:
+                task.cancel()
+            self._jobs.pop(job.runner.egress_id, None)
+
+    def _on_update(self, egress_id: str, info: egress.EgressInfo) -> None:
+        """Egress status change: remember it, persist it, announce it."""
+        job = self._jobs[egress_id]
+        partial = job.runner.partial_file
+        if not is_ended(info) and partial is not None and not info.file_results:
+            info.file_results.append(partial)
+        job.info = info
+        job.changed.set()
+        self._store.put(info).add_done_callback(_log_store_error)
+        self._announce(info, job.webhook_urls)
+
+    def _announce(self, info: egress.EgressInfo, webhook_urls: tuple[str, ...]) -> None:
+        if self._webhooks is not None:
+            self._webhooks.notify(info, webhook_urls)
+        for listener in self._listeners:
+            try:
+                listener(_copy(info))
+            except Exception:
+                log.exception("egress %s: update listener failed", info.egress_id)
+
+    def _limit_tasks(self, job: _Job, request: egress.TrackEgressRequest) -> Tasks:
+        limits = self._config.session_limits
+        streaming = request.WhichOneof("output") == "websocket_url"
+        duration = limits.stream_output_max_duration if streaming else limits.file_output_max_duration
+        tasks: Tasks = []
+        if duration > 0:
+            tasks.append(asyncio.create_task(_after(duration, job.runner.limit_reached)))
+        if not streaming and limits.file_output_max_size > 0:
+            tasks.append(asyncio.create_task(_watch_size(job.runner, limits.file_output_max_size)))
+        return tasks
+
+
+async def _after(seconds: float, action: Callable[[], None]) -> None:
+    await asyncio.sleep(seconds)
+    action()
+
+
+async def _watch_size(job: Egress, max_size: int) -> None:
+    """``limit_reached()`` once the file has grown to ``max_size`` bytes."""
+    while True:
+        await asyncio.sleep(SIZE_CHECK_INTERVAL)
+        if job.bytes_out >= max_size:
+            job.limit_reached()
+            return
+
+
+async def _finish_killed(info: egress.EgressInfo) -> None:
+    """Mark ``info`` FAILED "Process killed"; file results from what is on disk now (dropped if absent)."""
+    now = time.time_ns()
+    info.status = Status.EGRESS_FAILED
+    info.error, info.error_code = PROCESS_KILLED, 500
+    info.details = f"End reason: {PROCESS_KILLED}"
+    info.updated_at = info.ended_at = now
+    kept = [f for f in info.file_results if await asyncio.to_thread(_refresh_from_disk, f)]
+    del info.file_results[:]
+    info.file_results.extend(kept)
+    if kept:
+        info.file.CopyFrom(kept[0])
+    else:
+        info.ClearField("file")
+
+
+def _refresh_from_disk(file: egress.FileInfo) -> bool:
+    """Size and end time from the file itself; False if it is not there."""
+    try:
+        stat = os.stat(file.location)
+    except OSError:
+        return False
+    file.size = stat.st_size
+    file.ended_at = max(stat.st_mtime_ns, file.started_at)
+    file.duration = file.ended_at - file.started_at if file.started_at else 0
+    return True
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _request_webhooks(request: egress.TrackEgressRequest) -> tuple[str, ...]:
+    return tuple(hook.url for hook in request.webhooks)
+
+
+def _copy(info: egress.EgressInfo) -> egress.EgressInfo:
+    copy = egress.EgressInfo()
+    copy.CopyFrom(info)
+    return copy
+
+
+def _log_store_error(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("store write failed: %s", future.exception())

@@ -1,0 +1,136 @@
+"""Google Cloud Storage through gcloud-aio-storage (JSON API, resumable uploads), like upstream's ``GCPUpload``.
+
+``STORAGE_EMULATOR_HOST`` (Google's convention, e.g. ``http://127.0.0.1:4443``) sends uploads to an emulator such as
+fake-gcs-server; requests are still authenticated when credentials are given, and the location names the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from gcloud.aio.auth import Token
+from gcloud.aio.storage import Storage as GCSClient
+
+from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, redact, url_path
+from trackegress.storage.settings import GCP, Retry
+
+log = logging.getLogger(__name__)
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+_REQUEST_TIMEOUT = 300  # seconds, for one request including a whole resumable upload body
+_RETRY_STATUS = frozenset({408, 429})
+T = TypeVar("T")
+
+
+def emulator(env: Mapping[str, str] = os.environ) -> str:
+    """The emulator's base URL, '' when uploads go to Google."""
+    host = env.get(EMULATOR_ENV, "").rstrip("/")
+    return host if not host or "://" in host else f"http://{host}"
+
+
+def location(gcp: GCP, key: str, env: Mapping[str, str] = os.environ) -> str:
+    """Upstream's location: ``https://<bucket>.storage.googleapis.com/<key>``."""
+    base = emulator(env)
+    if base:
+        return f"{base}/{gcp.bucket}/{url_path(key)}"
+    return f"https://{gcp.bucket}.storage.googleapis.com/{url_path(key)}"
+
+
+class GCSStorage:
+    """A ``Storage`` over one GCS bucket; credentials from the settings, else Application Default Credentials."""
+
+    name = "GCP"
+
+    def __init__(self, gcp: GCP, retry: Retry) -> None:
+        self._gcp = gcp
+        self._retry = retry
+        self._secrets = _secrets(gcp)
+        self._client: GCSClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def upload(self, local: Path, key: str, content_type: str) -> str:
+        client = self._open()
+
+        async def put() -> object:
+            with await asyncio.to_thread(local.open, "rb") as stream:
+                return await client.upload(
+                    self._gcp.bucket, key, stream, content_type=content_type, timeout=_REQUEST_TIMEOUT,
+                )
+
+        await self._call("upload", put)
+        return location(self._gcp, key)
+
+    async def presign(self, key: str) -> str:
+        blob = self._open().get_bucket(self._gcp.bucket).new_blob(key)
+        return await self._call("presigning", lambda: blob.get_signed_url(int(PRESIGN_EXPIRY.total_seconds())))
+
+    async def close(self) -> None:
+        session, self._session, self._client = self._session, None, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> GCSClient:
+        if self._client is None:
+            proxy = self._gcp.proxy
+            session = self._session = aiohttp.ClientSession(
+                proxy=proxy.url if proxy else None,
+                proxy_auth=aiohttp.BasicAuth(proxy.username, proxy.password) if proxy and proxy.username else None,
+            )
+            credentials = io.StringIO(self._gcp.credentials_json) if self._gcp.credentials_json else None
+            base = emulator()
+            # gcloud-aio's session parameters are typed for its requests-based twin (gcloud-rest)
+            self._client = GCSClient(
+                token=Token(service_file=credentials, session=session, scopes=_SCOPES),  # type: ignore[arg-type]
+                session=session,  # type: ignore[arg-type]
+                api_root=base or None,
+                api_is_dev=(not credentials) if base else None,
+            )
+        return self._client
+
+    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        """``request()``, retried with exponential backoff on connection errors, timeouts and 5xx/408/429."""
+        attempt = 0
+        while True:
+            try:
+                return await request()
+            except Exception as exc:
+                if attempt == self._retry.max_retries or not _retryable(exc):
+                    raise UploadError(f"GCP {what} failed: {redact(_describe(exc), self._secrets)}") from None
+                attempt += 1
+                ceiling = min(self._retry.max_delay, self._retry.min_delay * 2**attempt)
+                delay = random.uniform(self._retry.min_delay, ceiling)
+                log.info("GCP %s failed (%s), retry %d in %.2fs", what, type(exc).__name__, attempt, delay)
+                await asyncio.sleep(delay)
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status in _RETRY_STATUS
+    return isinstance(exc, aiohttp.ClientConnectionError | TimeoutError)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status} {exc.message} from {exc.request_info.real_url.with_query(None)}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _secrets(gcp: GCP) -> tuple[str, ...]:
+    """Everything secret in the settings: the credentials document's keys and tokens, the proxy password."""
+    found: list[str] = [gcp.proxy.password] if gcp.proxy else []
+    if gcp.credentials_json:
+        document: Any = json.loads(gcp.credentials_json)
+        for name in ("private_key", "private_key_id", "client_secret", "refresh_token"):
+            value = document.get(name)
+            if isinstance(value, str):
+                found += [value, *value.splitlines()]
+    return tuple(found)

@@ -1,0 +1,65 @@
+"""Uploads an egress's finished files: the destination first, then the backup; never deletes on failure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trackegress.storage.azure import open_azure
+from trackegress.storage.base import Storage, UploadError, content_type, object_key
+from trackegress.storage.gcs import GCSStorage
+from trackegress.storage.s3 import open_s3
+from trackegress.storage.settings import GCP, S3, Destination
+
+log = logging.getLogger(__name__)
+
+
+def open_storage(destination: Destination) -> Storage:
+    """The backend client for ``destination``."""
+    backend = destination.backend
+    if isinstance(backend, S3):
+        return open_s3(backend, destination.retry)
+    if isinstance(backend, GCP):
+        return GCSStorage(backend, destination.retry)
+    return open_azure(backend, destination.retry)
+
+
+class Uploader:
+    """Puts files under ``prefix/filename``; once the destination failed, every later file goes to the backup."""
+
+    def __init__(self, destination: Destination, backup: Destination | None = None) -> None:
+        self.backup_used = False
+        self._destination = destination
+        self._backup = backup
+        self._storages: dict[int, Storage] = {}
+        self._failure = ""
+
+    async def upload(self, local: Path, filename: str) -> str:
+        """Upload ``local`` as ``filename``; returns its location (or presigned URL). Raises UploadError."""
+        if not self.backup_used:
+            try:
+                return await self._put(self._destination, local, filename)
+            except UploadError as exc:
+                if self._backup is None:
+                    raise
+                log.warning("%s; using the backup storage", exc)
+                self._failure, self.backup_used = str(exc), True
+        assert self._backup is not None
+        try:
+            return await self._put(self._backup, local, filename)
+        except UploadError as exc:
+            raise UploadError(f"{self._failure}; backup: {exc}") from None
+
+    async def close(self) -> None:
+        """Release the backends' connections."""
+        for storage in self._storages.values():
+            await storage.close()
+        self._storages.clear()
+
+    async def _put(self, destination: Destination, local: Path, filename: str) -> str:
+        storage = self._storages.get(id(destination))
+        if storage is None:
+            storage = self._storages[id(destination)] = open_storage(destination)
+        key = object_key(destination.prefix, filename)
+        location = await storage.upload(local, key, content_type(local))
+        return await storage.presign(key) if destination.presign else location

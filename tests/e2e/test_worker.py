@@ -1,0 +1,376 @@
+"""``trackegress worker`` behind a real livekit-server v1.13.5 with a real redis-server (psrpc over Redis).
+
+Requests go through livekit-server's Twirp API with LiveKit's Python client (``lk`` cannot be installed
+here), or straight onto the bus with our psrpc client where livekit-server cannot produce the case
+(a repeated egress id, malformed payloads, a request no worker has room for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import yaml
+from livekit import api
+from livekit.protocol import egress, webhook
+from redis.asyncio import Redis
+from support.publisher import Publisher
+from support.redis_server import RedisServer
+from support.server import BINARY, LiveKitServer, create_room
+
+from trackegress.cluster import psrpc
+from trackegress.cluster.bus import RedisBus, RPCClient
+from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
+
+Status = egress.EgressStatus
+LIVEKIT_SELECTION = SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5)
+
+
+class Webhooks(http.server.ThreadingHTTPServer):
+    """Receives livekit-server's webhooks on a thread and keeps those ``WebhookReceiver`` verifies."""
+
+    def __init__(self, api_key: str, api_secret: str) -> None:
+        super().__init__(("127.0.0.1", 0), _WebhookHandler)
+        self.receiver = api.WebhookReceiver(api.TokenVerifier(api_key, api_secret))
+        self.events: list[webhook.WebhookEvent] = []
+        self.rejected: list[str] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    def for_egress(self, egress_id: str) -> list[tuple[str, str]]:
+        return [(e.event, Status.Name(e.egress_info.status)) for e in self.events
+                if e.egress_info.egress_id == egress_id]
+
+
+class _WebhookHandler(http.server.BaseHTTPRequestHandler):
+    server: Webhooks
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        try:
+            self.server.events.append(self.server.receiver.receive(body, self.headers.get("Authorization", "")))
+            self.send_response(200)
+        except Exception as exc:
+            self.server.rejected.append(str(exc))
+            self.send_response(401)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Worker:
+    """``trackegress worker`` as a subprocess with its own egress.yaml, data dir and recordings dir."""
+
+    def __init__(self, workdir: Path, server: LiveKitServer, redis: RedisServer, **settings: Any) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.local_dir = workdir / "recordings"
+        self.config = workdir / "egress.yaml"
+        config = {
+            "api_key": server.api_key, "api_secret": server.api_secret, "ws_url": server.url,
+            "redis": {"address": redis.address}, "local_dir": str(self.local_dir), "data_dir": str(workdir / "data"),
+            "track_wait_timeout": "5s", "logging": {"level": "debug"},
+        } | settings
+        self.config.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="trackegress-worker-", suffix=".log", delete=False)
+        self.log_path = Path(self._log.name)
+
+    def start(self, timeout: float = 20.0) -> Worker:
+        offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trackegress.cli", "worker", "--config", str(self.config), "--shutdown-grace", "2"],
+            stdout=subprocess.DEVNULL, stderr=self._log,
+        )
+        deadline = time.monotonic() + timeout
+        while "serving (cluster_id" not in self.log_text()[offset:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.terminate()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    if not os.access(BINARY, os.X_OK):
+        pytest.skip(f"livekit-server not installed at {BINARY} (run scripts/install.sh)")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def webhooks() -> Iterator[Webhooks]:
+    hooks = Webhooks("devkey", "secret")
+    thread = threading.Thread(target=hooks.serve_forever, daemon=True)
+    thread.start()
+    yield hooks
+    hooks.shutdown()
+    hooks.server_close()
+
+
+@pytest.fixture(scope="module")
+def lk_redis(redis_server: RedisServer, webhooks: Webhooks) -> Iterator[LiveKitServer]:
+    """livekit-server with Redis (so egress goes over psrpc) and a webhook URL."""
+    with LiveKitServer(redis_address=redis_server.address, webhook_urls=[webhooks.url]) as server:
+        yield server
+
+
+@pytest.fixture
+def workers(tmp_path: Path, lk_redis: LiveKitServer, redis_server: RedisServer) -> Iterator[list[Worker]]:
+    """``workers.append(Worker(...).start())``; every worker is stopped after the test."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.close()
+
+
+@asynccontextmanager
+async def livekit(server: LiveKitServer) -> AsyncIterator[tuple[api.LiveKitAPI, str]]:
+    """An API client and a fresh room (deleted afterwards)."""
+    client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
+    room = await create_room(client, "worker")
+    try:
+        yield client, room
+    finally:
+        try:
+            await client.room.delete_room(api.DeleteRoomRequest(room=room))
+        finally:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def bus_client(redis: RedisServer, service: str) -> AsyncIterator[RPCClient]:
+    """Our psrpc client on the test Redis, standing in for livekit-server."""
+    host, port = redis.address.split(":")
+    connection = Redis(host=host, port=int(port))
+    bus = RedisBus(connection)
+    client = RPCClient(bus, service)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await bus.close()
+        await connection.aclose()
+
+
+def track_request(room: str, track: str, filepath: str) -> egress.TrackEgressRequest:
+    return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
+
+
+async def wait_status(client: api.LiveKitAPI, egress_id: str, *wanted: int, timeout: float = 20.0) -> egress.EgressInfo:
+    """Poll ListEgress (through livekit-server) until the egress has one of the ``wanted`` statuses."""
+    async with asyncio.timeout(timeout):
+        while True:
+            items = (await client.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
+            if items and items[0].status in wanted:
+                return items[0]
+            await asyncio.sleep(0.2)
+
+
+async def wait_file(path: Path, size: int, timeout: float = 15.0) -> None:
+    """Until ``path`` has at least ``size`` bytes on disk."""
+    async with asyncio.timeout(timeout):
+        while not path.exists() or path.stat().st_size < size:
+            await asyncio.sleep(0.2)
+
+
+async def wait_hooks(hooks: Webhooks, egress_id: str, event: str, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while event not in [name for name, _ in hooks.for_egress(egress_id)]:
+            await asyncio.sleep(0.05)
+
+
+async def test_start_list_stop_through_livekit_server_with_webhooks(
+    lk_redis: LiveKitServer, redis_server: RedisServer, webhooks: Webhooks, workers: list[Worker],
+    sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    worker = Worker(tmp_path / "w", lk_redis, redis_server)
+    workers.append(worker.start())
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    async with livekit(lk_redis) as (client, room), \
+            Publisher(lk_redis.url, creds, room, "alice", sample_media["opus"], loop=True) as pub:
+        began = time.monotonic()
+        info = await client.egress.start_track_egress(track_request(room, pub.track_sid, "{room_name}/alice.ogg"))
+        assert time.monotonic() - began < 3
+        assert info.status == Status.EGRESS_STARTING and info.egress_id.startswith("EG_")
+        assert info.room_name == room and info.room_id.startswith("RM_") and info.track.track_id == pub.track_sid
+        active = await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+        assert active.file_results[0].location.startswith(str(worker.local_dir))
+        async with bus_client(redis_server, "EgressInternal") as internal:
+            listed = await internal.multi("ListActiveEgress", b"", timeout=0.5)
+        assert [psrpc.ListActiveEgressResponse.decode(r).egress_ids for r in listed] == [(info.egress_id,)]
+        await asyncio.sleep(1.5)
+        stopped = await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+        assert stopped.status == Status.EGRESS_ENDING
+        done = await wait_status(client, info.egress_id, Status.EGRESS_COMPLETE, Status.EGRESS_FAILED)
+    assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert done.details == "End reason: StopEgress API"
+    result = done.file_results[0]
+    assert result.filename == f"{room}/alice.ogg" and result.size == (worker.local_dir / result.filename).stat().st_size
+    assert result.duration > 1_000_000_000
+    with pytest.raises(api.TwirpError, match="cannot be stopped"):  # gone from the bus: livekit-server's fallback
+        await _stop_again(lk_redis, info.egress_id)
+    await wait_hooks(webhooks, info.egress_id, "egress_ended")
+    assert webhooks.for_egress(info.egress_id) == [
+        ("egress_started", "EGRESS_STARTING"), ("egress_updated", "EGRESS_ACTIVE"),
+        ("egress_updated", "EGRESS_ENDING"), ("egress_ended", "EGRESS_COMPLETE"),
+    ]
+    assert webhooks.rejected == []
+
+
+async def _stop_again(server: LiveKitServer, egress_id: str) -> None:
+    client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
+    try:
+        await client.egress.stop_egress(api.StopEgressRequest(egress_id=egress_id))
+    finally:
+        await client.aclose()
+
+
+async def test_two_workers_share_load_and_a_killed_worker_reports_failed_on_restart(
+    lk_redis: LiveKitServer, redis_server: RedisServer, webhooks: Webhooks, workers: list[Worker],
+    sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    one_egress = {"cpu_cost": {"max_cpu_utilization": 0.5, "track_cpu_cost": (os.cpu_count() or 1) * 0.5}}
+    first, second = (Worker(tmp_path / name, lk_redis, redis_server, **one_egress) for name in ("a", "b"))
+    workers.extend([first.start(), second.start()])
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    async with livekit(lk_redis) as (client, room), \
+            Publisher(lk_redis.url, creds, room, "bob", sample_media["opus"], loop=True) as pub:
+        started = [await client.egress.start_track_egress(track_request(room, pub.track_sid, f"bob-{n}.ogg"))
+                   for n in range(2)]
+        active = [await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE) for info in started]
+        dirs = sorted(str(Path(info.file_results[0].location).parents[1].name) for info in active)
+        assert dirs == ["a", "b"], "one egress on each worker: a busy worker has no room left and does not claim"
+        async with bus_client(redis_server, "EgressInternal") as internal:
+            third = StartEgressRequest(psrpc.new_id("EG_"), "track", track_request(room, pub.track_sid, "x.ogg"))
+            with pytest.raises(PsrpcError, match="no response from servers"):
+                await internal.call("StartEgress", third.encode(), timeout=5, selection=LIVEKIT_SELECTION)
+        by_worker = {Path(i.file_results[0].location).parents[1].name: i for i in active}
+        await wait_file(Path(by_worker["a"].file_results[0].location), 1000)
+        first.kill()
+        await asyncio.sleep(2)
+        survivor = by_worker["b"]
+        assert (await wait_status(client, survivor.egress_id, Status.EGRESS_ACTIVE)).status == Status.EGRESS_ACTIVE
+        killed = await wait_status(client, by_worker["a"].egress_id, Status.EGRESS_ACTIVE)
+        first.start()
+        failed = await wait_status(client, killed.egress_id, Status.EGRESS_FAILED)
+        await client.egress.stop_egress(api.StopEgressRequest(egress_id=survivor.egress_id))
+        completed = await wait_status(client, survivor.egress_id, Status.EGRESS_COMPLETE)
+    assert (failed.error, failed.details) == ("Process killed", "End reason: Process killed")
+    partial = failed.file_results[0]
+    assert partial.filename == killed.file_results[0].filename and partial.size > 1000
+    assert Path(partial.location).stat().st_size == partial.size
+    assert completed.file_results[0].duration > 3_000_000_000  # went on recording through the kill and restart
+    await wait_hooks(webhooks, killed.egress_id, "egress_ended")
+    assert webhooks.for_egress(killed.egress_id)[-1] == ("egress_ended", "EGRESS_FAILED")
+
+
+async def test_repeated_egress_id_records_once_and_malformed_payloads_are_ignored(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], sample_media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    worker = Worker(tmp_path / "w", lk_redis, redis_server)
+    workers.append(worker.start())
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    async with livekit(lk_redis) as (client, room), bus_client(redis_server, "EgressInternal") as internal, \
+            Publisher(lk_redis.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
+        await _send_garbage(internal, worker)
+        egress_id = psrpc.new_id("EG_")
+        start = StartEgressRequest(egress_id, "track", track_request(room, pub.track_sid, "carol.ogg"))
+
+        async def start_once() -> egress.EgressInfo:
+            raw = await internal.call("StartEgress", start.encode(), timeout=10, selection=LIVEKIT_SELECTION)
+            return egress.EgressInfo.FromString(raw)
+
+        answers = await asyncio.gather(start_once(), start_once())
+        answers.append(await start_once())
+        assert {a.egress_id for a in answers} == {egress_id}
+        await wait_status(client, egress_id, Status.EGRESS_ACTIVE)
+        listed = await internal.multi("ListActiveEgress", b"", timeout=0.5)
+        assert [psrpc.ListActiveEgressResponse.decode(r).egress_ids for r in listed] == [(egress_id,)]
+        assert worker.terminate() == 0  # SIGTERM: the egress is stopped after the grace period, reported, exit 0
+        done = await wait_status(client, egress_id, Status.EGRESS_COMPLETE, Status.EGRESS_FAILED)
+    assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert sorted(p.name for p in worker.local_dir.iterdir()) == sorted(["carol.ogg", f"{egress_id}.json"])
+    assert worker.log_text().count(f"egress {egress_id} started") == 1
+    assert worker.log_text().count("ignored a malformed message") >= 3
+
+
+async def _send_garbage(internal: RPCClient, worker: Worker) -> None:
+    """Junk on the worker's channels, and a valid envelope whose request body is junk."""
+    for channel in ("EgressInternal|StartEgress|REQ", "EgressInternal|StartEgress|RCLAIM",
+                    "EgressInternal|ListActiveEgress|REQ"):
+        await internal.bus.publish(channel, b"\x08\x96\x01not a psrpc message")
+    with pytest.raises(PsrpcError) as error:
+        await internal.call("StartEgress", b"\xff\xff\xff", timeout=3, selection=LIVEKIT_SELECTION)
+    assert error.value.code == psrpc.MALFORMED_REQUEST
+    await asyncio.sleep(0.3)
+    assert worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_queue_subscriptions_deliver_to_one_subscriber(redis_server: RedisServer) -> None:
+    host, port = redis_server.address.split(":")
+    connections = [Redis(host=host, port=int(port)) for _ in range(3)]
+    buses = [RedisBus(c) for c in connections]
+    got: list[int] = []
+
+    def handler(index: int) -> Any:
+        async def handle(channel: str, payload: bytes) -> None:
+            got.append(index)
+        return handle
+
+    try:
+        for index, bus in enumerate(buses[:2]):
+            await bus.subscribe("T|Q|REQ", handler(index), queue=True)
+        await buses[2].publish("T|Q|REQ", b"payload-1")
+        await buses[2].publish("T|Q|REQ", b"payload-2")
+        await asyncio.sleep(0.3)
+        assert len(got) == 2 and len(set(got)) in (1, 2)
+        assert await connections[2].exists("T|Q|REQ") == 0
+        assert await connections[2].ttl(psrpc_lock_key(b"payload-1")) > 0
+    finally:
+        for bus, connection in zip(buses, connections, strict=True):
+            await bus.close()
+            await connection.aclose()
+
+
+def psrpc_lock_key(payload: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(payload).digest()).decode()

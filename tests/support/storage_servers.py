@@ -1,0 +1,196 @@
+"""Real storage servers on free loopback ports for end-to-end tests: MinIO (S3), fake-gcs-server (GCS), Azurite.
+
+Each keeps its data in a directory, so ``stop()`` then ``start()`` (same port) is an outage that loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from support.server import REPO, free_port
+
+BIN = REPO / ".bin"
+MINIO = BIN / "minio"
+FAKE_GCS = BIN / "fake-gcs-server"
+AZURITE = BIN / "node" / "node_modules" / ".bin" / "azurite-blob"
+# Azurite's well-known development account (public, documented by Microsoft)
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class StorageServer:
+    """A server process bound to 127.0.0.1:``port`` with its data under ``data_dir``; restartable."""
+
+    name = "server"
+
+    def __init__(self, data_dir: Path, startup_timeout: float = 30.0) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        """Whether the server answers (a TCP connect by default)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        """Start (or restart) the server and wait until it answers."""
+        assert self._proc is None, "already running"
+        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env(),
+                                      cwd=self.data_dir)
+        deadline = time.monotonic() + self._timeout
+        while not self.ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it lingers); its data stays."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+
+
+class MinIO(StorageServer):
+    """MinIO in single-drive mode; ``access_key`` / ``secret`` are its root credentials."""
+
+    name = "minio"
+    access_key = "trackegress"
+    secret = "trackegress-minio-secret"
+
+    def command(self) -> list[str]:
+        return [str(MINIO), "server", str(self.data_dir / "data"), "--quiet", "--address", f"127.0.0.1:{self.port}",
+                "--console-address", f"127.0.0.1:{free_port()}", "--certs-dir", str(self.data_dir / "certs")]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "AWS_"))}
+        return env | {"MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret,
+                      "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "HOME": str(self.data_dir)}
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.url}/minio/health/ready")
+
+
+class FakeGCS(StorageServer):
+    """fake-gcs-server over plain HTTP with its filesystem backend."""
+
+    name = "fake-gcs-server"
+
+    def command(self) -> list[str]:
+        return [str(FAKE_GCS), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+                "-backend", "filesystem", "-filesystem-root", str(self.data_dir / "data"),
+                "-public-host", f"127.0.0.1:{self.port}", "-external-url", self.url, "-log-level", "error"]
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.url}/_internal/healthcheck")
+
+    def create_bucket(self, name: str) -> None:
+        body = json.dumps({"name": name}).encode()
+        request = urllib.request.Request(f"{self.url}/storage/v1/b", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5).close()
+
+    def metadata(self, bucket: str, key: str) -> dict[str, object]:
+        name = urllib.request.quote(key, safe="")
+        with urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o/{name}", timeout=5) as response:
+            result: dict[str, object] = json.load(response)
+            return result
+
+    def download(self, bucket: str, key: str) -> bytes:
+        name = urllib.request.quote(key, safe="")
+        with urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o/{name}?alt=media", timeout=5) as response:
+            return bytes(response.read())
+
+
+class Azurite(StorageServer):
+    """Azurite's blob service, persisting to ``data_dir``, any API version accepted."""
+
+    name = "azurite"
+
+    def command(self) -> list[str]:
+        return [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+                str(self.data_dir), "--skipApiVersionCheck", "--silent", "--disableTelemetry"]
+
+
+class TokenServer:
+    """A local OAuth2 token endpoint (``/token``) for service-account credentials; counts the grants."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/token"
+        self.grants = 0
+        app = web.Application()
+        app.router.add_post("/token", self._token)
+        self._runner = web.AppRunner(app)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not form.get("assertion"):
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        self.grants += 1
+        return web.json_response({"access_token": f"test-token-{self.grants}", "expires_in": 3600,
+                                  "token_type": "Bearer"})
+
+
+def service_account(token_uri: str, folder: Path) -> str:
+    """A service-account key document (fresh RSA key, made with openssl) whose token endpoint is ``token_uri``."""
+    key = folder / "service-account.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key)],
+                   check=True, capture_output=True)
+    return json.dumps({
+        "type": "service_account", "project_id": "trackegress-test", "private_key_id": "test-key-1",
+        "private_key": key.read_text(), "client_email": "recorder@trackegress-test.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": token_uri,
+    })
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False

@@ -1,0 +1,101 @@
+"""Webhooks: LiveKit's WebhookReceiver accepts them; order, retries, and a dead receiver blocks nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from livekit import api
+from livekit.protocol import egress
+from support.server import free_port
+
+from trackegress.webhooks import CONTENT_TYPE, WebhookSender, event_name
+
+KEY, SECRET = "APIkey", "a-secret-that-is-long-enough-for-hs256!"
+Status = egress.EgressStatus
+
+
+class Receiver:
+    """Answers ``fail_first`` requests with 503, then verifies and records events."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.attempts = 0
+        self.events: list[tuple[str, int]] = []
+        self.content_types: set[str] = set()
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook?token=abc"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            return web.Response(status=503)
+        self.content_types.add(request.headers["Content-Type"])
+        event = api.WebhookReceiver(api.TokenVerifier(KEY, SECRET)).receive(
+            await request.text(), request.headers["Authorization"]
+        )
+        self.events.append((event.event, event.egress_info.status))
+        return web.Response()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rx = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rx.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", rx.port).start()
+    yield rx
+    await runner.cleanup()
+
+
+def info(status: int) -> egress.EgressInfo:
+    return egress.EgressInfo(egress_id="EG_abcdefghijkl", status=status)  # type: ignore[arg-type]
+
+
+def test_event_names() -> None:
+    assert [event_name(info(s)) for s in Status.values()] == [
+        "egress_started", "egress_updated", "egress_updated", "egress_ended", "egress_ended", "egress_ended",
+        "egress_ended",
+    ]
+
+
+async def test_events_arrive_signed_and_in_order(receiver: Receiver) -> None:
+    sender = WebhookSender(KEY, SECRET, [receiver.url])
+    for status in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE, Status.EGRESS_ENDING, Status.EGRESS_COMPLETE):
+        sender.notify(info(status))
+    await sender.close()
+    assert receiver.events == [
+        ("egress_started", Status.EGRESS_STARTING), ("egress_updated", Status.EGRESS_ACTIVE),
+        ("egress_updated", Status.EGRESS_ENDING), ("egress_ended", Status.EGRESS_COMPLETE),
+    ]
+    assert receiver.content_types == {CONTENT_TYPE}
+
+
+async def test_failures_are_retried_with_backoff(receiver: Receiver) -> None:
+    receiver.fail_first = 2
+    sender = WebhookSender(KEY, SECRET, backoff=0.05)
+    sender.notify(info(Status.EGRESS_COMPLETE), [receiver.url])
+    await sender.close()
+    assert receiver.attempts == 3
+    assert receiver.events == [("egress_ended", Status.EGRESS_COMPLETE)]
+
+
+async def test_a_dead_receiver_never_blocks_and_is_given_up(caplog: pytest.LogCaptureFixture) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/hook?token=secret-value"
+    sender = WebhookSender(KEY, SECRET, [dead], attempts=3, backoff=0.01)
+    began = time.monotonic()
+    for _ in range(10):
+        sender.notify(info(Status.EGRESS_ACTIVE))
+    assert time.monotonic() - began < 0.1
+    await asyncio.sleep(0.5)
+    await sender.close(drain_timeout=0.1)
+    assert "event dropped after 3 attempts" in caplog.text
+    assert "secret-value" not in caplog.text
