@@ -78,6 +78,7 @@ class Job:
     room: str
     track_sid: str
     profile: bool
+    profile_dir: str  # where to dump the raw cProfile stats ("" = nowhere)
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,12 @@ class Result:
 # ---------------------------------------------------------------------------------------------- orchestration
 
 
-def run_bench(kinds: list[str], counts: dict[str, list[int]], seconds: float, warmup: float, profile: bool) -> None:
+def run_bench(
+    kinds: list[str], counts: dict[str, list[int]], seconds: float, warmup: float, profile: bool, profile_dir: str
+) -> None:
     """Server, media and one publisher process per kind; one fresh worker process per (kind, N)."""
     results: list[Result] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp, LiveKitServer() as server:
         media = {
             "audio": make_opus_ogg(Path(tmp) / "tone.ogg", seconds=MEDIA_SECONDS),
@@ -128,7 +132,7 @@ def run_bench(kinds: list[str], counts: dict[str, list[int]], seconds: float, wa
             with publishing(server, room, media[kind]) as track_sid:
                 for count in counts[kind]:
                     job = Job(kind, count, seconds, warmup, server.url, server.api_key, server.api_secret, room,
-                              track_sid, profile)
+                              track_sid, profile, profile_dir)
                     print(f"bench: {kind} N={count} ...", file=sys.stderr, flush=True)
                     try:
                         result = run_worker(job)
@@ -140,7 +144,7 @@ def run_bench(kinds: list[str], counts: dict[str, list[int]], seconds: float, wa
                           f"RSS {result.rss_active_kb / 1024:.1f} MB, {result.frames}/{result.expected_frames} frames, "
                           f"{result.replaced} replaced at start",
                           file=sys.stderr, flush=True)
-    print(report(results, seconds, warmup, profile))
+    print(report(results, seconds, warmup, profile, (load_before, os.getloadavg()[0])))
     for result in results:
         if result.profile:
             print(f"\n### Profile: {result.kind}, N={result.count} ({result.window:.0f} s window)\n")
@@ -214,11 +218,12 @@ def run_worker(job: Job) -> Result:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def report(results: list[Result], seconds: float, warmup: float, profile: bool) -> str:
+def report(results: list[Result], seconds: float, warmup: float, profile: bool, load: tuple[float, float]) -> str:
     """The markdown table, with the machine and the targets."""
     lines = [
         f"Machine: {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}; "
-        f"window {seconds:g} s after all egresses ACTIVE + {warmup:g} s warm-up."
+        f"window {seconds:g} s after all egresses ACTIVE + {warmup:g} s warm-up; "
+        f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after."
         + (" **Profiled run: CPU inflated by cProfile.**" if profile else ""),
         "",
         "| kind | N | CPU ms per track-second | marginal CPU ms per extra track-second | CPU µs per frame "
@@ -293,6 +298,8 @@ async def measure(job: Job) -> Result:
             await asyncio.sleep(job.seconds)
             if profiler is not None:
                 profiler.disable()
+                if job.profile_dir:
+                    profiler.dump_stats(Path(job.profile_dir) / f"{job.kind}-{job.count}.pstats")
             after, window = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
             frames = fleet.frames - frames_before
             rss_active, threads = _proc_status("VmRSS"), _proc_status("Threads")
@@ -405,18 +412,71 @@ def _proc_status(field: str) -> int:
 # ---------------------------------------------------------------------------------------------- profile
 
 _Key = tuple[str, int, str]
+_Raw = dict[_Key, tuple[int, int, float, float, dict[_Key, tuple[int, int, float, float]]]]
 _IDLE = "<method 'poll' of 'select.epoll' objects>"
+_LOOP = "asyncio + selectors (event loop)"
+# The per-packet receive path, outermost first: (label, module, function); shares are cumulative.
+STAGES = (
+    ("aiortc DTLS transport loop, per packet: ICE queue get, SRTP, RTP parse/route, receiver (all below)",
+     "aiortc/rtcdtlstransport.py", "__run"),
+    ("↳ SRTP unprotect (pylibsrtp, incl. its cffi wrapper)", "pylibsrtp/__init__.py", "unprotect"),
+    ("↳ RTP parse + route + receiver", "aiortc/rtcdtlstransport.py", "_handle_rtp_data"),
+    ("↳↳ `RTCRtpReceiver._handle_rtp_packet` (stats, NACK, depayload, buffer, tap)", "aiortc/rtcrtpreceiver.py",
+     "_handle_rtp_packet"),
+    ("↳↳↳ aiortc `JitterBuffer.add` (video)", "aiortc/jitterbuffer.py", "add"),
+    ("↳↳↳ our `AudioReorderBuffer.add` (audio; includes the tap)", "trackegress/room/reorder.py", "add"),
+    ("↳↳↳ our `TrackTap.push` (blank filter, keyframe check; includes below)", "trackegress/room/subscriber.py",
+     "push"),
+    ("↳↳↳↳ `Egress.on_frame`", "trackegress/egress.py", "on_frame"),
+    ("↳↳↳↳↳ `Muxer.write` (PyAV mux + file write)", "trackegress/sinks/muxer.py", "write"),
+    ("datagram in: selector callback → aioice `datagram_received` (STUN check, queue put)", "aioice/ice.py",
+     "datagram_received"),
+    ("RTCP receiver reports (aiortc `_run_rtcp`)", "aiortc/rtcrtpreceiver.py", "_run_rtcp"),
+    ("ICE consent checks (aioice `query_consent`)", "aioice/ice.py", "query_consent"),
+    ("signal WebSocket pings (`_ping_loop`)", "trackegress/room/signal.py", "_ping_loop"),
+)  # fmt: skip
 
 
 def profile_report(profiler: cProfile.Profile, top: int = TOP) -> str:
-    """Where the busy time went: by package and module (C builtins charged to their Python caller), then the
-    top functions by own time and by cumulative time. Shares are of busy (non-``epoll``) profiled time."""
-    stats = pstats.Stats(profiler)
-    raw: dict[_Key, tuple[int, int, float, float, dict[_Key, tuple[int, int, float, float]]]] = (
-        stats.__dict__["stats"]
-    )
+    """Where the busy time went: the receive path stage by stage (cumulative), by package and module (C
+    builtins charged to their Python caller), then the top functions by own and by cumulative time (event-loop
+    internals left out of the latter). Shares are of busy (non-``epoll``) profiled time."""
+    raw: _Raw = pstats.Stats(profiler).__dict__["stats"]
     idle = sum(tt for key, (_, _, tt, _, _) in raw.items() if key[2] == _IDLE)
     busy = sum(tt for _, _, tt, _, _ in raw.values()) - idle
+
+    def share(seconds: float) -> str:
+        return f"{100 * seconds / busy:.1f} %" if busy else "-"
+
+    lines = [f"Busy (profiled) {busy:.2f} s, idle in epoll {idle:.2f} s. Shares are of busy time.", "",
+             "| receive path stage (cumulative: includes the stages under it) | calls | share of busy |",
+             "|---|---|---|"]
+    for label, module, function in STAGES:
+        found = [(ct, calls) for key, (_, calls, _, ct, _) in raw.items()
+                 if key[2] == function and _short(key[0]) == module]
+        if found:
+            ct, calls = max(found)
+            lines.append(f"| {label} | {calls} | {share(ct)} |")
+    by_module = _self_time_by_module(raw)
+    by_package: dict[str, float] = defaultdict(float)
+    for module, tt in by_module.items():
+        by_package[_package(module)] += tt
+    lines += ["", "| package (own time + C calls it makes) | share of busy |", "|---|---|"]
+    lines += [f"| {name} | {share(tt)} |" for name, tt in sorted(by_package.items(), key=lambda kv: -kv[1])]
+    lines += ["", "| module (own time + C calls it makes) | share of busy |", "|---|---|"]
+    lines += [f"| {name} | {share(tt)} |" for name, tt in sorted(by_module.items(), key=lambda kv: -kv[1])[:top]]
+    rows = [(key, calls, tt, ct) for key, (_, calls, tt, ct, _) in raw.items() if key[2] != _IDLE]
+    outer = [row for row in rows if not _in_loop(row[0])]
+    for title, cumulative, ranked in (("own time (tottime)", False, rows), ("cumulative time", True, outer)):
+        lines += ["", f"| top {top} by {title} | calls | tottime s | cumtime s | share of busy |",
+                  "|---|---|---|---|---|"]
+        for key, calls, tt, ct in sorted(ranked, key=lambda row: -(row[3] if cumulative else row[2]))[:top]:
+            lines.append(f"| `{_label(key)}` | {calls} | {tt:.3f} | {ct:.3f} | {share(ct if cumulative else tt)} |")
+    return "\n".join(lines)
+
+
+def _self_time_by_module(raw: _Raw) -> dict[str, float]:
+    """Own time per source file; a C builtin's time is charged to the files that called it."""
     by_module: dict[str, float] = defaultdict(float)
     for key, (_, _, tt, _, callers) in raw.items():
         if key[2] == _IDLE:
@@ -424,30 +484,18 @@ def profile_report(profiler: cProfile.Profile, top: int = TOP) -> str:
         if key[0] != "~":
             by_module[_short(key[0])] += tt
             continue
-        charged = sum(c[2] for c in callers.values())
-        for caller, c in callers.items():  # a builtin's time goes to the module that called it
-            by_module[_short(caller[0]) if caller[0] != "~" else "(builtins)"] += c[2]
+        charged = 0.0
+        for caller, (_, _, caller_tt, _) in callers.items():
+            by_module[_short(caller[0]) if caller[0] != "~" else "(builtins)"] += caller_tt
+            charged += caller_tt
         if tt > charged:
             by_module["(builtins)"] += tt - charged
-    by_package: dict[str, float] = defaultdict(float)
-    for module, tt in by_module.items():
-        by_package[_package(module)] += tt
+    return by_module
 
-    def share(seconds: float) -> str:
-        return f"{100 * seconds / busy:.1f} %" if busy else "-"
 
-    lines = [f"Busy (profiled) {busy:.2f} s, idle in epoll {idle:.2f} s.", "",
-             "| package (own time + C calls it makes) | share of busy |", "|---|---|"]
-    lines += [f"| {name} | {share(tt)} |" for name, tt in sorted(by_package.items(), key=lambda kv: -kv[1])]
-    lines += ["", "| module (own time + C calls it makes) | share of busy |", "|---|---|"]
-    lines += [f"| {name} | {share(tt)} |" for name, tt in sorted(by_module.items(), key=lambda kv: -kv[1])[:top]]
-    rows = [(key, calls, tt, ct) for key, (_, calls, tt, ct, _) in raw.items() if key[2] != _IDLE]
-    for title, cumulative in (("own time (tottime)", False), ("cumulative time", True)):
-        lines += ["", f"| top {top} by {title} | calls | tottime s | cumtime s | share of busy |",
-                  "|---|---|---|---|---|"]
-        for key, calls, tt, ct in sorted(rows, key=lambda row: -(row[3] if cumulative else row[2]))[:top]:
-            lines.append(f"| `{_label(key)}` | {calls} | {tt:.3f} | {ct:.3f} | {share(ct if cumulative else tt)} |")
-    return "\n".join(lines)
+def _in_loop(key: _Key) -> bool:
+    """Event-loop plumbing whose cumulative time is everything (and includes the idle wait)."""
+    return (key[0] == "~" and "Context" in key[2]) or _package(_short(key[0])) == _LOOP
 
 
 def _short(filename: str) -> str:
@@ -460,9 +508,11 @@ def _short(filename: str) -> str:
 def _package(module: str) -> str:
     top = module.split("/", 1)[0]
     if top in ("asyncio", "selectors.py", "socket.py", "ssl.py"):
-        return "asyncio + selectors (event loop)"
+        return _LOOP
     if top.endswith(".py") or top in ("json", "concurrent", "logging", "email", "importlib", "collections"):
         return "stdlib (other)"
+    if not top or top.startswith("<") or top == "(builtins)":
+        return "other"
     return top
 
 
@@ -488,6 +538,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window (default 20)")
     parser.add_argument("--warmup", type=float, default=3.0, help="settling time after all are ACTIVE (default 3)")
     parser.add_argument("--profile", action="store_true", help="cProfile the window; print where the time goes")
+    parser.add_argument("--profile-dir", type=Path, help="also save the raw stats as DIR/<kind>-<N>.pstats")
     # internal: the child processes
     parser.add_argument("--role", choices=("bench", "publish", "worker"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -515,7 +566,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, terminated)
     kinds = list(KINDS) if args.kind == "both" else [args.kind]
     counts = {kind: args.counts or list(DEFAULT_COUNTS[kind]) for kind in kinds}
-    run_bench(kinds, counts, args.seconds, args.warmup, args.profile)
+    profile_dir = ""
+    if args.profile_dir is not None:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+        profile_dir = str(args.profile_dir.resolve())
+    run_bench(kinds, counts, args.seconds, args.warmup, args.profile or bool(profile_dir), profile_dir)
 
 
 if __name__ == "__main__":

@@ -79,10 +79,13 @@ class Egress:
         *,
         egress_id: str | None = None,
         on_update: Callable[[egress.EgressInfo], None] | None = None,
+        on_delay: Callable[[float], None] | None = None,
     ) -> None:
         self._request = request
         self._config = config
         self._on_update = on_update or (lambda info: None)
+        self._on_delay = on_delay
+        self._subscriber: TrackSubscriber | None = None
         now = time.time_ns()
         self.info = egress.EgressInfo(
             egress_id=egress_id or new_egress_id(),
@@ -130,6 +133,11 @@ class Egress:
             size=self._file.size,
             started_at=self._media_started_at,
         )
+
+    @property
+    def packets_lost(self) -> int:
+        """RTP packets of the track that never arrived."""
+        return self._subscriber.packets_lost if self._subscriber is not None else 0
 
     def stop(self, reason: str = STOP_API) -> None:
         """Finish the egress as soon as possible (e.g. ``StopEgress``)."""
@@ -195,6 +203,7 @@ class Egress:
             subscriber = await joined
         except SignalError as exc:
             raise EgressFailure(f"connection to room failed: {exc}", 503) from exc
+        self._subscriber = subscriber
         self.info.room_id = subscriber.room.sid
         if not self._ended.is_set():
             self._source = await self._wait_for_track(subscriber)
@@ -233,6 +242,7 @@ class Egress:
             sample_rate=self._config.websocket_sample_rate,
             channels=self._config.websocket_channels,
             on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)),
+            on_delay=self._on_delay,
         )
         try:
             await self._stream.start()

@@ -87,8 +87,10 @@ class EgressManager:
         store: Store,
         check_track: TrackCheck,
         webhooks: WebhookSender | None = None,
+        on_delay: Callable[[float], None] | None = None,
     ) -> None:
         self._config = config
+        self._on_delay = on_delay
         self._store = store
         self._check_track = check_track
         self._webhooks = webhooks
@@ -136,7 +138,7 @@ class EgressManager:
         await self._check_track(request.room_name, request.track_id)
         egress_id = egress_id or new_egress_id()
         job = Egress(request, self._config.egress, egress_id=egress_id,
-                     on_update=lambda info: self._on_update(egress_id, info))
+                     on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
         await self._store.put(job.info)
         state = _Job(job, job.info, _request_webhooks(request))
         self._jobs[egress_id] = state

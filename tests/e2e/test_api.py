@@ -79,6 +79,7 @@ async def test_python_client_start_list_stop_with_webhooks(
         assert active.file_results[0].filename == f"{room}/alice.ogg"
         assert service.health() == {"status": "ok", "active_egresses": 1, "accepting": True}
         assert "trackegress_egress_active 1.0" in service.metrics()
+        assert "trackegress_packets_lost_total 0.0" in service.metrics()
         listed = await client.egress.list_egress(egress.ListEgressRequest(room_name=room, active=True))
         assert [i.egress_id for i in listed.items] == [started.egress_id]
         await asyncio.sleep(1.5)

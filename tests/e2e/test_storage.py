@@ -13,6 +13,7 @@ import subprocess
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +53,9 @@ FAST_RETRY = {"max_retries": 3, "min_retry_delay": "100ms", "max_retry_delay": "
 S = TypeVar("S", bound=StorageServer)
 
 
-def _server(cls: type[S], binary: Path, folder: Path) -> Iterator[S]:
+@contextmanager
+def running(cls: type[S], binary: Path, folder: Path) -> Iterator[S]:
+    """A started server (skipped when not installed, outside CI), closed afterwards."""
     if not os.access(binary, os.X_OK):
         reason = f"{binary.name} not installed at {binary} (run scripts/install.sh)"
         if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
@@ -68,7 +71,7 @@ def _server(cls: type[S], binary: Path, folder: Path) -> Iterator[S]:
 
 @pytest.fixture(scope="module")
 def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinIO]:
-    for server in _server(MinIO, MINIO, tmp_path_factory.mktemp("minio")):
+    with running(MinIO, MINIO, tmp_path_factory.mktemp("minio")) as server:
         client = s3_client(server)
         for bucket in (BUCKET, BACKUP_BUCKET):
             client.create_bucket(Bucket=bucket)
@@ -77,14 +80,14 @@ def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinIO]:
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCS]:
-    for server in _server(FakeGCS, FAKE_GCS, tmp_path_factory.mktemp("gcs")):
+    with running(FakeGCS, FAKE_GCS, tmp_path_factory.mktemp("gcs")) as server:
         server.create_bucket(BUCKET)
         yield server
 
 
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    for server in _server(Azurite, AZURITE, tmp_path_factory.mktemp("azurite")):
+    with running(Azurite, AZURITE, tmp_path_factory.mktemp("azurite")) as server:
         azure_client(server).create_container(CONTAINER)
         yield server
 
@@ -174,6 +177,11 @@ def assert_published(data: bytes, suffix: str, sent: list[bytes], folder: Path) 
     skipped = len(sent) - len(recorded)
     assert 0 <= skipped <= 30
     assert recorded == [h264_canonical(f) if suffix == ".mp4" else f for f in sent[skipped:]]
+
+
+def ending_at(updates: list[egress.EgressInfo]) -> int:
+    """When the egress went ENDING (its upload starts right after)."""
+    return next(u.updated_at for u in updates if u.status == Status.EGRESS_ENDING)
 
 
 def assert_status(info: egress.EgressInfo, status: str) -> None:
@@ -292,15 +300,17 @@ async def test_primary_down_retries_then_backup_is_used(
         {"s3": s3_settings(minio) | FAST_RETRY}, backup={"prefix": "backup", "gcp": {"bucket": BUCKET}},
     )
     file = egress.DirectFileOutput(filepath="outage/{track_id}")
+    updates: list[egress.EgressInfo] = []
     minio.stop()
     try:
         info, sent, track = await record(livekit_server, await make_room(), sample_media["opus"], file,
-                                         config_for(livekit_server, tmp_path, storage))
+                                         config_for(livekit_server, tmp_path, storage), updates.append)
     finally:
         minio.start()
 
     assert_status(info, "EGRESS_COMPLETE")
     assert info.backup_storage_used
+    assert info.ended_at - ending_at(updates) >= 0.3e9, "3 retries, at least 100 ms apart, before the backup"
     key = f"backup/outage/{track}.ogg"
     assert info.file_results[0].location == f"{gcs.url}/{BUCKET}/{key}"
     assert_published(gcs.download(BUCKET, key), ".ogg", sent, tmp_path)
@@ -314,8 +324,10 @@ async def test_upload_retries_until_the_server_is_back(
     retry = {"max_retries": 20, "min_retry_delay": "500ms", "max_retry_delay": "1s"}
     storage = StorageSettings.from_config({"s3": s3_settings(minio) | retry})
     restarted: list[asyncio.Task[None]] = []
+    updates: list[egress.EgressInfo] = []
 
     def on_update(info: egress.EgressInfo) -> None:
+        updates.append(info)
         if info.status == Status.EGRESS_ENDING:  # the upload starts now, against a stopped server
             restarted.append(asyncio.create_task(asyncio.sleep(1.5)))
 
@@ -334,6 +346,7 @@ async def test_upload_retries_until_the_server_is_back(
 
     assert_status(info, "EGRESS_COMPLETE")
     assert not info.backup_storage_used
+    assert info.ended_at - ending_at(updates) >= 1.5e9, "the upload waited for the server"
     data = s3_client(minio).get_object(Bucket=BUCKET, Key=info.file_results[0].filename)["Body"].read()
     assert_published(data, ".ogg", sent, tmp_path)
 

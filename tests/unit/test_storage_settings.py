@@ -109,7 +109,7 @@ def test_valid_uploads_pass_request_validation(tmp_path: Path) -> None:
     ({}, {"prefix": "x"}, "backup: needs one of"),
 ])
 def test_config_errors(storage: dict[str, object], backup: dict[str, object] | None, message: str) -> None:
-    with pytest.raises(UploadConfigError, match=None) as raised:
+    with pytest.raises(UploadConfigError) as raised:
         StorageSettings.from_config(storage, backup)
     assert message in str(raised.value)
 

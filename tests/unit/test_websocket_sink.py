@@ -110,7 +110,8 @@ async def test_start_raises_when_the_receiver_is_unreachable() -> None:
 
 
 async def test_streams_48k_stereo_pcm_in_10ms_messages(receiver: Receiver) -> None:
-    sink = WebSocketSink(receiver.url("/audio?token=abc&call=7"))
+    delays: list[float] = []
+    sink = WebSocketSink(receiver.url("/audio?token=abc&call=7"), on_delay=delays.append)
     await sink.start()
     t0 = time.monotonic()
     writes = [t0 + k * FRAME for k in range(75)]
@@ -134,6 +135,7 @@ async def test_streams_48k_stereo_pcm_in_10ms_messages(receiver: Receiver) -> No
     arrivals = [t for t, m in conn.messages if isinstance(m, bytes)][1::2]
     latency = np.array(arrivals[: len(writes)]) - np.array(writes[: len(arrivals)])
     assert float(np.median(latency)) < 0.02
+    assert len(delays) == len(conn.binary) and 0 <= float(np.median(delays)) < 0.02  # what the metric sees
 
     info = sink.stream_info()
     assert info.status == egress.StreamInfo.FINISHED and info.error == ""

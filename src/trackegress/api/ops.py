@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from livekit.protocol import egress
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,15 +19,28 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics(Collector):
     """``trackegress_*`` metrics in a registry of their own; ``observe`` is an EgressManager listener."""
 
-    def __init__(self, manager: EgressManager) -> None:
-        self._manager = manager
+    def __init__(self) -> None:
+        self._manager: EgressManager | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self._started = Counter("trackegress_egress_started", "Egresses started", registry=self.registry)
         self._ended = Counter(
             "trackegress_egress_ended", "Egresses ended, by final status", ["status"], registry=self.registry
         )
+        self._delay = Histogram(
+            "trackegress_websocket_delay_seconds", "From RTP arrival to the PCM message sent on the WebSocket",
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry,
+        )
         self._ended_bytes = 0
+        self._lost: dict[str, int] = {}  # packets lost, last seen per egress
         self.registry.register(self)
+
+    def watch(self, manager: EgressManager) -> None:
+        """Read live values (active egresses, bytes, packets lost) from ``manager`` at scrape time."""
+        self._manager = manager
+
+    def observe_delay(self, seconds: float) -> None:
+        """One PCM message's delay (an ``Egress`` ``on_delay`` callback)."""
+        self._delay.observe(seconds)
 
     def observe(self, info: egress.EgressInfo) -> None:
         """Count a status change."""
@@ -39,10 +52,13 @@ class Metrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Live values read from the running egresses at scrape time."""
-        running = self._manager.running()
+        running = self._manager.running() if self._manager is not None else []
         yield GaugeMetricFamily("trackegress_egress_active", "Egresses running now", value=len(running))
         written = self._ended_bytes + sum(job.bytes_out for job in running)
         yield CounterMetricFamily("trackegress_bytes_written", "Bytes written to files and streams", value=written)
+        self._lost.update((job.egress_id, job.packets_lost) for job in running)
+        lost = sum(self._lost.values())
+        yield CounterMetricFamily("trackegress_packets_lost", "RTP packets never received", value=lost)
 
     def app(self) -> web.Application:
         """``GET /metrics`` in Prometheus' text format."""

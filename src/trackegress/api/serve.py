@@ -24,8 +24,9 @@ async def serve(config: ServiceConfig, stop: asyncio.Event) -> None:
     store = await Store.open(config.data_dir / "egress.db")
     rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
     webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls)
-    manager = EgressManager(config, store, rooms.check_track, webhooks)
-    metrics = Metrics(manager)
+    metrics = Metrics()
+    manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay)
+    metrics.watch(manager)
     manager.add_listener(metrics.observe)
     runners: list[web.AppRunner] = []
     try:

@@ -165,6 +165,14 @@ class TrackTap:
             buffer.remove(len(packets))
             self.push(b"".join(p._data for p in packets), packets[0].timestamp)
 
+    @property
+    def packets_lost(self) -> int:
+        """RTP packets never received (from aiortc's per-SSRC receive statistics)."""
+        if self._receiver is None:
+            return 0
+        streams = self._receiver._RTCRtpReceiver__remote_streams
+        return sum(int(stream.packets_lost) for stream in streams.values())
+
     async def request_keyframe(self) -> None:
         """Send a PLI to every SSRC we hear (video only)."""
         if self._receiver is None or not self.codec.is_video:
@@ -203,6 +211,10 @@ class TrackSubscriber:
     @property
     def room(self) -> models.Room:
         return self._room
+
+    @property
+    def packets_lost(self) -> int:
+        return self._tap.packets_lost if self._tap is not None else 0
 
     async def find_track(self, timeout: float) -> TrackSource:
         """Wait until the track is published; TimeoutError otherwise."""

@@ -93,6 +93,7 @@ class WebSocketSink:
     ``reconnect_deadline`` seconds while up to ``max_buffer`` seconds of audio are kept (oldest dropped
     beyond); past the deadline the sink is FAILED: ``on_error`` is called and ``failed`` resolves with
     the error. ``sample_rate``/``channels`` select an opt-in output format (default 48000/2).
+    ``on_delay`` gets, for every PCM message sent, the seconds since its audio arrived (or was due).
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class WebSocketSink:
         late_allowance: float = 0.060,
         stall_timeout: float = 0.5,
         on_error: Callable[[WebSocketSinkError], None] | None = None,
+        on_delay: Callable[[float], None] | None = None,
     ) -> None:
         validate_websocket_url(url)
         self.url = url
@@ -124,8 +126,10 @@ class WebSocketSink:
         self._close_timeout = close_timeout
         self._stall_timeout = stall_timeout
         self._on_error = on_error
+        self._on_delay = on_delay
         self._queue: collections.deque[Message] = collections.deque()
         self._queued_audio = 0
+        self._ready_at: collections.deque[float] = collections.deque()  # per queued audio message
         self._wakeup = asyncio.Event()
         self._conn: ClientConnection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -153,10 +157,11 @@ class WebSocketSink:
         self._last_frame_at = now
         resumed, self._stalled = self._stalled, False
         chunks, lead = self._place(frame, now)
-        self._emit(chunks[:lead])
+        arrival = frame.arrival or now
+        self._emit(chunks[:lead], arrival)
         if resumed:
             self._update_mute()  # {"muted":false} goes right before the first chunk of the frame's audio
-        self._emit(chunks[lead:])
+        self._emit(chunks[lead:], arrival)
 
     def _place(self, frame: EncodedFrame, now: float) -> tuple[list[bytes], int]:
         """The chunks completed by this frame, and how many of them come before its audio."""
@@ -208,8 +213,9 @@ class WebSocketSink:
         self._closing = True
         self._cancel_ticker()
         if self._status == ACTIVE:
-            self._emit(self._clock.flush())
-            self._enqueue_all(self._converter.flush())
+            now = time.monotonic()
+            self._emit(self._clock.flush(), now)
+            self._enqueue_all(self._converter.flush(), now)
         self._wakeup.set()
         if self._sender is not None:
             await self._drain_sender()
@@ -276,17 +282,19 @@ class WebSocketSink:
 
     # PCM in
 
-    def _emit(self, chunks: list[bytes]) -> None:
+    def _emit(self, chunks: list[bytes], ready_at: float) -> None:
+        """Queue PCM whose source arrived (or, for silence, was due) at ``ready_at`` (monotonic)."""
         for chunk in chunks:
-            self._enqueue_all(self._converter.convert(chunk))
+            self._enqueue_all(self._converter.convert(chunk), ready_at)
 
-    def _enqueue_all(self, messages: list[bytes]) -> None:
+    def _enqueue_all(self, messages: list[bytes], ready_at: float) -> None:
         for message in messages:
-            self._enqueue(message)
+            self._enqueue(message, ready_at)
 
-    def _enqueue(self, message: Message) -> None:
+    def _enqueue(self, message: Message, ready_at: float = 0.0) -> None:
         self._queue.append(message)
         if isinstance(message, bytes):
+            self._ready_at.append(ready_at)
             self._queued_audio += 1
             if self._queued_audio > self._max_queued:
                 self._drop_oldest_audio()
@@ -299,6 +307,7 @@ class WebSocketSink:
             item = self._queue.popleft()
             if isinstance(item, bytes):
                 self._queued_audio -= 1
+                self._ready_at.popleft()
                 break
             texts.append(item)
         self._queue.extendleft(reversed(texts))
@@ -332,7 +341,7 @@ class WebSocketSink:
     async def _tick_loop(self) -> None:
         while True:
             now = time.monotonic()
-            self._emit(self._clock.tick(now))
+            self._emit(self._clock.tick(now), now)
             self._check_stall(now)
             await asyncio.sleep(self._tick_delay(now))
 
@@ -407,8 +416,10 @@ class WebSocketSink:
         assert self._conn is not None
         item = self._queue.popleft()
         audio = isinstance(item, bytes)
+        ready_at = 0.0
         if audio:
             self._queued_audio -= 1
+            ready_at = self._ready_at.popleft()
         else:
             self._head_muted = item == MUTED
         try:
@@ -427,6 +438,8 @@ class WebSocketSink:
             self._bytes_sent += len(item)
             self._messages_sent += 1
             self._overflowing = False
+            if self._on_delay is not None:
+                self._on_delay(time.monotonic() - ready_at)
 
     async def _reconnect(self) -> bool:
         """Redial with exponential backoff until the deadline; False (and FAILED) if it passes."""

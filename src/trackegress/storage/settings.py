@@ -10,8 +10,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from livekit.protocol import egress
 
-from trackegress.config import parse_duration
-
 
 class UploadConfigError(ValueError):
     """An upload configuration we refuse; ``code`` is the Twirp error code."""
@@ -287,6 +285,8 @@ def _delay(raw: Mapping[str, Any], key: str, name: str) -> float:
         return float(value)
     if not isinstance(value, str):
         _bad(name, key, "a duration like '100ms'", value)
+    from trackegress.config import parse_duration  # here: config.py may import this module at its top
+
     try:
         return parse_duration(value)
     except ValueError as exc:
