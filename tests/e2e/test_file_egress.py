@@ -235,3 +235,21 @@ async def test_unreachable_livekit_server_fails(make_room: RoomFactory, tmp_path
     info = await asyncio.wait_for(Egress(file_request("r", "TR_x"), config).run(), 20)
     assert egress.EgressStatus.Name(info.status) == "EGRESS_FAILED"
     assert info.error.startswith("connection to room failed") and info.error_code == 503
+
+
+async def test_many_egresses_started_at_once_all_become_active(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    """Offers landing during the DTLS handshake used to leave aiortc receivers unstarted (5 of 50 stuck)."""
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    async with Publisher(livekit_server.url, creds, room, "frank", sample_media["opus"], loop=True) as pub:
+        config = config_for(livekit_server, tmp_path)
+        jobs = [Egress(file_request(room, pub.track_sid, f"{i}"), config) for i in range(50)]
+        runs = [asyncio.create_task(job.run()) for job in jobs]
+        try:
+            await until(lambda: all(job.info.status == Status.EGRESS_ACTIVE for job in jobs), timeout=30)
+        finally:
+            for job in jobs:
+                job.stop()
+            infos = await asyncio.wait_for(asyncio.gather(*runs), 30)
+    assert {egress.EgressStatus.Name(info.status) for info in infos} == {"EGRESS_COMPLETE"}

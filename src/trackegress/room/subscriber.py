@@ -204,6 +204,7 @@ class TrackSubscriber:
         self._pending_candidates: list[str] = []
         self._ended = False
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(signal.join)))
+        self._pc.on("connectionstatechange", self._on_connection_state)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader = asyncio.create_task(self._read())
         self._find_track()
@@ -303,6 +304,17 @@ class TrackSubscriber:
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self._add_candidate(candidate)
+        self._on_connection_state()
+
+    def _on_connection_state(self) -> None:
+        """Start receivers aiortc skipped: an offer answered during the DTLS handshake is never started.
+
+        aiortc's ``__connect`` only starts a receiver if DTLS is already connected when it runs, so a track
+        whose offer lands mid-handshake would get packets that are all dropped. Running it again once
+        connected is safe: every step in it is idempotent.
+        """
+        if self._pc.connectionState == "connected" and not self._ended:
+            self._spawn(self._pc._RTCPeerConnection__connect())  # type: ignore[attr-defined]
 
     def _tap_receivers(self, mid_to_track: dict[str, str]) -> None:
         for transceiver in self._pc.getTransceivers():
