@@ -25,7 +25,7 @@ from trackegress.sinks.base import Sink
 from trackegress.sinks.file import FileSink
 from trackegress.sinks.manifest import build_manifest
 from trackegress.sinks.naming import TemplateVars, output_path
-from trackegress.sinks.websocket import WebSocketSink, WebSocketSinkError
+from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
 from trackegress.storage.base import UploadError
 from trackegress.storage.local import LocalStorage
 from trackegress.storage.settings import Destination, StorageSettings, UploadConfigError
@@ -121,6 +121,11 @@ class Egress:
         if self._stream is not None:
             return self._stream.bytes_sent
         return self._file.size if self._file else 0
+
+    @property
+    def stream_stats(self) -> SinkStats | None:
+        """The WebSocket sink's counters (reconnects, frames lost, ...); None for a file egress."""
+        return self._stream.stats if self._stream is not None else None
 
     @property
     def partial_file(self) -> egress.FileInfo | None:

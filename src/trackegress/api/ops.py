@@ -10,8 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trackegress.egress import is_ended
-from trackegress.service import EgressManager
+from trackegress.config import ServiceConfig
+from trackegress.egress import Egress, is_ended
+from trackegress.service import Dispatcher, EgressManager
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -31,7 +32,7 @@ class Metrics(Collector):
             buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry,
         )
         self._ended_bytes = 0
-        self._lost: dict[str, int] = {}  # packets lost, last seen per egress
+        self._seen: dict[str, tuple[int, int, int]] = {}  # per egress, last seen: packets lost, reconnects, frames lost
         self.registry.register(self)
 
     def watch(self, manager: EgressManager) -> None:
@@ -56,9 +57,14 @@ class Metrics(Collector):
         yield GaugeMetricFamily("trackegress_egress_active", "Egresses running now", value=len(running))
         written = self._ended_bytes + sum(job.bytes_out for job in running)
         yield CounterMetricFamily("trackegress_bytes_written", "Bytes written to files and streams", value=written)
-        self._lost.update((job.egress_id, job.packets_lost) for job in running)
-        lost = sum(self._lost.values())
-        yield CounterMetricFamily("trackegress_packets_lost", "RTP packets never received", value=lost)
+        self._seen.update((job.egress_id, _counts(job)) for job in running)
+        totals = [sum(column) for column in zip(*self._seen.values(), strict=True)] or [0, 0, 0]
+        packets_lost, reconnects, frames_lost = totals
+        yield CounterMetricFamily("trackegress_packets_lost", "RTP packets never received", value=packets_lost)
+        yield CounterMetricFamily("trackegress_websocket_reconnects", "WebSocket receivers redialled", value=reconnects)
+        yield CounterMetricFamily(
+            "trackegress_websocket_frames_lost", "10 ms PCM messages never delivered", value=frames_lost
+        )
 
     def app(self) -> web.Application:
         """``GET /metrics`` in Prometheus' text format."""
@@ -70,7 +76,26 @@ class Metrics(Collector):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_TYPE})
 
 
-def health_app(manager: EgressManager) -> web.Application:
+async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; ``await runner.cleanup()`` to stop."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def serve_ops(config: ServiceConfig, manager: Dispatcher, metrics: Metrics) -> list[web.AppRunner]:
+    """The health and metrics ports that ``config`` sets (``health_port``, ``prometheus_port``; 0 = off)."""
+    apps = ((config.health_port, health_app(manager)), (config.prometheus_port, metrics.app()))
+    return [await listen(app, config.bind, port) for port, app in apps if port]
+
+
+def _counts(job: Egress) -> tuple[int, int, int]:
+    stats = job.stream_stats
+    return job.packets_lost, stats.reconnects if stats else 0, stats.frames_lost if stats else 0
+
+
+def health_app(manager: Dispatcher) -> web.Application:
     """``GET /`` (and ``/health``): ``{"status": "ok", "active_egresses": n, "accepting": bool}``."""
 
     async def health(request: web.Request) -> web.Response:

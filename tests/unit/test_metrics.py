@@ -1,0 +1,66 @@
+"""Prometheus metrics: live counters read from running egresses, kept after they end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import generate_latest
+
+from trackegress.api.ops import Metrics
+
+
+@dataclass
+class Stats:
+    reconnects: int = 0
+    frames_lost: int = 0
+
+
+@dataclass
+class Job:
+    egress_id: str
+    packets_lost: int = 0
+    bytes_out: int = 0
+    stream_stats: Stats | None = None
+
+
+@dataclass
+class Manager:
+    jobs: list[Job] = field(default_factory=list)
+
+    def running(self) -> list[Job]:
+        return self.jobs
+
+
+def scrape(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def test_counters_sum_running_egresses_and_survive_their_end() -> None:
+    manager = Manager([Job("EG_a", packets_lost=3, bytes_out=100), Job("EG_b", 1, 50, Stats(2, 7))])
+    metrics = Metrics()
+    metrics.watch(manager)  # type: ignore[arg-type]
+    text = scrape(metrics)
+    assert "trackegress_egress_active 2.0" in text
+    assert "trackegress_packets_lost_total 4.0" in text
+    assert "trackegress_websocket_reconnects_total 2.0" in text
+    assert "trackegress_websocket_frames_lost_total 7.0" in text
+    manager.jobs = []
+    text = scrape(metrics)
+    assert "trackegress_egress_active 0.0" in text and "trackegress_packets_lost_total 4.0" in text
+
+
+def test_websocket_delay_histogram() -> None:
+    metrics = Metrics()
+    for seconds in (0.004, 0.012, 0.2):
+        metrics.observe_delay(seconds)
+    text = scrape(metrics)
+    assert 'trackegress_websocket_delay_seconds_bucket{le="0.005"} 1.0' in text
+    assert 'trackegress_websocket_delay_seconds_bucket{le="0.02"} 2.0' in text
+    assert "trackegress_websocket_delay_seconds_count 3.0" in text
+
+
+def test_no_manager_yet() -> None:
+    text = scrape(Metrics())
+    assert "trackegress_egress_active 0.0" in text and "trackegress_packets_lost_total 0.0" in text
+
+
