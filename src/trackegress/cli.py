@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,11 +19,11 @@ from livekit.protocol import egress
 
 from trackegress.config import Config, ConfigError, load_service_config
 from trackegress.egress import Egress, is_ended
+from trackegress.logs import setup_logging
 from trackegress.request import RequestError, check_track_request
 
 log = logging.getLogger("trackegress")
 DEFAULT_API_URL = "http://127.0.0.1:7990"
-_EGRESS_ID = re.compile(r"\bEG_[A-Za-z0-9]{12}\b")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_main(args)
     if args.command == "worker":
         return _worker_main(args)
-    _setup_logging(args.log_level or "info")
+    setup_logging(args.log_level or "info")
     if args.command == "record":
         return _record_main(args)
     return _client_main(args)
@@ -151,14 +149,18 @@ async def _progress(job: Egress) -> None:
 
 
 def _serve_main(args: argparse.Namespace) -> int:
+    from trackegress.cluster.settings import load_cluster_settings
+
     try:
         config = load_service_config(args.config, api_port=args.port, bind=args.bind)
+        cluster = load_cluster_settings(args.config)
     except ConfigError as exc:
-        _setup_logging(args.log_level or "info")
+        setup_logging(args.log_level or "info")
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
-                   secrets=(config.egress.api_secret,))
+    redis_password = cluster.redis.password if cluster else ""
+    setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
+                   secrets=(config.egress.api_secret, redis_password))
     from trackegress.api.serve import serve
 
     async def run() -> None:
@@ -166,11 +168,11 @@ def _serve_main(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        await serve(config, stop, cluster)
 
     try:
         asyncio.run(run())
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         print(f"trackegress: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -186,10 +188,10 @@ def _worker_main(args: argparse.Namespace) -> int:
     try:
         config = load_worker_config(args.config)
     except ConfigError as exc:
-        _setup_logging(args.log_level or "info")
+        setup_logging(args.log_level or "info")
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
+    setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
                    secrets=(config.service.egress.api_secret, config.redis.password))
 
     async def run() -> None:
@@ -279,51 +281,6 @@ async def _stop(client: api.LiveKitAPI, egress_id: str) -> int:
     return 0
 
 
-# logging
-
-
-class _JsonLines(logging.Formatter):
-    """One JSON object per line; ``egress_id`` from the record's extra or from the message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        entry = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": message,
-        }
-        found = getattr(record, "egress_id", None) or _EGRESS_ID.search(message)
-        if found:
-            entry["egress_id"] = found if isinstance(found, str) else found.group()
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-class _Redact(logging.Filter):
-    """Replaces the given secrets in every message."""
-
-    def __init__(self, secrets: tuple[str, ...]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self._secrets):
-            for secret in self._secrets:
-                message = message.replace(secret, "{secret}")
-            record.msg, record.args = message, ()
-        return True
-
-
-def _setup_logging(level: str, *, json_lines: bool = False, secrets: tuple[str, ...] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonLines() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    handler.addFilter(_Redact(secrets))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 if __name__ == "__main__":

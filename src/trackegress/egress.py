@@ -17,6 +17,7 @@ from livekit import api
 from livekit.protocol import egress, models
 
 from trackegress.config import Config
+from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.redact import redact_request
 from trackegress.room.signal import SignalError
@@ -156,6 +157,7 @@ class Egress:
 
     async def run(self) -> egress.EgressInfo:
         """Run until the egress ends; returns the final ``EgressInfo``."""
+        current_egress_id.set(self.egress_id)  # run in a task of its own: its lines and its children's carry the id
         subscriber: TrackSubscriber | None = None
         try:
             subscriber = await self._join()

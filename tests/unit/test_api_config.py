@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -102,14 +101,3 @@ def test_serve_refuses_to_start_on_a_bad_config(
     monkeypatch.setenv("EGRESS_CONFIG_BODY", BASE + "health_port: -1\n")
     assert main(["serve"]) == 2
     assert "invalid configuration: health_port: expected a non-negative integer, got -1" in capsys.readouterr().err
-
-
-def test_json_log_lines_carry_the_egress_id_and_never_the_secret() -> None:
-    from trackegress.cli import _JsonLines, _Redact
-
-    record = logging.LogRecord("trackegress.x", logging.INFO, __file__, 1, "egress %s: key %s", ("EG_abcdefghijkl",
-                               "s3cr3t-value"), None)
-    assert _Redact(("s3cr3t-value",)).filter(record)
-    line = json.loads(_JsonLines().format(record))
-    assert line["egress_id"] == "EG_abcdefghijkl" and line["msg"] == "egress EG_abcdefghijkl: key {secret}"
-    assert (line["level"], line["logger"]) == ("info", "trackegress.x")
