@@ -60,7 +60,7 @@ class Config:
 
 # Upstream egress.yaml keys that trackegress reads nothing from (accepted quietly, logged at debug level).
 _UPSTREAM_UNUSED = frozenset({
-    "redis", "cluster_id", "debug_handler_port", "template_port", "template_base", "insecure",
+    "debug_handler_port", "template_port", "template_base", "insecure",
     "enable_chrome_sandbox", "disallow_local_storage", "io_create_timeout", "io_update_timeout", "io_workers",
     "max_upload_queue", "s3_assume_role_key", "s3_assume_role_secret", "s3_assume_role_arn",
     "s3_assume_role_external_id", "cpu_cost", "latency", "latency_overrides", "debug", "enable_sync_engine",
@@ -69,6 +69,7 @@ _UPSTREAM_UNUSED = frozenset({
 _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
     "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "backup",
+    "redis", "cluster_id",  # read by cluster/settings.py
 })
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -5,11 +5,13 @@ listeners informed. Transport-free, so the Twirp API and a psrpc worker can both
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -45,21 +47,27 @@ class LiveKitRooms:
         self._api = api.LiveKitAPI(ws_url, api_key, api_secret, timeout=aiohttp.ClientTimeout(total=5))
         self._grace = track_grace
 
+    async def room_sid(self, room_name: str) -> str:
+        """The room's sid; ``RequestError`` not_found if it does not exist."""
+        with _server_errors():
+            return await self._room_sid(room_name)
+
     async def check_track(self, room_name: str, track_id: str) -> None:
         """``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
-        try:
-            rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
-            if not any(room.name == room_name for room in rooms.rooms):
-                raise RequestError("not_found", "requested room does not exist")
+        with _server_errors():
+            await self._room_sid(room_name)
             deadline = time.monotonic() + self._grace
             while not await self._has_track(room_name, track_id):
                 if time.monotonic() >= deadline:
                     raise RequestError("not_found", f"track {track_id} not found in room {room_name}")
                 await asyncio.sleep(0.2)
-        except api.TwirpError as exc:
-            raise RequestError("unavailable", f"LiveKit server refused RoomService: {exc.code}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RequestError("unavailable", f"LiveKit server unreachable: {type(exc).__name__}") from None
+
+    async def _room_sid(self, room_name: str) -> str:
+        rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
+        sid = next((room.sid for room in rooms.rooms if room.name == room_name), None)
+        if sid is None:
+            raise RequestError("not_found", "requested room does not exist")
+        return str(sid)
 
     async def _has_track(self, room_name: str, track_id: str) -> bool:
         people = await self._api.room.list_participants(api.ListParticipantsRequest(room=room_name))
@@ -67,6 +75,37 @@ class LiveKitRooms:
 
     async def aclose(self) -> None:
         await self._api.aclose()
+
+
+@contextlib.contextmanager
+def _server_errors() -> Iterator[None]:
+    """RoomService failures become ``RequestError`` unavailable."""
+    try:
+        yield
+    except api.TwirpError as exc:
+        raise RequestError("unavailable", f"LiveKit server refused RoomService: {exc.code}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RequestError("unavailable", f"LiveKit server unreachable: {type(exc).__name__}") from None
+
+
+class Dispatcher(Protocol):
+    """What the livekit.Egress API drives: ``EgressManager`` (in-process) or ``ClusterDispatcher`` (workers)."""
+
+    @property
+    def active_count(self) -> int: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo: ...
+
+    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False) -> list[egress.EgressInfo]: ...
+
+    async def stop(self, egress_id: str) -> egress.EgressInfo: ...
+
+    async def update_stream(self, egress_id: str) -> egress.EgressInfo: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass

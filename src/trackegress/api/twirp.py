@@ -18,7 +18,7 @@ from livekit.protocol import egress
 
 from trackegress.api.auth import Authenticator
 from trackegress.request import RequestError
-from trackegress.service import EgressManager
+from trackegress.service import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ def twirp_error(code: str, message: str) -> web.Response:
 
 
 class TwirpServer:
-    """The ``livekit.Egress`` service on top of an ``EgressManager``."""
+    """The ``livekit.Egress`` service on top of a ``Dispatcher`` (in-process manager or the workers' cluster)."""
 
-    def __init__(self, manager: EgressManager, auth: Authenticator) -> None:
+    def __init__(self, manager: Dispatcher, auth: Authenticator) -> None:
         self._manager = manager
         self._auth = auth
         self._methods = {

@@ -116,6 +116,7 @@ class Method(Generic[T]):
     affinity: Callable[[Request, T], Awaitable[float]] | None = None
     claim: bool = True
     queue: bool = False
+    unclaimed: Callable[[Request], None] | None = None  # the request went to another server (or none was made)
 
 
 class RPCServer:
@@ -164,16 +165,20 @@ class RPCServer:
             await self._respond(request, error=PsrpcError(psrpc.MALFORMED_REQUEST, str(exc)))
             return
         if method.claim and not await self._claim(method, request, body):
+            if method.unclaimed is not None:
+                method.unclaimed(request)
             return
         await self._serve(method, request, body)
 
     async def _claim(self, method: Method[Any], request: Request, body: Any) -> bool:
-        affinity = 1.0 if method.affinity is None else await method.affinity(request, body)
-        if affinity < 0:
-            return False
+        # listen for the client's choice before the first await: a claim sent after another server has already
+        # been chosen then learns at once that it lost, instead of waiting for the request to expire
         won: asyncio.Future[ClaimResponse] = asyncio.get_running_loop().create_future()
         self._claims[request.request_id] = won
         try:
+            affinity = 1.0 if method.affinity is None else await method.affinity(request, body)
+            if affinity < 0:
+                return False
             claim = ClaimRequest(request.request_id, self.server_id, affinity)
             await self.bus.publish(psrpc.claim_request_channel(self.service, request.client_id), psrpc.wrap(claim))
             timeout = max(0.0, (request.expiry - time.time_ns()) / 1e9)

@@ -159,6 +159,7 @@ _RPC = _build("trackegress/psrpc_rpc_egress.proto", "rpc", {
     ],
     "ListActiveEgressRequest": [],
     "ListActiveEgressResponse": [_field("egress_ids", 1, _F.TYPE_STRING, repeated=True)],
+    "GetEgressRequest": [_field("egress_id", 1, _F.TYPE_STRING)],
 }, oneofs={"StartEgressRequest": "request"}, deps=(egress.DESCRIPTOR.name,))
 
 
@@ -248,6 +249,14 @@ class ListActiveEgressResponse(_Wire):
 
     _proto = _RPC["ListActiveEgressResponse"]
     egress_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GetEgressRequest(_Wire):
+    """``rpc.GetEgressRequest`` (IOInfo.GetEgress)."""
+
+    _proto = _RPC["GetEgressRequest"]
+    egress_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The worker's settings: egress.yaml's ``redis``, ``cluster_id`` and ``cpu_cost`` on top of the service's."""
+"""Cluster settings: egress.yaml's ``redis`` and ``cluster_id`` (worker and serve) and ``cpu_cost`` (worker)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from redis.asyncio import Redis
 
 from trackegress.config import ConfigError, ServiceConfig, load_service_config
 
@@ -26,6 +27,19 @@ class RedisSettings:
     password: str = ""
     db: int = 0
     use_tls: bool = False
+
+    def connect(self) -> Redis:
+        """A client for this Redis (connects on first use)."""
+        return Redis(host=self.host, port=self.port, db=self.db, ssl=self.use_tls,
+                     username=self.username or None, password=self.password or None)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``trackegress serve`` with ``redis:``: dispatch to the workers of ``cluster_id`` on that Redis."""
+
+    redis: RedisSettings
+    cluster_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,17 +65,31 @@ def load_worker_config(path: Path | None = None, env: Mapping[str, str] | None =
     service = load_service_config(path, env)
     raw = _read(path, env)
     cpu = _mapping(raw, "cpu_cost")
-    cluster_id = raw.get("cluster_id") or ""
-    if not isinstance(cluster_id, str):
-        raise ConfigError(f"cluster_id: expected a string, got {cluster_id!r}")
     return WorkerConfig(
         service=service,
         redis=_redis(_mapping(raw, "redis")),
-        cluster_id=cluster_id,
+        cluster_id=_cluster_id(raw),
         track_cpu_cost=_positive(cpu, "track_cpu_cost", DEFAULT_TRACK_CPU_COST),
         max_cpu_utilization=_utilization(cpu),
         cpu_count=os.cpu_count() or 1,
     )
+
+
+def load_cluster_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> ClusterSettings | None:
+    """``redis`` and ``cluster_id`` for ``trackegress serve``; None without ``redis:`` (in-process egresses).
+
+    Call after ``load_service_config`` has accepted the same input. Raises ``ConfigError``.
+    """
+    raw = _read(path, os.environ if env is None else env)
+    redis = _mapping(raw, "redis")
+    return ClusterSettings(_redis(redis), _cluster_id(raw)) if redis else None
+
+
+def _cluster_id(raw: Mapping[str, Any]) -> str:
+    cluster_id = raw.get("cluster_id") or ""
+    if not isinstance(cluster_id, str):
+        raise ConfigError(f"cluster_id: expected a string, got {cluster_id!r}")
+    return cluster_id
 
 
 def _read(path: Path | None, env: Mapping[str, str]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Serves ``EgressInternal.StartEgress`` / ``ListActiveEgress`` (topic ``cluster_id``) and, per running egress,
 ``EgressHandler.StopEgress`` / ``UpdateStream`` (topic = egress id) over psrpc on Redis; reports every status
-to livekit-server's ``IOInfo``. The egress lifecycle (limits, store, restart recovery) is ``EgressManager``'s.
+to ``IOInfo`` (livekit-server's, or ``trackegress serve``'s). Health and metrics ports as ``serve``'s.
+The egress lifecycle (limits, store, restart recovery) is ``EgressManager``'s.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import IO
 
 from livekit.protocol import egress
-from redis.asyncio import Redis
 
+from trackegress.api.ops import Metrics, serve_ops
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
 from trackegress.cluster.ioinfo import SERVICE as IOINFO
@@ -82,7 +83,8 @@ class Worker:
         self._pending: dict[str, _Claim] = {}  # by request id
         self._accepting = True
         self._idle = asyncio.Event()
-        self._start_method = Method("StartEgress", StartEgressRequest.decode, self._start_egress, self._affinity)
+        self._start_method = Method("StartEgress", StartEgressRequest.decode, self._start_egress, self._affinity,
+                                    unclaimed=self._release)
         self._list_method = Method("ListActiveEgress", _empty, self._list_active, claim=False)
         self._stop_method = Method("StopEgress", _stop_request, self._stop_egress, queue=True)
         self._update_method = Method("UpdateStream", _update_request, self._update_stream, queue=True)
@@ -131,6 +133,10 @@ class Worker:
         else:
             self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
         return value
+
+    def _release(self, request: Request) -> None:
+        """Another worker got the request: its cost is no longer reserved here."""
+        self._pending.pop(request.request_id, None)
 
     async def _start_egress(self, request: Request, start: StartEgressRequest) -> bytes:
         pending = self._pending.pop(request.request_id, None)
@@ -250,10 +256,7 @@ async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) ->
     async with contextlib.AsyncExitStack() as stack:
         lock = await asyncio.to_thread(_lock_data_dir, service.data_dir)
         stack.callback(lock.close)
-        redis = Redis(
-            host=config.redis.host, port=config.redis.port, db=config.redis.db, ssl=config.redis.use_tls,
-            username=config.redis.username or None, password=config.redis.password or None,
-        )
+        redis = config.redis.connect()
         stack.push_async_callback(redis.aclose)
         await redis.ping()
         store = await Store.open(service.data_dir / "worker.db")
@@ -262,8 +265,14 @@ async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) ->
         stack.push_async_callback(rooms.aclose)
         bus = RedisBus(redis)
         stack.push_async_callback(bus.close)
-        worker = Worker(config, bus, EgressManager(service, store, rooms.check_track))
+        metrics = Metrics()
+        manager = EgressManager(service, store, rooms.check_track, on_delay=metrics.observe_delay)
+        metrics.watch(manager)
+        manager.add_listener(metrics.observe)
+        worker = Worker(config, bus, manager)
         await worker.start()
+        for runner in await serve_ops(service, manager, metrics):
+            stack.push_async_callback(runner.cleanup)
         await stop.wait()
         log.info("shutting down")
         await worker.shutdown(grace)
