@@ -15,3 +15,4 @@ demo: install
 
 bench: install
 	.venv/bin/python bench/file_egress.py
+	.venv/bin/python bench/websocket_egress.py

@@ -200,6 +200,8 @@ class EgressManager:
         job = self._jobs.get(egress_id)
         if job is None:
             raise await self._not_running(egress_id)
+        if is_ended(job.info):  # ended, still finishing its bookkeeping
+            raise _cannot_stop(job.info)
         job.changed.clear()
         job.runner.stop()
         try:
@@ -239,7 +241,7 @@ class EgressManager:
         info = await self._store.get(egress_id)
         if info is None:
             return RequestError("not_found", "egress does not exist")
-        return RequestError("failed_precondition", f"egress with status {Status.Name(info.status)} cannot be stopped")
+        return _cannot_stop(info)
 
     async def _run(self, job: _Job) -> None:
         try:
@@ -344,3 +346,7 @@ def _copy(info: egress.EgressInfo) -> egress.EgressInfo:
 def _log_store_error(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("store write failed: %s", future.exception())
+
+
+def _cannot_stop(info: egress.EgressInfo) -> RequestError:
+    return RequestError("failed_precondition", f"egress with status {Status.Name(info.status)} cannot be stopped")

@@ -35,6 +35,7 @@ from support.storage_servers import (
     Azurite,
     FakeGCS,
     MinIO,
+    SlowProxy,
     StorageServer,
     TokenServer,
     service_account,
@@ -44,7 +45,7 @@ from trackegress.config import Config
 from trackegress.egress import Egress
 from trackegress.request import check_track_request
 from trackegress.storage.objectstore import PART_SIZE
-from trackegress.storage.settings import S3, Destination, Retry, StorageSettings
+from trackegress.storage.settings import GCP, S3, Destination, Retry, StorageSettings
 from trackegress.storage.uploader import Uploader
 
 Status = egress.EgressStatus
@@ -378,7 +379,7 @@ async def test_everything_down_fails_keeps_the_recording_and_loses_nothing(
     assert local.stat().st_size == result.size
     assert_published(local.read_bytes(), ".ogg", sent, tmp_path)
     assert info.manifest_location == str((tmp_path / info.egress_id / f"{info.egress_id}.json").resolve())
-    assert info.backup_storage_used
+    assert not info.backup_storage_used, "nothing landed in the backup"
 
     assert canary.get_object(Bucket=BUCKET, Key="canary/before-outage")["Body"].read() == b"still here"
     uploader = Uploader(Destination(S3(**s3_settings(minio)), retry=Retry(max_retries=1)))
@@ -451,3 +452,68 @@ async def test_large_files_go_up_in_parts(
         assert server.metadata(BUCKET, "parts/big.mp4")["contentType"] == "video/mp4"
         data = server.download(BUCKET, "parts/big.mp4")
     assert data == big.read_bytes()
+
+
+async def test_refused_gcs_credentials_fail_with_a_redacted_error(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], gcs: FakeGCS,
+    token_server: TokenServer, tmp_path: Path,
+) -> None:
+    token_server.refuse = True
+    credentials = service_account(token_server.url, tmp_path)
+    file = egress.DirectFileOutput(filepath="denied/", gcp=egress.GCPUpload(credentials=credentials, bucket=BUCKET))
+    info, _, _ = await record(livekit_server, await make_room(), sample_media["opus"], file,
+                              config_for(livekit_server, tmp_path / "rec"))
+
+    assert_status(info, "EGRESS_FAILED")
+    refused = '{"error": "invalid_grant"}'
+    assert info.error == f"GCP upload failed: HTTP 400 Bad Request: {refused} from {token_server.url}"
+    assert "PRIVATE KEY" not in MessageToJson(info)
+    assert Path(info.file_results[0].location).stat().st_size == info.file_results[0].size > 0
+
+
+async def upload_while_stopping(minio: MinIO, big: Path, backup: Destination | None) -> tuple[Uploader, str]:
+    """Upload ``big`` to MinIO through a slow relay and stop MinIO once a few MB are through; restart it only when
+    there is no backup (while the upload still retries). Returns the uploader and the location."""
+    proxy = SlowProxy(minio.port, rate=2 * 1024 * 1024)  # per connection; 4 parts go up at once
+    await proxy.start()
+    settings = S3(**(s3_settings(minio) | {"endpoint": proxy.url}))
+    retry = Retry(20, 0.2, 1.0) if backup is None else Retry(3, 0.1, 0.3)
+    uploader = Uploader(Destination(settings, retry=retry), backup)
+    upload = asyncio.create_task(uploader.upload(big, "cut/long.mp4"))
+    try:
+        async with asyncio.timeout(20):
+            while proxy.uploaded < 4 * 1024 * 1024:
+                await asyncio.sleep(0.02)
+        assert not upload.done()
+        minio.stop()
+        if backup is None:
+            await asyncio.sleep(1)
+            await asyncio.to_thread(minio.start)
+        return uploader, await asyncio.wait_for(upload, 60)
+    finally:
+        await uploader.close()
+        await proxy.close()
+        if backup is not None:
+            minio.start()
+
+
+async def test_server_stopped_during_a_multipart_upload_and_restarted(minio: MinIO, tmp_path: Path) -> None:
+    big = tmp_path / "long.mp4"
+    big.write_bytes(os.urandom(3 * PART_SIZE + 1000))
+    uploader, location = await upload_while_stopping(minio, big, backup=None)
+
+    assert not uploader.backup_used and location.endswith(f"/{BUCKET}/cut/long.mp4")
+    head = s3_client(minio).head_object(Bucket=BUCKET, Key="cut/long.mp4")
+    assert head["ETag"].endswith('-4"')
+    assert s3_client(minio).get_object(Bucket=BUCKET, Key="cut/long.mp4")["Body"].read() == big.read_bytes()
+
+
+async def test_server_stopped_during_an_upload_then_backup(
+    minio: MinIO, gcs: FakeGCS, tmp_path: Path,
+) -> None:
+    big = tmp_path / "long.mp4"
+    big.write_bytes(os.urandom(3 * PART_SIZE + 1000))
+    uploader, location = await upload_while_stopping(minio, big, Destination(GCP(BUCKET), prefix="rescued"))
+
+    assert uploader.backup_used and location == f"{gcs.url}/{BUCKET}/rescued/cut/long.mp4"
+    assert gcs.download(BUCKET, "rescued/cut/long.mp4") == big.read_bytes()

@@ -5,6 +5,8 @@ Each keeps its data in a directory, so ``stop()`` then ``start()`` (same port) i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -150,12 +152,14 @@ class Azurite(StorageServer):
 
 
 class TokenServer:
-    """A local OAuth2 token endpoint (``/token``) for service-account credentials; counts the grants."""
+    """A local OAuth2 token endpoint (``/token``) for service-account credentials; counts the grants, refuses them
+    all while ``refuse`` is set (a revoked key)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/token"
         self.grants = 0
+        self.refuse = False
         app = web.Application()
         app.router.add_post("/token", self._token)
         self._runner = web.AppRunner(app)
@@ -169,11 +173,57 @@ class TokenServer:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not form.get("assertion"):
+        jwt_bearer = form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer" and form.get("assertion")
+        if self.refuse or not jwt_bearer:
             return web.json_response({"error": "invalid_grant"}, status=400)
         self.grants += 1
         return web.json_response({"access_token": f"test-token-{self.grants}", "expires_in": 3600,
                                   "token_type": "Bearer"})
+
+
+class SlowProxy:
+    """A TCP relay on a free loopback port to ``target_port`` that sends uploads at ``rate`` bytes/s, so a test can
+    stop the server while a body is on the wire. ``uploaded`` counts the bytes relayed to the server."""
+
+    def __init__(self, target_port: int, rate: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.uploaded = 0
+        self._target = target_port
+        self._rate = rate
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.close()
+            return
+        tasks = [asyncio.create_task(self._pipe(reader, up_writer, upload=True)),
+                 asyncio.create_task(self._pipe(up_reader, writer, upload=False))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for stream in (writer, up_writer):
+            stream.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upload: bool) -> None:
+        chunk = max(1024, self._rate // 50) if upload else 1 << 16
+        with contextlib.suppress(OSError):
+            while data := await reader.read(chunk):
+                writer.write(data)
+                await writer.drain()
+                if upload:
+                    self.uploaded += len(data)
+                    await asyncio.sleep(len(data) / self._rate)
 
 
 def service_account(token_uri: str, folder: Path) -> str:

@@ -78,7 +78,7 @@ async def test_both_failing_reports_both(storages: dict[str, FakeStorage]) -> No
         await uploader.upload(Path("a.ogg"), "a.ogg")
     assert str(raised.value) == ("down-1 upload failed: connection refused; "
                                  "backup: down-2 upload failed: connection refused")
-    assert uploader.backup_used
+    assert not uploader.backup_used, "nothing landed in the backup"
 
 
 def test_redact_hides_secrets_and_bearer_tokens_and_cuts_debug_dumps() -> None:

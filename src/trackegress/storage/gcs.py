@@ -58,9 +58,8 @@ class GCSStorage:
         self._session: aiohttp.ClientSession | None = None
 
     async def upload(self, local: Path, key: str, content_type: str) -> str:
-        client = self._open()
-
         async def put() -> object:
+            client = self._open()
             with await asyncio.to_thread(local.open, "rb") as stream:
                 return await client.upload(
                     self._gcp.bucket, key, stream, content_type=content_type, timeout=_REQUEST_TIMEOUT,
@@ -70,8 +69,11 @@ class GCSStorage:
         return location(self._gcp, key)
 
     async def presign(self, key: str) -> str:
-        blob = self._open().get_bucket(self._gcp.bucket).new_blob(key)
-        return await self._call("presigning", lambda: blob.get_signed_url(int(PRESIGN_EXPIRY.total_seconds())))
+        async def sign() -> str:
+            blob = self._open().get_bucket(self._gcp.bucket).new_blob(key)
+            return await blob.get_signed_url(int(PRESIGN_EXPIRY.total_seconds()))
+
+        return await self._call("presigning", sign)
 
     async def close(self) -> None:
         session, self._session, self._client = self._session, None, None

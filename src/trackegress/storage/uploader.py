@@ -28,27 +28,29 @@ class Uploader:
     """Puts files under ``prefix/filename``; once the destination failed, every later file goes to the backup."""
 
     def __init__(self, destination: Destination, backup: Destination | None = None) -> None:
-        self.backup_used = False
+        self.backup_used = False  # a file landed in the backup
         self._destination = destination
         self._backup = backup
         self._storages: dict[int, Storage] = {}
-        self._failure = ""
+        self._failure = ""  # the destination's error, once it failed
 
     async def upload(self, local: Path, filename: str) -> str:
         """Upload ``local`` as ``filename``; returns its location (or presigned URL). Raises UploadError."""
-        if not self.backup_used:
+        if not self._failure:
             try:
                 return await self._put(self._destination, local, filename)
             except UploadError as exc:
                 if self._backup is None:
                     raise
                 log.warning("%s; using the backup storage", exc)
-                self._failure, self.backup_used = str(exc), True
+                self._failure = str(exc)
         assert self._backup is not None
         try:
-            return await self._put(self._backup, local, filename)
+            location = await self._put(self._backup, local, filename)
         except UploadError as exc:
             raise UploadError(f"{self._failure}; backup: {exc}") from None
+        self.backup_used = True
+        return location
 
     async def close(self) -> None:
         """Release the backends' connections."""
@@ -59,7 +61,11 @@ class Uploader:
     async def _put(self, destination: Destination, local: Path, filename: str) -> str:
         storage = self._storages.get(id(destination))
         if storage is None:
-            storage = self._storages[id(destination)] = open_storage(destination)
+            try:
+                storage = self._storages[id(destination)] = open_storage(destination)
+            except Exception as exc:  # its message may quote the settings: name the kind of error only
+                kind = type(destination.backend).__name__
+                raise UploadError(f"{kind} upload failed: invalid settings ({type(exc).__name__})") from None
         key = object_key(destination.prefix, filename)
         location = await storage.upload(local, key, content_type(local))
         return await storage.presign(key) if destination.presign else location
