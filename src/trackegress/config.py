@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from trackegress.sinks.pcm import SAMPLE_RATES
+
 if TYPE_CHECKING:
     from trackegress.storage.settings import StorageSettings
 
@@ -43,6 +45,10 @@ class Config:
                               "LIVEKIT_API_SECRET)")
         if self.track_wait_timeout <= 0:
             raise ConfigError("track_wait_timeout must be positive")
+        if self.websocket_sample_rate not in SAMPLE_RATES:
+            raise ConfigError(f"websocket.sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+        if self.websocket_channels not in (1, 2):
+            raise ConfigError("websocket.channels must be 1 or 2")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -63,13 +69,13 @@ _UPSTREAM_UNUSED = frozenset({
     "debug_handler_port", "template_port", "template_base", "insecure",
     "enable_chrome_sandbox", "disallow_local_storage", "io_create_timeout", "io_update_timeout", "io_workers",
     "max_upload_queue", "s3_assume_role_key", "s3_assume_role_secret", "s3_assume_role_arn",
-    "s3_assume_role_external_id", "cpu_cost", "latency", "latency_overrides", "debug", "enable_sync_engine",
+    "s3_assume_role_external_id", "latency", "latency_overrides", "debug", "enable_sync_engine",
     "enable_one_shot_sender_report_sync", "audio_tempo_controller", "video_encoder_threads", "node_id", "location",
 })
 _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
     "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "backup",
-    "redis", "cluster_id",  # read by cluster/settings.py
+    "websocket", "redis", "cluster_id", "cpu_cost",  # the last three read by cluster/settings.py
 })
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -117,6 +123,8 @@ def load_service_config(
     _warn_unknown(logging_, frozenset({"level", "json"}), "logging.")
     webhook = _mapping(raw, "webhook")
     _warn_unknown(webhook, frozenset({"api_key", "urls"}), "webhook.")
+    websocket = _mapping(raw, "websocket")
+    _warn_unknown(websocket, frozenset({"sample_rate", "channels"}), "websocket.")
     egress_values: dict[str, Any] = {
         "ws_url": _str(raw, "ws_url") or env.get("LIVEKIT_WS_URL") or env.get("LIVEKIT_URL", ""),
         "api_key": _str(raw, "api_key") or env.get("LIVEKIT_API_KEY", ""),
@@ -124,6 +132,8 @@ def load_service_config(
     }
     if "local_dir" in raw:
         egress_values["local_dir"] = Path(_str(raw, "local_dir"))
+    egress_values["websocket_sample_rate"] = _int(websocket, "sample_rate", 48_000, "websocket.")
+    egress_values["websocket_channels"] = _int(websocket, "channels", 2, "websocket.")
     if "track_wait_timeout" in raw:
         egress_values["track_wait_timeout"] = _duration(raw, "track_wait_timeout")
     if raw.get("storage") or raw.get("backup"):

@@ -73,6 +73,8 @@ def test_unknown_keys_are_warned_about(caplog: pytest.LogCaptureFixture) -> None
         (BASE + "webhook: {urls: ['ftp://x']}", "webhook.urls: 'ftp://x' is not an http(s) URL"),
         (BASE + "webhook: {api_key: other}", "webhook.api_key"),
         (BASE + "storage: {s3: {region: x}}", "storage: "),
+        (BASE + "websocket: {sample_rate: 44100}", "websocket.sample_rate must be one of 8000, 16000, 24000, 48000"),
+        (BASE + "websocket: {channels: 6}", "websocket.channels must be 1 or 2"),
     ],
 )
 def test_invalid_values_are_clear_errors(body: str, message: str) -> None:
@@ -101,3 +103,10 @@ def test_serve_refuses_to_start_on_a_bad_config(
     monkeypatch.setenv("EGRESS_CONFIG_BODY", BASE + "health_port: -1\n")
     assert main(["serve"]) == 2
     assert "invalid configuration: health_port: expected a non-negative integer, got -1" in capsys.readouterr().err
+
+
+def test_websocket_transcription_format() -> None:
+    config = load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "websocket: {sample_rate: 16000, channels: 1}"})
+    assert (config.egress.websocket_sample_rate, config.egress.websocket_channels) == (16_000, 1)
+    default = load_service_config(env={"EGRESS_CONFIG_BODY": BASE})
+    assert (default.egress.websocket_sample_rate, default.egress.websocket_channels) == (48_000, 2)
