@@ -163,19 +163,7 @@ def _serve_main(args: argparse.Namespace) -> int:
                    secrets=(config.egress.api_secret, redis_password))
     from trackegress.api.serve import serve
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop, cluster)
-
-    try:
-        asyncio.run(run())
-    except (OSError, RuntimeError) as exc:
-        print(f"trackegress: cannot serve: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run_until_signalled(lambda stop: serve(config, stop, cluster), "cannot serve")
 
 
 # worker
@@ -193,18 +181,24 @@ def _worker_main(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
                    secrets=(config.service.egress.api_secret, config.redis.password))
+    return _run_until_signalled(lambda stop: run_worker(config, stop, args.shutdown_grace), "worker failed")
+
+
+def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], failure: str) -> int:
+    """Run ``main(stop)``, with SIGINT and SIGTERM setting ``stop``; an OSError or RuntimeError becomes
+    ``trackegress: <failure>: <error>`` and exit code 1."""
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(config, stop, args.shutdown_grace)
+        await main(stop)
 
     try:
         asyncio.run(run())
     except (OSError, RuntimeError) as exc:
-        print(f"trackegress: worker failed: {exc}", file=sys.stderr)
+        print(f"trackegress: {failure}: {exc}", file=sys.stderr)
         return 1
     return 0
 

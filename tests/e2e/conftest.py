@@ -12,6 +12,7 @@ from livekit import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable as `support`
 
+from support.egress_service import WebhookSink
 from support.media import make_h264, make_opus_ogg, make_vp8_ivf
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
 
@@ -65,6 +66,15 @@ async def make_room(room_api: api.LiveKitAPI) -> AsyncIterator[RoomFactory]:
             await room_api.room.delete_room(api.DeleteRoomRequest(room=name))
         except api.TwirpError:
             pass
+
+
+@pytest.fixture
+async def hooks(livekit_server: LiveKitServer) -> AsyncIterator[WebhookSink]:
+    """A webhook receiver that verifies each request like LiveKit's ``WebhookReceiver``."""
+    sink = WebhookSink(livekit_server.api_key, livekit_server.api_secret)
+    await sink.start()
+    yield sink
+    await sink.stop()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livekit import api
 from livekit.protocol import egress, models
+from support.egress_helpers import file_request, until, wait_status
 from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory
@@ -26,14 +27,6 @@ from trackegress.api.twirp import HTTP_STATUS
 
 Status = egress.EgressStatus
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def hooks(livekit_server: LiveKitServer) -> AsyncIterator[WebhookSink]:
-    sink = WebhookSink(livekit_server.api_key, livekit_server.api_secret)
-    await sink.start()
-    yield sink
-    await sink.stop()
 
 
 @pytest.fixture
@@ -50,19 +43,6 @@ async def client(service: EgressService, livekit_server: LiveKitServer) -> Async
     await lk.aclose()
 
 
-def file_request(room: str, track: str, filepath: str = "") -> egress.TrackEgressRequest:
-    return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
-
-
-async def wait_status(lk: api.LiveKitAPI, egress_id: str, *wanted: int, timeout: float = 20.0) -> egress.EgressInfo:
-    async with asyncio.timeout(timeout):
-        while True:
-            items = (await lk.egress.list_egress(egress.ListEgressRequest(egress_id=egress_id))).items
-            if items and items[0].status in wanted:
-                return items[0]
-            await asyncio.sleep(0.1)
-
-
 async def test_python_client_start_list_stop_with_webhooks(
     service: EgressService, client: api.LiveKitAPI, hooks: WebhookSink, livekit_server: LiveKitServer,
     make_room: RoomFactory, sample_media: dict[str, Path],
@@ -74,7 +54,7 @@ async def test_python_client_start_list_stop_with_webhooks(
         assert (started.status, started.room_name, started.track.track_id) == (Status.EGRESS_STARTING, room,
                                                                                pub.track_sid)
         assert started.source_type == egress.EgressSourceType.EGRESS_SOURCE_TYPE_SDK
-        active = await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+        active = await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE, interval=0.1)
         assert active.room_id.startswith("RM_") and active.updated_at > started.updated_at
         assert active.file_results[0].filename == f"{room}/alice.ogg"
         assert service.health() == {"status": "ok", "active_egresses": 1, "accepting": True}
@@ -87,7 +67,7 @@ async def test_python_client_start_list_stop_with_webhooks(
         stopping = await client.egress.stop_egress(egress.StopEgressRequest(egress_id=started.egress_id))
         assert stopping.status in (Status.EGRESS_ENDING, Status.EGRESS_COMPLETE)
         assert stopping.details == "End reason: StopEgress API"
-        done = await wait_status(client, started.egress_id, Status.EGRESS_COMPLETE)
+        done = await wait_status(client, started.egress_id, Status.EGRESS_COMPLETE, interval=0.1)
 
     out = service.local_dir / room / "alice.ogg"
     result = done.file_results[0]
@@ -210,12 +190,10 @@ async def test_restart_mid_recording_reports_the_old_egress_failed_with_its_part
         async with Publisher(livekit_server.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
             lk = api.LiveKitAPI(url=first.url, api_key=creds[0], api_secret=creds[1])
             started = await lk.egress.start_track_egress(file_request(room, pub.track_sid, "carol.ogg"))
-            await wait_status(lk, started.egress_id, Status.EGRESS_ACTIVE)
+            await wait_status(lk, started.egress_id, Status.EGRESS_ACTIVE, interval=0.1)
             await lk.aclose()
             out = first.local_dir / "carol.ogg"
-            async with asyncio.timeout(10):
-                while not out.exists() or out.stat().st_size < 5000:
-                    await asyncio.sleep(0.1)
+            await until(lambda: out.exists() and out.stat().st_size >= 5000, interval=0.1)
             first.kill()
     finally:
         first.stop()
@@ -354,6 +332,4 @@ async def test_js_client_start_list_stop(
     assert result["listed"][0]["status"] == "EGRESS_ACTIVE"
     assert stopped["status"] in ("EGRESS_ENDING", "EGRESS_COMPLETE")
     assert stopped["details"] == "End reason: StopEgress API"
-    async with asyncio.timeout(10):
-        while not (service.local_dir / "js" / f"{pub.track_sid}.ogg").exists():
-            await asyncio.sleep(0.1)
+    await until((service.local_dir / "js" / f"{pub.track_sid}.ogg").exists, interval=0.1)

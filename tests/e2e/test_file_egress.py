@@ -15,6 +15,7 @@ import pytest
 from google.protobuf.json_format import Parse
 from livekit import api
 from livekit.protocol import egress
+from support.egress_helpers import file_request, record_published, until
 from support.media import h264_canonical, make_h264
 from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory, free_port
@@ -31,10 +32,6 @@ def config_for(server: LiveKitServer, local_dir: Path, **overrides: object) -> C
         "ws_url": server.url, "api_key": server.api_key, "api_secret": server.api_secret, "local_dir": local_dir,
     }
     return Config(**(values | overrides))  # type: ignore[arg-type]
-
-
-def file_request(room: str, track: str, filepath: str = "") -> egress.TrackEgressRequest:
-    return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
 
 
 def packets(path: Path) -> list[bytes]:
@@ -61,29 +58,12 @@ def probe_duration(path: Path) -> float:
     return float(out)
 
 
-async def until(condition: object, timeout: float = 10.0) -> None:
-    """Poll ``condition()`` until it is true."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
-
-
 async def record_while_publishing(
     server: LiveKitServer, room: str, path: Path, local_dir: Path, filepath: str = ""
 ) -> tuple[egress.EgressInfo, list[bytes], str]:
     """Publish ``path`` (held until the recorder has joined), record it, leave; returns (info, sent, track)."""
-    creds = (server.api_key, server.api_secret)
-    async with Publisher(server.url, creds, room, "alice", path, start_delay=None, prime=True) as pub:
-        job = Egress(file_request(room, pub.track_sid, filepath), config_for(server, local_dir))
-        run = asyncio.create_task(job.run())
-        await until(lambda: job.info.room_id)
-        await asyncio.sleep(1.5)  # subscription negotiated
-        pub.begin()
-        await asyncio.wait_for(pub.done, 15)
-        await asyncio.sleep(0.5)
-        sent = list(pub.sent)
-    info = await asyncio.wait_for(run, 15)
-    return info, sent, pub.track_sid
+    config = config_for(server, local_dir)
+    return await record_published(server, room, path, config, lambda track: file_request(room, track, filepath))
 
 
 @pytest.mark.parametrize("codec", ["opus", "vp8", "h264"])

@@ -7,21 +7,19 @@ against serve's Twirp API, webhooks from serve verified with ``livekit-api``'s `
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from livekit import api
 from livekit.protocol import egress
+from support.egress_helpers import file_request, wait_status
 from support.egress_service import EgressService, WebhookSink
+from support.process import OpsEndpoints, stop_process, wait_ready
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import LiveKitServer, RoomFactory, free_port
@@ -30,7 +28,7 @@ Status = egress.EgressStatus
 ONE_EGRESS = {"max_cpu_utilization": 0.5, "track_cpu_cost": (os.cpu_count() or 1) * 0.5}  # budget = one egress
 
 
-class WorkerProcess:
+class WorkerProcess(OpsEndpoints):
     """``trackegress worker`` with its own config, data and recordings dirs, health and metrics ports."""
 
     def __init__(self, workdir: Path, server: LiveKitServer, redis: RedisServer) -> None:
@@ -52,45 +50,16 @@ class WorkerProcess:
             )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            try:
-                self.health()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
-
-    def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/", timeout=2) as response:
-            return dict(json.load(response))
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/metrics", timeout=2) as response:
-            return str(response.read().decode())
+        wait_ready(self.proc, self.answers, timeout, "trackegress worker", lambda: self.log_path.read_text()[-3000:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
-
-
-@pytest.fixture
-async def hooks(livekit_server: LiveKitServer) -> AsyncIterator[WebhookSink]:
-    sink = WebhookSink(livekit_server.api_key, livekit_server.api_secret)
-    await sink.start()
-    yield sink
-    await sink.stop()
 
 
 @pytest.fixture
@@ -113,19 +82,6 @@ def cluster(
             service.stop()
 
 
-def track_request(room: str, track: str, filepath: str) -> egress.TrackEgressRequest:
-    return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
-
-
-async def wait_status(lk: api.LiveKitAPI, egress_id: str, *wanted: int, timeout: float = 20.0) -> egress.EgressInfo:
-    async with asyncio.timeout(timeout):
-        while True:
-            items = (await lk.egress.list_egress(egress.ListEgressRequest(egress_id=egress_id))).items
-            if items and items[0].status in wanted:
-                return items[0]
-            await asyncio.sleep(0.2)
-
-
 async def test_serve_dispatches_track_egresses_to_two_workers_over_redis(
     cluster: tuple[EgressService, list[WorkerProcess]], livekit_server: LiveKitServer, redis_server: RedisServer,
     hooks: WebhookSink, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path,
@@ -137,7 +93,7 @@ async def test_serve_dispatches_track_egresses_to_two_workers_over_redis(
     try:
         async with Publisher(livekit_server.url, creds, room, "alice", sample_media["opus"], loop=True) as alice, \
                 Publisher(livekit_server.url, creds, room, "bob", sample_media["opus"], loop=True) as bob:
-            started = [await lk.egress.start_track_egress(track_request(room, pub.track_sid, f"{pub.identity}.ogg"))
+            started = [await lk.egress.start_track_egress(file_request(room, pub.track_sid, f"{pub.identity}.ogg"))
                        for pub in (alice, bob)]
             assert [(s.status, s.room_name) for s in started] == [(Status.EGRESS_STARTING, room)] * 2
             assert all(s.room_id.startswith("RM_") and s.egress_id.startswith("EG_") for s in started)

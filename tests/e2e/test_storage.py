@@ -23,8 +23,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from google.protobuf.json_format import MessageToJson
 from livekit.protocol import egress
+from support.egress_helpers import record_published, until
 from support.media import h264_canonical
-from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory
 from support.storage_servers import (
     AZURITE,
@@ -42,7 +42,6 @@ from support.storage_servers import (
 )
 
 from trackegress.config import Config
-from trackegress.egress import Egress
 from trackegress.request import check_track_request
 from trackegress.storage.objectstore import PART_SIZE
 from trackegress.storage.settings import GCP, S3, Destination, Retry, StorageSettings
@@ -141,21 +140,13 @@ async def record(
     on_update: Callable[[egress.EgressInfo], None] | None = None,
 ) -> tuple[egress.EgressInfo, list[bytes], str]:
     """Publish ``media``, record it with ``file`` as output until the publisher leaves; (info, sent, track)."""
-    creds = (livekit.api_key, livekit.api_secret)
-    async with Publisher(livekit.url, creds, room, "alice", media, start_delay=None, prime=True) as pub:
-        request = egress.TrackEgressRequest(room_name=room, track_id=pub.track_sid, file=file)
-        check_track_request(request, config.local_dir)
-        job = Egress(request, config, on_update=on_update)
-        run = asyncio.create_task(job.run())
-        async with asyncio.timeout(10):
-            while not job.info.room_id:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.5)  # subscription negotiated
-        pub.begin()
-        await asyncio.wait_for(pub.done, 15)
-        await asyncio.sleep(0.5)
-        sent = list(pub.sent)
-    return await asyncio.wait_for(run, 60), sent, pub.track_sid
+
+    def request(track: str) -> egress.TrackEgressRequest:
+        checked = egress.TrackEgressRequest(room_name=room, track_id=track, file=file)
+        check_track_request(checked, config.local_dir)
+        return checked
+
+    return await record_published(livekit, room, media, config, request, on_update=on_update, timeout=60)
 
 
 def packets(data: bytes, suffix: str, folder: Path) -> list[bytes]:
@@ -337,9 +328,7 @@ async def test_upload_retries_until_the_server_is_back(
         job = asyncio.create_task(record(livekit_server, await make_room(), sample_media["opus"],
                                          egress.DirectFileOutput(filepath="late/"), config_for(
                                              livekit_server, tmp_path, storage), on_update))
-        async with asyncio.timeout(30):
-            while not restarted:
-                await asyncio.sleep(0.05)
+        await until(lambda: restarted, timeout=30)
         await restarted[0]
     finally:
         await asyncio.to_thread(minio.start)

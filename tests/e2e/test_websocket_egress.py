@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from livekit import api
 from livekit.protocol import egress
+from support.egress_helpers import until
 from support.media import make_opus_ogg
 from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory
@@ -40,12 +41,6 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 def websocket_request(room: str, track: str, url: str) -> egress.TrackEgressRequest:
     return egress.TrackEgressRequest(room_name=room, track_id=track, websocket_url=url)
-
-
-async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 async def stream_while_publishing(

@@ -15,19 +15,20 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import yaml
 from livekit import api
 from livekit.protocol import egress, webhook
 from redis.asyncio import Redis
+from support.egress_helpers import file_request, until, wait_status
+from support.process import LogFile, stop_process, wait_ready
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room
@@ -86,24 +87,21 @@ class Worker:
         } | settings
         self.config.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="trackegress-worker-", suffix=".log", delete=False)
-        self.log_path = Path(self._log.name)
+        self._log = LogFile("trackegress-worker-")
+        self.log_path = self._log.path
 
     def start(self, timeout: float = 20.0) -> Worker:
         offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trackegress.cli", "worker", "--config", str(self.config), "--shutdown-grace", "2"],
-            stdout=subprocess.DEVNULL, stderr=self._log,
+            stdout=subprocess.DEVNULL, stderr=self._log.file,
         )
-        deadline = time.monotonic() + timeout
-        while "serving (cluster_id" not in self.log_text()[offset:]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.log_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_ready(self.proc, lambda: "serving (cluster_id" in self.log_text()[offset:], timeout, "trackegress worker",
+                   lambda: self.log_text()[-3000:])
         return self
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self._log.text()
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -112,20 +110,13 @@ class Worker:
 
     def terminate(self, timeout: float = 20.0) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         return self.proc.returncode
 
     def close(self) -> None:
         if self.proc is not None:
             self.terminate()
         self._log.close()
-        self.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -191,25 +182,9 @@ async def bus_client(redis: RedisServer, service: str) -> AsyncIterator[RPCClien
         await connection.aclose()
 
 
-def track_request(room: str, track: str, filepath: str) -> egress.TrackEgressRequest:
-    return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
-
-
-async def wait_status(client: api.LiveKitAPI, egress_id: str, *wanted: int, timeout: float = 20.0) -> egress.EgressInfo:
-    """Poll ListEgress (through livekit-server) until the egress has one of the ``wanted`` statuses."""
-    async with asyncio.timeout(timeout):
-        while True:
-            items = (await client.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
-            if items and items[0].status in wanted:
-                return items[0]
-            await asyncio.sleep(0.2)
-
-
 async def wait_file(path: Path, size: int, timeout: float = 15.0) -> None:
     """Until ``path`` has at least ``size`` bytes on disk."""
-    async with asyncio.timeout(timeout):
-        while not path.exists() or path.stat().st_size < size:
-            await asyncio.sleep(0.2)
+    await until(lambda: path.exists() and path.stat().st_size >= size, timeout, interval=0.2)
 
 
 async def wait_hooks(hooks: Webhooks, egress_id: str, event: str, timeout: float = 10.0) -> None:
@@ -228,7 +203,7 @@ async def test_start_list_stop_through_livekit_server_with_webhooks(
     async with livekit(lk_redis) as (client, room), \
             Publisher(lk_redis.url, creds, room, "alice", sample_media["opus"], loop=True) as pub:
         began = time.monotonic()
-        info = await client.egress.start_track_egress(track_request(room, pub.track_sid, "{room_name}/alice.ogg"))
+        info = await client.egress.start_track_egress(file_request(room, pub.track_sid, "{room_name}/alice.ogg"))
         assert time.monotonic() - began < 3
         assert info.status == Status.EGRESS_STARTING and info.egress_id.startswith("EG_")
         assert info.room_name == room and info.room_id.startswith("RM_") and info.track.track_id == pub.track_sid
@@ -274,13 +249,13 @@ async def test_two_workers_share_load_and_a_killed_worker_reports_failed_on_rest
     creds = (lk_redis.api_key, lk_redis.api_secret)
     async with livekit(lk_redis) as (client, room), \
             Publisher(lk_redis.url, creds, room, "bob", sample_media["opus"], loop=True) as pub:
-        started = [await client.egress.start_track_egress(track_request(room, pub.track_sid, f"bob-{n}.ogg"))
+        started = [await client.egress.start_track_egress(file_request(room, pub.track_sid, f"bob-{n}.ogg"))
                    for n in range(2)]
         active = [await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE) for info in started]
         dirs = sorted(str(Path(info.file_results[0].location).parents[1].name) for info in active)
         assert dirs == ["a", "b"], "one egress on each worker: a busy worker has no room left and does not claim"
         async with bus_client(redis_server, "EgressInternal") as internal:
-            third = StartEgressRequest(psrpc.new_id("EG_"), "track", track_request(room, pub.track_sid, "x.ogg"))
+            third = StartEgressRequest(psrpc.new_id("EG_"), "track", file_request(room, pub.track_sid, "x.ogg"))
             with pytest.raises(PsrpcError, match="no response from servers"):
                 await internal.call("StartEgress", third.encode(), timeout=5, selection=LIVEKIT_SELECTION)
         by_worker = {Path(i.file_results[0].location).parents[1].name: i for i in active}
@@ -314,7 +289,7 @@ async def test_repeated_egress_id_records_once_and_malformed_payloads_are_ignore
             Publisher(lk_redis.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
         await _send_garbage(internal, worker)
         egress_id = psrpc.new_id("EG_")
-        start = StartEgressRequest(egress_id, "track", track_request(room, pub.track_sid, "carol.ogg"))
+        start = StartEgressRequest(egress_id, "track", file_request(room, pub.track_sid, "carol.ogg"))
 
         async def start_once() -> egress.EgressInfo:
             raw = await internal.call("StartEgress", start.encode(), timeout=10, selection=LIVEKIT_SELECTION)

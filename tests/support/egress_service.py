@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 from aiohttp import web
 from livekit import api
 from livekit.protocol import webhook
 
+from .process import LogFile, OpsEndpoints, stop_process, wait_ready
 from .server import LiveKitServer, free_port
 
 
-class EgressService:
+class EgressService(OpsEndpoints):
     """``trackegress serve`` configured through ``EGRESS_CONFIG_BODY``; ``kill()`` is ``kill -9``."""
 
     def __init__(self, server: LiveKitServer, workdir: Path, **settings: Any) -> None:
@@ -39,24 +35,16 @@ class EgressService:
         } | settings
         env = {k: v for k, v in os.environ.items() if k != "EGRESS_CONFIG_FILE"}
         env["EGRESS_CONFIG_BODY"] = yaml.safe_dump(config)
-        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="trackegress-serve-", suffix=".log", delete=False)
-        self.log_path = Path(self._log.name)
+        self._log = LogFile("trackegress-serve-")
+        self.log_path = self._log.path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trackegress.cli", "serve"], stdout=self._log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "trackegress.cli", "serve"], stdout=self._log.file, stderr=subprocess.STDOUT, env=env
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        self._wait_ready()
-
-    def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/", timeout=2) as response:
-            return dict(json.load(response))
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/metrics", timeout=2) as response:
-            return str(response.read().decode())
+        wait_ready(self.proc, self.answers, 20.0, "trackegress serve", self.log_text)
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self._log.text()
 
     def kill(self) -> None:
         """``kill -9``: no clean-up at all."""
@@ -65,27 +53,8 @@ class EgressService:
 
     def stop(self) -> None:
         """SIGTERM (kill after 15 s), then remove the log."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         self._log.close()
-        self.log_path.unlink(missing_ok=True)
-
-    def _wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"trackegress serve exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                self.health()
-                return
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.1)
-        raise RuntimeError(f"trackegress serve did not answer within {timeout:.0f}s:\n{self.log_text()}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +30,27 @@ def _ffmpeg(*args: str) -> None:
 def _testsrc(seconds: float, fps: int, size: tuple[int, int]) -> list[str]:
     width, height = size
     return ["-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"]
+
+
+def testsrc_command(outputs: Mapping[Path, tuple[tuple[int, int], Sequence[str]]], frames: int, rate: int) -> list[str]:
+    """One ffmpeg run (a single start-up) for several outputs (path: (size, output options)): a ``testsrc`` input per
+    size, ``frames`` frames at ``rate``, and each output encoded from the input of its size.
+
+    Inputs end by duration: ``-frames:v`` per output with several inputs stalls ffmpeg on encoder delay.
+    """
+    sizes = sorted({size for size, _ in outputs.values()})
+    command = [FFMPEG, "-v", "error"]
+    for width, height in sizes:
+        command += ["-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={rate}:duration={frames / rate}"]
+    for path, (size, options) in outputs.items():
+        command += ["-map", f"{sizes.index(size)}:v", *options, str(path)]
+    return command
+
+
+def encode_testsrc(outputs: Mapping[Path, tuple[tuple[int, int], Sequence[str]]], frames: int, rate: int) -> None:
+    """Run ``testsrc_command``; fails the test (with ffmpeg's errors) if ffmpeg does."""
+    done = subprocess.run(testsrc_command(outputs, frames, rate), capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()
 
 
 def make_opus_ogg(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
+from .process import stop_process, wait_ready
 from .server import free_port
 
 
@@ -24,19 +24,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            self._wait_ready(startup_timeout)
+            wait_ready(self._proc, self._pong, startup_timeout, f"redis-server on {self.address}", interval=0.05)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, 5)
 
     def __enter__(self) -> RedisServer:
         return self
@@ -44,17 +38,10 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on {self.address} within {timeout:.0f}s")
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False

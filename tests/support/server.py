@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO
 
 from livekit import api
+
+from .process import LogFile, http_ok, stop_process, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = REPO / ".bin" / "livekit-server"
@@ -69,11 +66,12 @@ class LiveKitServer:
         self.api_secret = DEV_SECRET
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http_url = f"http://127.0.0.1:{self.port}"
-        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="livekit-server-", suffix=".log", delete=False)
-        self.log_path = Path(self._log.name)
-        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_env())
+        self._log = LogFile("livekit-server-")
+        self.log_path = self._log.path
+        self._proc = subprocess.Popen(self.command(), stdout=self._log.file, stderr=subprocess.STDOUT, env=_env())
         try:
-            self._wait_ready(startup_timeout)
+            wait_ready(self._proc, lambda: http_ok(self.http_url), startup_timeout,
+                       f"livekit-server on {self.http_url}", self.log_tail)
         except BaseException:
             self.stop()
             raise
@@ -92,19 +90,12 @@ class LiveKitServer:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server's combined stdout/stderr."""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self._log.tail(lines)
 
     def stop(self) -> None:
         """Terminate the server (kill it if it lingers) and remove its log."""
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, 10)
         self._log.close()
-        self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> LiveKitServer:
         return self
@@ -112,23 +103,6 @@ class LiveKitServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"livekit-server exited with {self._proc.returncode}:\n{self.log_tail()}")
-            if _answers(self.http_url):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"livekit-server did not answer on {self.http_url} within {timeout:.0f}s")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def _env() -> dict[str, str]:

@@ -11,15 +11,12 @@ import json
 import os
 import socket
 import subprocess
-import tempfile
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
 
 from aiohttp import web
 
+from support.process import LogFile, http_ok, stop_process, wait_ready
 from support.server import REPO, free_port
 
 BIN = REPO / ".bin"
@@ -42,7 +39,7 @@ class StorageServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)
+        self._log = LogFile(f"{self.name}-")
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -61,33 +58,26 @@ class StorageServer:
     def start(self) -> None:
         """Start (or restart) the server and wait until it answers."""
         assert self._proc is None, "already running"
-        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env(),
-                                      cwd=self.data_dir)
-        deadline = time.monotonic() + self._timeout
-        while not self.ready():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
-            time.sleep(0.1)
+        self._proc = subprocess.Popen(self.command(), stdout=self._log.file, stderr=subprocess.STDOUT,
+                                      env=self.env(), cwd=self.data_dir)
+        try:
+            wait_ready(self._proc, self.ready, self._timeout, self.name, self.log_tail)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Terminate the server (kill it if it lingers); its data stays."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 10)
 
     def close(self) -> None:
         self.stop()
         self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+        return self._log.tail(lines)
 
 
 class MinIO(StorageServer):
@@ -107,7 +97,7 @@ class MinIO(StorageServer):
                       "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "HOME": str(self.data_dir)}
 
     def ready(self) -> bool:
-        return _http_ok(f"{self.url}/minio/health/ready")
+        return http_ok(f"{self.url}/minio/health/ready")
 
 
 class FakeGCS(StorageServer):
@@ -121,7 +111,7 @@ class FakeGCS(StorageServer):
                 "-public-host", f"127.0.0.1:{self.port}", "-external-url", self.url, "-log-level", "error"]
 
     def ready(self) -> bool:
-        return _http_ok(f"{self.url}/_internal/healthcheck")
+        return http_ok(f"{self.url}/_internal/healthcheck")
 
     def create_bucket(self, name: str) -> None:
         body = json.dumps({"name": name}).encode()
@@ -236,11 +226,3 @@ def service_account(token_uri: str, folder: Path) -> str:
         "private_key": key.read_text(), "client_email": "recorder@trackegress-test.iam.gserviceaccount.com",
         "client_id": "1", "token_uri": token_uri,
     })
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import av
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.media import encode_testsrc
 
 from trackegress.media.h264 import dimensions, is_keyframe, parameter_sets, split_nals
 
@@ -44,21 +44,15 @@ STREAMS = {
 }
 
 
-def encode_command(folder: Path) -> list[str]:
-    """One ffmpeg run (a single start-up): a testsrc input per size, an output per stream in STREAMS.
-
-    Inputs end by duration: ``-frames:v`` per output with several inputs stalls ffmpeg on encoder delay.
-    """
-    sizes = sorted({stream.size for stream in STREAMS.values()})
-    command = ["ffmpeg", "-v", "error"]
-    for width, height in sizes:
-        command += ["-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={RATE}:duration={FRAMES / RATE}"]
-    for name, stream in STREAMS.items():
-        command += ["-map", f"{sizes.index(stream.size)}:v", "-c:v", "libx264"]
-        command += ["-preset", stream.preset, "-pix_fmt", stream.pix_fmt, *stream.extra, "-g", str(GOP)]
-        command += ["-keyint_min", str(GOP), "-sc_threshold", "0", "-bsf:v", "h264_metadata=aud=insert"]
-        command += [str(folder / f"{name}.h264")]
-    return command
+def outputs(folder: Path) -> dict[Path, tuple[tuple[int, int], list[str]]]:
+    """An output per stream in STREAMS, for ``encode_testsrc``."""
+    return {
+        folder / f"{name}.h264": (stream.size, [
+            "-c:v", "libx264", "-preset", stream.preset, "-pix_fmt", stream.pix_fmt, *stream.extra, "-g", str(GOP),
+            "-keyint_min", str(GOP), "-sc_threshold", "0", "-bsf:v", "h264_metadata=aud=insert",
+        ])
+        for name, stream in STREAMS.items()
+    }  # fmt: skip
 
 
 def access_units(data: bytes) -> list[bytes]:
@@ -72,8 +66,7 @@ def access_units(data: bytes) -> list[bytes]:
 def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes]]:
     """Access units of every stream in STREAMS."""
     folder = tmp_path_factory.mktemp("h264")
-    done = subprocess.run(encode_command(folder), capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr.decode()
+    encode_testsrc(outputs(folder), FRAMES, RATE)
     return {name: access_units((folder / f"{name}.h264").read_bytes()) for name in STREAMS}
 
 

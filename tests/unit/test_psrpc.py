@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from typing import Any
 
 import pytest
 from google.protobuf import any_pb2
 from livekit.protocol import egress
+from support.fake_bus import FakeBus
 
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RPCClient, RPCServer
@@ -159,33 +158,6 @@ def test_affinity_is_the_free_share_of_the_cpu_budget() -> None:
 
 
 # the server's claim protocol over an in-memory bus
-
-
-class FakeBus:
-    """Pub/sub in memory: every subscriber gets a message, only the first of a queue group does."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, list[tuple[Any, bool]]] = defaultdict(list)
-        self.published: list[tuple[str, bytes]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def subscribe(self, channel: str, handler: Any, *, queue: bool = False) -> None:
-        self.handlers[channel].append((handler, queue))
-
-    async def unsubscribe(self, *channels: str) -> None:
-        for name in channels:
-            self.handlers.pop(name, None)
-
-    async def publish(self, channel: str, payload: bytes) -> None:
-        self.published.append((channel, payload))
-        queued = False
-        for handler, queue in list(self.handlers.get(channel, [])):
-            if queue and queued:
-                continue
-            queued = queued or queue
-            task = asyncio.create_task(handler(channel, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
 
 def echo_method(value: float, calls: list[str]) -> Method[bytes]:

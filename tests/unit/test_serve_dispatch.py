@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from livekit.protocol import egress
+from support.fake_bus import FakeBus
 
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RPCClient, RPCServer
@@ -18,39 +18,6 @@ from trackegress.cluster.psrpc import GetEgressRequest, PsrpcError, Request
 from trackegress.store import Store
 
 Status = egress.EgressStatus
-
-
-class FakeRedis:
-    def __init__(self) -> None:
-        self.subscribers = 0
-
-    async def pubsub_numsub(self, *channels: str) -> list[tuple[bytes, int]]:
-        return [(c.encode(), self.subscribers) for c in channels]
-
-
-class FakeBus:
-    """Pub/sub in memory; a queue subscription takes a message before the other subscribers of its channel."""
-
-    def __init__(self) -> None:
-        self.redis = FakeRedis()
-        self.handlers: dict[str, list[tuple[Any, bool]]] = defaultdict(list)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def subscribe(self, channel: str, handler: Any, *, queue: bool = False) -> None:
-        self.handlers[channel].append((handler, queue))
-
-    async def unsubscribe(self, *channels: str) -> None:
-        for name in channels:
-            self.handlers.pop(name, None)
-
-    async def publish(self, channel: str, payload: bytes) -> None:
-        queued = False
-        for handler, queue in list(self.handlers.get(channel, [])):
-            if not (queue and queued):
-                queued = queued or queue
-                task = asyncio.create_task(handler(channel, payload))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
 
 
 class Hooks:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.media import encode_testsrc
 
 from trackegress.media.vp8 import dimensions, is_keyframe
 
@@ -34,20 +34,15 @@ STREAMS = {
 VP8 = list(STREAMS)
 
 
-def encode_command(folder: Path) -> list[str]:
-    """One ffmpeg run (a single start-up): a testsrc input per size, an output per stream in STREAMS.
-
-    Inputs end by duration: ``-frames:v`` per output with several inputs stalls ffmpeg on encoder delay.
-    """
-    sizes = sorted({stream.size for stream in STREAMS.values()})
-    command = ["ffmpeg", "-v", "error"]
-    for width, height in sizes:
-        command += ["-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={RATE}:duration={FRAMES / RATE}"]
-    for name, stream in STREAMS.items():
-        command += ["-map", f"{sizes.index(stream.size)}:v", "-c:v", stream.encoder]
-        command += ["-pix_fmt", stream.pix_fmt, "-deadline", "realtime", "-cpu-used", "8", "-lag-in-frames", "0"]
-        command += ["-auto-alt-ref", "0", "-g", str(GOP), "-keyint_min", str(GOP), str(folder / f"{name}.ivf")]
-    return command
+def outputs(folder: Path) -> dict[Path, tuple[tuple[int, int], list[str]]]:
+    """An output per stream in STREAMS, for ``encode_testsrc``."""
+    return {
+        folder / f"{name}.ivf": (stream.size, [
+            "-c:v", stream.encoder, "-pix_fmt", stream.pix_fmt, "-deadline", "realtime", "-cpu-used", "8",
+            "-lag-in-frames", "0", "-auto-alt-ref", "0", "-g", str(GOP), "-keyint_min", str(GOP),
+        ])
+        for name, stream in STREAMS.items()
+    }  # fmt: skip
 
 
 def ivf_frames(data: bytes, stream: Stream) -> list[bytes]:
@@ -67,8 +62,7 @@ def ivf_frames(data: bytes, stream: Stream) -> list[bytes]:
 def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes]]:
     """Frames of every stream in STREAMS."""
     folder = tmp_path_factory.mktemp("vpx")
-    done = subprocess.run(encode_command(folder), capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr.decode()
+    encode_testsrc(outputs(folder), FRAMES, RATE)
     return {name: ivf_frames((folder / f"{name}.ivf").read_bytes(), STREAMS[name]) for name in STREAMS}
 
 

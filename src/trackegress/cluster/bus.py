@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 T = TypeVar("T")
+Reply = TypeVar("Reply", ClaimRequest, Response)  # what a client receives
 _RETRY_MAX = 2.0
 FIRST_AVAILABLE = SelectionOpts(accept_first_available=True)  # psrpc's choice for methods without affinity
 
@@ -150,10 +151,8 @@ class RPCServer:
         if entry is None:
             return
         method = entry[0]
-        try:
-            request = psrpc.unwrap(payload, Request)
-        except psrpc.MalformedMessage as exc:
-            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+        request = _unwrap(channel, payload, Request)
+        if request is None:
             return
         if time.time_ns() >= request.expiry:
             log.debug("psrpc: %s %s expired", channel, request.request_id)
@@ -190,10 +189,8 @@ class RPCServer:
         return response.server_id == self.server_id
 
     async def _on_claim(self, channel: str, payload: bytes) -> None:
-        try:
-            response = psrpc.unwrap(payload, ClaimResponse)
-        except psrpc.MalformedMessage as exc:
-            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+        response = _unwrap(channel, payload, ClaimResponse)
+        if response is None:
             return
         waiter = self._claims.get(response.request_id)
         if waiter is not None and not waiter.done():
@@ -279,24 +276,26 @@ class RPCClient:
         return Request(psrpc.new_id("REQ_"), self.client_id, now, now + int(timeout * 1e9), multi, payload)
 
     async def _on_claim(self, channel: str, payload: bytes) -> None:
-        try:
-            claim = psrpc.unwrap(payload, ClaimRequest)
-        except psrpc.MalformedMessage as exc:
-            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
-            return
-        queue = self._claims.get(claim.request_id)
-        if queue is not None:
-            queue.put_nowait(claim)
+        _deliver(channel, payload, ClaimRequest, self._claims)
 
     async def _on_response(self, channel: str, payload: bytes) -> None:
-        try:
-            response = psrpc.unwrap(payload, Response)
-        except psrpc.MalformedMessage as exc:
-            log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
-            return
-        queue = self._responses.get(response.request_id)
-        if queue is not None:
-            queue.put_nowait(response)
+        _deliver(channel, payload, Response, self._responses)
+
+
+def _unwrap(channel: str, payload: bytes, expected: type[psrpc.M]) -> psrpc.M | None:
+    """The ``expected`` message in a payload received on ``channel``; None (and a warning) if it is malformed."""
+    try:
+        return psrpc.unwrap(payload, expected)
+    except psrpc.MalformedMessage as exc:
+        log.warning("psrpc: ignored a malformed message on %s: %s", channel, exc)
+        return None
+
+
+def _deliver(channel: str, payload: bytes, expected: type[Reply], queues: dict[str, asyncio.Queue[Reply]]) -> None:
+    """Queue a claim or response for the call waiting on its request id (dropped if none waits any more)."""
+    message = _unwrap(channel, payload, expected)
+    if message is not None and (queue := queues.get(message.request_id)) is not None:
+        queue.put_nowait(message)
 
 
 async def _select(

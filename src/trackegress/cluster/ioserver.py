@@ -42,10 +42,10 @@ class IOInfoServer:
         self._write = asyncio.Lock()
         self._active: set[str] = set()
         self._methods = (
-            Method("CreateEgress", _egress_info, self._create_egress, queue=True),
-            Method("UpdateEgress", _egress_info, self._update_egress, queue=True),
+            Method("CreateEgress", psrpc.parser(egress.EgressInfo), self._create_egress, queue=True),
+            Method("UpdateEgress", psrpc.parser(egress.EgressInfo), self._update_egress, queue=True),
             Method("GetEgress", GetEgressRequest.decode, self._get_egress, queue=True),
-            Method("ListEgress", _list_request, self._list_egress, queue=True),
+            Method("ListEgress", psrpc.parser(egress.ListEgressRequest), self._list_egress, queue=True),
         )
 
     @property
@@ -119,13 +119,3 @@ class IOInfoServer:
         else:
             items = await self._store.query(room_name=listing.room_name, active=listing.active)
         return egress.ListEgressResponse(items=items).SerializeToString()
-
-
-def _egress_info(data: bytes) -> egress.EgressInfo:
-    info: egress.EgressInfo = psrpc.parse_message(egress.EgressInfo, data)
-    return info
-
-
-def _list_request(data: bytes) -> egress.ListEgressRequest:
-    listing: egress.ListEgressRequest = psrpc.parse_message(egress.ListEgressRequest, data)
-    return listing

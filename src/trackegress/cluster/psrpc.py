@@ -10,8 +10,10 @@ payloads, metadata) are left out, and protobuf keeps their bytes as unknown fiel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -164,6 +166,7 @@ _RPC = _build("trackegress/psrpc_rpc_egress.proto", "rpc", {
 
 
 M = TypeVar("M", bound="_Wire")
+P = TypeVar("P", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ class StartEgressRequest:
         )
 
 
-def _parse(proto: type[Message], data: bytes) -> Message:
+def _parse(proto: type[P], data: bytes) -> P:
     message = proto()
     try:
         message.ParseFromString(data)
@@ -310,9 +313,14 @@ def _parse(proto: type[Message], data: bytes) -> Message:
     return message
 
 
-def parse_message(proto: type[Message], data: bytes) -> Any:
+def parse_message(proto: type[P], data: bytes) -> P:
     """``proto`` parsed from ``data`` (e.g. a livekit request); raises ``MalformedMessage``."""
     return _parse(proto, data)
+
+
+def parser(proto: type[P]) -> Callable[[bytes], P]:
+    """``parse_message`` of ``proto``, as a ``Method``'s ``decode``."""
+    return functools.partial(parse_message, proto)
 
 
 # envelopes

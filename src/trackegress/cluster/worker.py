@@ -86,8 +86,9 @@ class Worker:
         self._start_method = Method("StartEgress", StartEgressRequest.decode, self._start_egress, self._affinity,
                                     unclaimed=self._release)
         self._list_method = Method("ListActiveEgress", _empty, self._list_active, claim=False)
-        self._stop_method = Method("StopEgress", _stop_request, self._stop_egress, queue=True)
-        self._update_method = Method("UpdateStream", _update_request, self._update_stream, queue=True)
+        self._stop_method = Method("StopEgress", psrpc.parser(egress.StopEgressRequest), self._stop_egress, queue=True)
+        self._update_method = Method("UpdateStream", psrpc.parser(egress.UpdateStreamRequest), self._update_stream,
+                                     queue=True)
 
     async def start(self) -> None:
         """Report what a previous run left unfinished (FAILED "Process killed"), then start claiming."""
@@ -238,16 +239,6 @@ class Worker:
 
 def _empty(data: bytes) -> None:
     """``rpc.ListActiveEgressRequest`` has no fields."""
-
-
-def _stop_request(data: bytes) -> egress.StopEgressRequest:
-    request: egress.StopEgressRequest = psrpc.parse_message(egress.StopEgressRequest, data)
-    return request
-
-
-def _update_request(data: bytes) -> egress.UpdateStreamRequest:
-    request: egress.UpdateStreamRequest = psrpc.parse_message(egress.UpdateStreamRequest, data)
-    return request
 
 
 async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) -> None:
