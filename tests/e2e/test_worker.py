@@ -239,6 +239,28 @@ async def _stop_again(server: LiveKitServer, egress_id: str) -> None:
         await client.aclose()
 
 
+async def test_ten_egresses_spread_over_two_workers_by_affinity(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], sample_media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Affinity is the free share of the CPU budget, so sequential starts alternate between idle workers."""
+    room_for_eight = {"cpu_cost": {"max_cpu_utilization": 0.8, "track_cpu_cost": (os.cpu_count() or 1) * 0.1}}
+    first, second = (Worker(tmp_path / name, lk_redis, redis_server, **room_for_eight) for name in ("a", "b"))
+    workers.extend([first.start(), second.start()])
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    async with livekit(lk_redis) as (client, room), \
+            Publisher(lk_redis.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
+        started = [await client.egress.start_track_egress(file_request(room, pub.track_sid, f"carol-{n}.ogg"))
+                   for n in range(10)]
+        active = [await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE) for info in started]
+        for info in started:
+            await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+        done = [await wait_status(client, info.egress_id, Status.EGRESS_COMPLETE) for info in started]
+    per_worker = [Path(info.file_results[0].location).parents[1].name for info in active]
+    assert sorted(per_worker.count(name) for name in ("a", "b")) == [5, 5], per_worker
+    assert all(info.file_results[0].size > 0 for info in done)
+
+
 async def test_two_workers_share_load_and_a_killed_worker_reports_failed_on_restart(
     lk_redis: LiveKitServer, redis_server: RedisServer, webhooks: Webhooks, workers: list[Worker],
     sample_media: dict[str, Path], tmp_path: Path,
