@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from livekit import api
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 
 from trackegress.config import ServiceConfig
 from trackegress.egress import Egress, is_ended, new_egress_id
@@ -112,7 +112,7 @@ class Dispatcher(Protocol):
 class _Job:
     runner: Egress
     info: egress.EgressInfo
-    webhook_urls: tuple[str, ...]
+    webhooks: tuple[models.WebhookConfig, ...]
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: Tasks = field(default_factory=list)
 
@@ -181,7 +181,7 @@ class EgressManager:
         await self._store.put(job.info)
         state = _Job(job, job.info, _request_webhooks(request))
         self._jobs[egress_id] = state
-        self._announce(job.info, state.webhook_urls)
+        self._announce(job.info, state.webhooks)
         state.tasks = [
             asyncio.create_task(self._run(state), name=f"egress {job.egress_id}"),
             *self._limit_tasks(state, request),
@@ -260,11 +260,11 @@ class EgressManager:
         job.info = info
         job.changed.set()
         self._store.put(info).add_done_callback(_log_store_error)
-        self._announce(info, job.webhook_urls)
+        self._announce(info, job.webhooks)
 
-    def _announce(self, info: egress.EgressInfo, webhook_urls: tuple[str, ...]) -> None:
+    def _announce(self, info: egress.EgressInfo, hooks: tuple[models.WebhookConfig, ...]) -> None:
         if self._webhooks is not None:
-            self._webhooks.notify(info, webhook_urls)
+            self._webhooks.notify(info, hooks)
         for listener in self._listeners:
             try:
                 listener(_copy(info))
@@ -333,8 +333,8 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _request_webhooks(request: egress.TrackEgressRequest) -> tuple[str, ...]:
-    return tuple(hook.url for hook in request.webhooks)
+def _request_webhooks(request: egress.TrackEgressRequest) -> tuple[models.WebhookConfig, ...]:
+    return tuple(request.webhooks)
 
 
 def _copy(info: egress.EgressInfo) -> egress.EgressInfo:

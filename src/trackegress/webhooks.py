@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import aiohttp
 from google.protobuf.json_format import MessageToJson
 from livekit import api
-from livekit.protocol import egress, webhook
+from livekit.protocol import egress, models, webhook
 
 from trackegress.egress import is_ended, new_egress_id
 from trackegress.redact import redact_url
@@ -47,6 +47,13 @@ def build_event(info: egress.EgressInfo) -> webhook.WebhookEvent:
         id="EV_" + new_egress_id().removeprefix("EG_"),
         created_at=int(time.time()),
     )
+
+
+def allows(params: models.FilterParams, event: str) -> bool:
+    """upstream's webhook filter: ``include_events`` wins over ``exclude_events``; neither set allows all."""
+    if params.include_events:
+        return event in params.include_events
+    return event not in params.exclude_events
 
 
 def sign(body: bytes, api_key: str, api_secret: str) -> str:
@@ -78,12 +85,17 @@ class WebhookSender:
         self._workers: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
-    def notify(self, info: egress.EgressInfo, extra_urls: Iterable[str] = ()) -> None:
-        """Queue the event for ``info`` to every URL; never blocks, drops the oldest event when full."""
-        urls = dict.fromkeys((*self._urls, *extra_urls))
+    def notify(self, info: egress.EgressInfo, request_hooks: Iterable[models.WebhookConfig] = ()) -> None:
+        """Queue the event for ``info`` to the configured URLs and the request's own webhooks its filter allows.
+
+        Never blocks; a full queue drops its oldest event.
+        """
+        event = build_event(info)
+        allowed = (hook.url for hook in request_hooks if allows(hook.filter_params, event.event))
+        urls = dict.fromkeys((*self._urls, *allowed))
         if not urls:
             return
-        body = MessageToJson(build_event(info), indent=None).encode()
+        body = MessageToJson(event, indent=None).encode()
         for url in urls:
             self._enqueue(url, body)
 

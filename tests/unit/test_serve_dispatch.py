@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 from support.fake_bus import FakeBus
 
 from trackegress.cluster import psrpc
@@ -24,8 +25,8 @@ class Hooks:
     def __init__(self) -> None:
         self.sent: list[tuple[int, tuple[str, ...]]] = []
 
-    def notify(self, info: egress.EgressInfo, extra_urls: tuple[str, ...] = ()) -> None:
-        self.sent.append((info.status, extra_urls))
+    def notify(self, info: egress.EgressInfo, request_hooks: Iterable[models.WebhookConfig] = ()) -> None:
+        self.sent.append((info.status, tuple(hook.url for hook in request_hooks)))
 
 
 def info(status: int, egress_id: str = "EG_1", room: str = "r") -> egress.EgressInfo:

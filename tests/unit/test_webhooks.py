@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from livekit import api
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 from support.server import free_port
 
-from trackegress.webhooks import CONTENT_TYPE, WebhookSender, event_name
+from trackegress.webhooks import CONTENT_TYPE, WebhookSender, allows, event_name
 
 KEY, SECRET = "APIkey", "a-secret-that-is-long-enough-for-hs256!"
 Status = egress.EgressStatus
@@ -82,7 +82,7 @@ async def test_events_arrive_signed_and_in_order(receiver: Receiver) -> None:
 async def test_failures_are_retried_with_backoff(receiver: Receiver) -> None:
     receiver.fail_first = 2
     sender = WebhookSender(KEY, SECRET, backoff=0.05)
-    sender.notify(info(Status.EGRESS_COMPLETE), [receiver.url])
+    sender.notify(info(Status.EGRESS_COMPLETE), [models.WebhookConfig(url=receiver.url)])
     await sender.close()
     assert receiver.attempts == 3
     assert receiver.events == [("egress_ended", Status.EGRESS_COMPLETE)]
@@ -99,3 +99,21 @@ async def test_a_dead_receiver_never_blocks_and_is_given_up(caplog: pytest.LogCa
     await sender.close(drain_timeout=0.1)
     assert "event dropped after 3 attempts" in caplog.text
     assert "secret-value" not in caplog.text
+
+
+async def test_request_webhooks_follow_their_filter(receiver: Receiver) -> None:
+    ended = models.FilterParams(include_events=["egress_ended"])
+    only_ended = models.WebhookConfig(url=receiver.url, filter_params=ended)
+    sender = WebhookSender(KEY, SECRET)
+    for status in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE, Status.EGRESS_COMPLETE):
+        sender.notify(info(status), [only_ended])
+    await sender.close()
+    assert receiver.events == [("egress_ended", Status.EGRESS_COMPLETE)]
+
+
+def test_filter_rules_are_upstreams() -> None:
+    assert allows(models.FilterParams(), "egress_started")
+    assert not allows(models.FilterParams(exclude_events=["egress_started"]), "egress_started")
+    assert allows(models.FilterParams(exclude_events=["egress_started"]), "egress_ended")
+    both = models.FilterParams(include_events=["egress_started"], exclude_events=["egress_started"])
+    assert allows(both, "egress_started")  # include wins

@@ -87,7 +87,7 @@ class IOInfoServer:
             self._active.discard(info.egress_id)
         else:
             self._active.add(info.egress_id)
-        self._webhooks.notify(info, tuple(hook.url for hook in info.track.webhooks))
+        self._webhooks.notify(info, info.track.webhooks)
         try:
             self._on_update(info)
         except Exception:
