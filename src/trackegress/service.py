@@ -162,7 +162,7 @@ class EgressManager:
             await _finish_killed(info)
             log.warning("egress %s was running when the service stopped: FAILED", info.egress_id)
             await self._store.put(info)
-            self._announce(info, _request_webhooks(info.track))
+            self._announce(info, tuple(info.track.webhooks))
             recovered.append(info)
         return recovered
 
@@ -179,7 +179,7 @@ class EgressManager:
         job = Egress(request, self._config.egress, egress_id=egress_id,
                      on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
         await self._store.put(job.info)
-        state = _Job(job, job.info, _request_webhooks(request))
+        state = _Job(job, job.info, tuple(request.webhooks))
         self._jobs[egress_id] = state
         self._announce(job.info, state.webhooks)
         state.tasks = [
@@ -331,10 +331,6 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _request_webhooks(request: egress.TrackEgressRequest) -> tuple[models.WebhookConfig, ...]:
-    return tuple(request.webhooks)
 
 
 def _copy(info: egress.EgressInfo) -> egress.EgressInfo:
