@@ -26,6 +26,7 @@ from livekit.protocol import models, rtc
 from trackegress.media import h264, vp8
 from trackegress.media.frames import Codec, EncodedFrame, TimestampUnwrapper
 from trackegress.room.blank import is_blank
+from trackegress.room.fastpath import AudioFastPath
 from trackegress.room.reorder import AudioReorderBuffer
 from trackegress.room.signal import SignalClient
 
@@ -125,6 +126,7 @@ class TrackTap:
         self._unwrapper = TimestampUnwrapper()
         self._receiver: Any = None
         self._audio: AudioReorderBuffer | None = None
+        self._fastpath: AudioFastPath | None = None
         self.keyframes = 0
         self.frames = 0
         self.blank = 0
@@ -135,6 +137,7 @@ class TrackTap:
         receiver._RTCRtpReceiver__timestamp_mapper = _IdentityMapper()
         if not self.codec.is_video:
             receiver._RTCRtpReceiver__jitter_buffer = self._audio = AudioReorderBuffer(self.push)
+            self._fastpath = AudioFastPath(receiver, self._audio.add)
         self._receiver = receiver
 
     def push(self, data: bytes, timestamp: int) -> None:
