@@ -239,14 +239,23 @@ async def _stop_again(server: LiveKitServer, egress_id: str) -> None:
         await client.aclose()
 
 
+def start_two_workers(
+    tmp_path: Path, server: LiveKitServer, redis: RedisServer, workers: list[Worker], *,
+    max_cpu_utilization: float, cost_per_cpu: float,
+) -> tuple[Worker, Worker]:
+    """Workers "a" and "b" with room for ``max_cpu_utilization / cost_per_cpu`` egresses each."""
+    cpu_cost = {"max_cpu_utilization": max_cpu_utilization, "track_cpu_cost": (os.cpu_count() or 1) * cost_per_cpu}
+    first, second = (Worker(tmp_path / name, server, redis, cpu_cost=cpu_cost) for name in ("a", "b"))
+    workers.extend([first.start(), second.start()])
+    return first, second
+
+
 async def test_ten_egresses_spread_over_two_workers_by_affinity(
     lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], sample_media: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     """Affinity is the free share of the CPU budget, so sequential starts alternate between idle workers."""
-    room_for_eight = {"cpu_cost": {"max_cpu_utilization": 0.8, "track_cpu_cost": (os.cpu_count() or 1) * 0.1}}
-    first, second = (Worker(tmp_path / name, lk_redis, redis_server, **room_for_eight) for name in ("a", "b"))
-    workers.extend([first.start(), second.start()])
+    start_two_workers(tmp_path, lk_redis, redis_server, workers, max_cpu_utilization=0.8, cost_per_cpu=0.1)
     creds = (lk_redis.api_key, lk_redis.api_secret)
     async with livekit(lk_redis) as (client, room), \
             Publisher(lk_redis.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
@@ -265,9 +274,7 @@ async def test_two_workers_share_load_and_a_killed_worker_reports_failed_on_rest
     lk_redis: LiveKitServer, redis_server: RedisServer, webhooks: Webhooks, workers: list[Worker],
     sample_media: dict[str, Path], tmp_path: Path,
 ) -> None:
-    one_egress = {"cpu_cost": {"max_cpu_utilization": 0.5, "track_cpu_cost": (os.cpu_count() or 1) * 0.5}}
-    first, second = (Worker(tmp_path / name, lk_redis, redis_server, **one_egress) for name in ("a", "b"))
-    workers.extend([first.start(), second.start()])
+    first, _ = start_two_workers(tmp_path, lk_redis, redis_server, workers, max_cpu_utilization=0.5, cost_per_cpu=0.5)
     creds = (lk_redis.api_key, lk_redis.api_secret)
     async with livekit(lk_redis) as (client, room), \
             Publisher(lk_redis.url, creds, room, "bob", sample_media["opus"], loop=True) as pub:
