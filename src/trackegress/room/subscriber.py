@@ -128,8 +128,6 @@ class TrackTap:
         self._audio: AudioReorderBuffer | None = None
         self._fastpath: AudioFastPath | None = None
         self.keyframes = 0
-        self.frames = 0
-        self.blank = 0
 
     def attach(self, receiver: Any) -> None:
         """Replace the receiver's decoder queue and timestamp mapper (before its first packet)."""
@@ -142,10 +140,8 @@ class TrackTap:
 
     def push(self, data: bytes, timestamp: int) -> None:
         if is_blank(self.codec, data):
-            self.blank += 1
             return
         keyframe = self._is_keyframe(data)
-        self.frames += 1
         self.keyframes += keyframe
         frame = EncodedFrame(data, self._unwrapper.unwrap(timestamp), keyframe, time.monotonic())
         self._events.on_frame(frame)
