@@ -6,6 +6,12 @@ if ! command -v ffprobe >/dev/null || ! command -v redis-server >/dev/null; then
   echo "install: apt ffmpeg redis-server"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg redis-server >/dev/null
 fi
+# tinyproxy, the HTTP forward proxy of the storage e2e tests (proxy_config); tinyproxy-bin is the executable only,
+# without the package that starts a system-wide daemon.
+if ! command -v tinyproxy >/dev/null; then
+  echo "install: apt tinyproxy-bin"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy-bin >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "install: venv"
   python3.11 -m venv .venv

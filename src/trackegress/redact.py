@@ -35,10 +35,13 @@ def redact_request(request: egress.TrackEgressRequest) -> egress.TrackEgressRequ
         for field in ("access_key", "secret", "session_token", "assume_role_external_id"):
             if getattr(file.s3, field):
                 setattr(file.s3, field, "{" + ("external_id" if field.startswith("assume") else field) + "}")
-        if file.s3.proxy.password:
-            file.s3.proxy.password = "{proxy_password}"
     if file.HasField("gcp") and file.gcp.credentials:
         file.gcp.credentials = "{credentials}"
+    for upload in (file.s3, file.gcp):
+        if upload.proxy.password:
+            upload.proxy.password = "{proxy_password}"
+        if "@" in upload.proxy.url:
+            upload.proxy.url = redact_url(upload.proxy.url)
     if file.HasField("azure") and file.azure.account_key:
         file.azure.account_key = "{account_key}"
     if file.HasField("aliOSS") and file.aliOSS.secret:

@@ -7,15 +7,18 @@ an independent client (boto3, the JSON API, azure-storage-blob).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import av
 import boto3
@@ -24,8 +27,10 @@ from azure.storage.blob import BlobServiceClient
 from google.protobuf.json_format import MessageToJson
 from livekit.protocol import egress
 from support.egress_helpers import record_published, until
+from support.forward_proxy import TINYPROXY, TinyProxy
 from support.media import h264_canonical
 from support.server import LiveKitServer, RoomFactory
+from support.signed_urls import gcs_v4_problem
 from support.storage_servers import (
     AZURITE,
     AZURITE_ACCOUNT,
@@ -43,8 +48,9 @@ from support.storage_servers import (
 
 from trackegress.config import Config
 from trackegress.request import check_track_request
+from trackegress.storage.azure import presigned_url
 from trackegress.storage.objectstore import PART_SIZE
-from trackegress.storage.settings import GCP, S3, Destination, Retry, StorageSettings
+from trackegress.storage.settings import GCP, S3, Azure, Destination, Retry, StorageSettings
 from trackegress.storage.uploader import Uploader
 
 Status = egress.EgressStatus
@@ -53,14 +59,19 @@ FAST_RETRY = {"max_retries": 3, "min_retry_delay": "100ms", "max_retry_delay": "
 S = TypeVar("S", bound=StorageServer)
 
 
-@contextmanager
-def running(cls: type[S], binary: Path, folder: Path) -> Iterator[S]:
-    """A started server (skipped when not installed, outside CI), closed afterwards."""
+def require(binary: Path) -> None:
+    """Skip the test when ``binary`` is not installed (fail in CI)."""
     if not os.access(binary, os.X_OK):
         reason = f"{binary.name} not installed at {binary} (run scripts/install.sh)"
         if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@contextmanager
+def running(cls: type[S], binary: Path, folder: Path) -> Iterator[S]:
+    """A started server (skipped when not installed, outside CI), closed afterwards."""
+    require(binary)
     server = cls(folder)
     server.start()
     try:
@@ -98,6 +109,33 @@ async def token_server() -> AsyncIterator[TokenServer]:
     await server.start()
     yield server
     await server.close()
+
+
+PROXY_USER, PROXY_PASSWORD = "recorder", "Proxy-pw.42"  # tinyproxy's BasicAuth takes [-A-Za-z0-9._] only
+
+
+@contextmanager
+def forward_proxy(folder: Path, username: str = "", password: str = "") -> Iterator[TinyProxy]:
+    """tinyproxy on a free loopback port (with basic auth when ``username`` is set), stopped afterwards."""
+    require(TINYPROXY)
+    proxy = TinyProxy(folder, username, password)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def open_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    with forward_proxy(tmp_path_factory.mktemp("proxy")) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def auth_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    with forward_proxy(tmp_path_factory.mktemp("auth-proxy"), PROXY_USER, PROXY_PASSWORD) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +185,15 @@ async def record(
         return checked
 
     return await record_published(livekit, room, media, config, request, on_update=on_update, timeout=60)
+
+
+def http_get(url: str) -> tuple[int, bytes, str]:
+    """A plain GET without credentials: (status, body, Content-Type)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers.get("Content-Type", "")
 
 
 def packets(data: bytes, suffix: str, folder: Path) -> list[bytes]:
@@ -237,6 +284,94 @@ async def test_configured_s3_storage_with_presigned_urls(
         assert_published(response.read(), ".webm", sent, tmp_path)
     with urllib.request.urlopen(info.manifest_location, timeout=5) as response:
         assert json.load(response)["files"][0]["location"] == result.location
+
+
+async def test_azure_presigned_urls_are_read_only_sas_urls_azurite_accepts(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], azurite: Azurite,
+    tmp_path: Path,
+) -> None:
+    azure = Azure(AZURITE_ACCOUNT, AZURITE_KEY, CONTAINER)
+    storage = StorageSettings.from_config({"generate_presigned_url": True, "prefix": "signed", "azure": {
+        "account_name": azure.account_name, "account_key": azure.account_key, "container_name": CONTAINER}})
+    file = egress.DirectFileOutput(filepath="sas/{track_id} é")  # a space and UTF-8 in the blob name
+    info, sent, track = await record(livekit_server, await make_room(), sample_media["opus"], file,
+                                     config_for(livekit_server, tmp_path / "rec", storage))
+    signed_at = datetime.datetime.now(datetime.UTC)
+
+    assert_status(info, "EGRESS_COMPLETE")
+    result = info.file_results[0]
+    key = f"signed/sas/{track} é.ogg"
+    blob_url = f"{azurite.url}/{AZURITE_ACCOUNT}/{CONTAINER}/signed/sas/{track}%20%C3%A9.ogg"
+    url, _, query = result.location.partition("?")
+    assert url == blob_url
+    sas = dict(parse_qsl(query, strict_parsing=True))
+    assert sorted(sas) == ["se", "sig", "sp", "sr", "sv"]  # no spr=https: the emulator speaks plain HTTP
+    assert (sas["sr"], sas["sp"], sas["sv"]) == ("b", "r", "2023-11-03")
+    expiry = datetime.datetime.strptime(sas["se"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert abs(expiry - signed_at - datetime.timedelta(days=7)) < datetime.timedelta(minutes=1)
+
+    stored = azure_client(azurite).get_blob_client(CONTAINER, key).download_blob().readall()
+    status, data, mime = http_get(result.location)
+    assert (status, mime) == (200, "audio/ogg")
+    assert data == stored and len(data) == result.size
+    assert_published(data, ".ogg", sent, tmp_path)
+    manifest_url = f"{azurite.url}/{AZURITE_ACCOUNT}/{CONTAINER}/signed/sas/{info.egress_id}.json"
+    assert info.manifest_location.startswith(f"{manifest_url}?sv=2023-11-03&se=")
+    status, manifest, mime = http_get(info.manifest_location)
+    assert (status, mime) == (200, "application/json")
+    manifest_blob = f"signed/sas/{info.egress_id}.json"
+    assert manifest == azure_client(azurite).get_blob_client(CONTAINER, manifest_blob).download_blob().readall()
+    assert json.loads(manifest)["files"][0]["location"] == result.location
+
+    # Azurite checks the signature, the permission and the expiry
+    assert http_get(blob_url)[0] == 403  # no SAS: the container is private
+    assert http_get(f"{manifest_url}?{query}")[0] == 403  # the file's SAS does not cover the manifest
+    assert http_get(result.location.replace("sp=r", "sp=rw"))[0] == 403
+    assert http_get(presigned_url(azure, key, now=signed_at - datetime.timedelta(days=8)))[0] == 403
+    assert AZURITE_KEY not in MessageToJson(info)
+
+
+async def test_gcs_presigned_urls_are_v4_signed_urls(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], gcs: FakeGCS,
+    token_server: TokenServer, tmp_path: Path,
+) -> None:
+    credentials = service_account(token_server.url, tmp_path)
+    storage = StorageSettings.from_config({"generate_presigned_url": True,
+                                           "gcp": {"bucket": BUCKET, "credentials_json": credentials}})
+    file = egress.DirectFileOutput(filepath="signed/{track_id} é")
+    info, sent, track = await record(livekit_server, await make_room(), sample_media["opus"], file,
+                                     config_for(livekit_server, tmp_path / "rec", storage))
+    now = datetime.datetime.now(datetime.UTC)
+
+    assert_status(info, "EGRESS_COMPLETE")
+    result = info.file_results[0]
+    key = f"signed/{track} é.ogg"
+    email = quote("recorder@trackegress-test.iam.gserviceaccount.com", safe="")
+    assert result.location.startswith(
+        f"{gcs.url}/{BUCKET}/signed/{track}%20%C3%A9.ogg?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+        f"&X-Goog-Credential={email}%2F{now:%Y%m%d}%2Fauto%2Fstorage%2Fgoog4_request&X-Goog-Date={now:%Y%m%d}T")
+    signing = dict(parse_qsl(urlsplit(result.location).query))
+    assert (signing["X-Goog-Expires"], signing["X-Goog-SignedHeaders"]) == ("604800", "host")
+    assert len(signing["X-Goog-Signature"]) == 512  # hex of a 2048-bit RSA signature
+    # fake-gcs-server ignores all of these, so the signature is checked here with the service account's key
+    assert gcs_v4_problem(result.location, credentials, now) == ""
+    assert gcs_v4_problem(info.manifest_location, credentials, now) == ""
+
+    status, data, mime = http_get(result.location)
+    assert (status, mime) == (200, "audio/ogg")
+    assert data == gcs.download(BUCKET, key) and len(data) == result.size
+    assert_published(data, ".ogg", sent, tmp_path)
+    status, manifest, mime = http_get(info.manifest_location)
+    assert (status, mime) == (200, "application/json")
+    assert manifest == gcs.download(BUCKET, f"signed/{info.egress_id}.json")
+    assert json.loads(manifest)["files"][0]["location"] == result.location
+
+    # the check can fail: the file's signature does not cover the manifest, nor the eighth day
+    swapped = info.manifest_location.partition("?")[0] + "?" + urlsplit(result.location).query
+    assert gcs_v4_problem(swapped, credentials, now) == "the signature does not match"
+    assert gcs_v4_problem(result.location, credentials, now + datetime.timedelta(days=7, minutes=1)).startswith(
+        "not valid at")
+    assert "PRIVATE KEY" not in MessageToJson(info)
 
 
 async def test_gcs_upload_with_service_account(
@@ -506,3 +641,99 @@ async def test_server_stopped_during_an_upload_then_backup(
 
     assert uploader.backup_used and location == f"{gcs.url}/{BUCKET}/rescued/cut/long.mp4"
     assert gcs.download(BUCKET, "rescued/cut/long.mp4") == big.read_bytes()
+
+
+# through an HTTP forward proxy (tinyproxy): upstream's proxy_config / ProxyConfig on S3 and GCP
+
+
+def storage_requests(backend: str, server: StorageServer, keys: list[str]) -> list[str]:
+    """The request lines a forward proxy logs for uploading ``keys`` to ``server`` (one request each)."""
+    if backend == "s3":
+        return [f"PUT {server.url}/{BUCKET}/{key} HTTP/1.1" for key in keys]
+    return [f"POST {server.url}/upload/storage/v1/b/{BUCKET}/o?name={key}&uploadType=media HTTP/1.1" for key in keys]
+
+
+def backend_server(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> StorageServer:
+    """MinIO for "s3", fake-gcs-server for "gcs" (then the GCS backend's emulator)."""
+    server: StorageServer = request.getfixturevalue({"s3": "minio", "gcs": "gcs"}[backend])
+    if isinstance(server, FakeGCS):
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    return server
+
+
+def stored(server: StorageServer, key: str) -> bytes:
+    if isinstance(server, MinIO):
+        return bytes(s3_client(server).get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert isinstance(server, FakeGCS)
+    return server.download(BUCKET, key)
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+async def test_configured_proxy_carries_every_upload_request(
+    backend: str, livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path],
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, open_proxy: TinyProxy, tmp_path: Path,
+) -> None:
+    server = backend_server(backend, request, monkeypatch)
+    settings = {"s3": s3_settings(server)} if isinstance(server, MinIO) else {"gcp": {"bucket": BUCKET}}
+    for section in settings.values():
+        section["proxy_config"] = {"url": open_proxy.url}
+    storage = StorageSettings.from_config(settings)
+    info, sent, track = await record(livekit_server, await make_room(), sample_media["opus"],
+                                     egress.DirectFileOutput(filepath="proxied/{track_id}"),
+                                     config_for(livekit_server, tmp_path, storage))
+
+    assert_status(info, "EGRESS_COMPLETE")
+    key, manifest_key = f"proxied/{track}.ogg", f"proxied/{info.egress_id}.json"
+    data = stored(server, key)
+    assert len(data) == info.file_results[0].size
+    assert_published(data, ".ogg", sent, tmp_path)
+    assert json.loads(stored(server, manifest_key))["egress_id"] == info.egress_id
+    # loopback destinations are not exempt: both clients send every request to the proxy (absolute-form URLs)
+    assert open_proxy.requests() == storage_requests(backend, server, [key, manifest_key]), open_proxy.log_text()
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+async def test_proxy_basic_auth_right_password_uploads_wrong_one_fails_redacted(
+    backend: str, livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path],
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, auth_proxy: TinyProxy, tmp_path: Path,
+) -> None:
+    server = backend_server(backend, request, monkeypatch)
+
+    def output(folder: str, password: str) -> egress.DirectFileOutput:
+        proxy = egress.ProxyConfig(url=auth_proxy.url, username=PROXY_USER, password=password)
+        file = egress.DirectFileOutput(filepath=f"{folder}/{{track_id}}")
+        if isinstance(server, MinIO):
+            file.s3.CopyFrom(s3_upload(server, proxy=proxy))
+        else:
+            file.gcp.CopyFrom(egress.GCPUpload(bucket=BUCKET, proxy=proxy))
+        return file
+
+    config = config_for(livekit_server, tmp_path)
+    info, sent, track = await record(livekit_server, await make_room(), sample_media["opus"],
+                                     output("auth", PROXY_PASSWORD), config)
+    assert_status(info, "EGRESS_COMPLETE")
+    key = f"auth/{track}.ogg"
+    data = stored(server, key)
+    assert len(data) == info.file_results[0].size
+    assert_published(data, ".ogg", sent, tmp_path)
+    uploads = storage_requests(backend, server, [key, f"auth/{info.egress_id}.json"])
+    assert auth_proxy.requests() == uploads
+
+    wrong = "wr@ng:pa/ss%word"  # needs escaping in a proxy URL's user info (obstore takes the proxy as a URL)
+    failed, _, failed_track = await record(livekit_server, await make_room(), sample_media["opus"],
+                                           output("denied", wrong), config)
+    assert_status(failed, "EGRESS_FAILED")
+    assert failed.error_code == 500
+    error = failed.error
+    assert error.endswith(f" (through proxy {auth_proxy.url})") and "\n" not in error, error
+    if backend == "s3":
+        # tinyproxy answers 401 and closes without reading the body; hyper then only sees the connection reset
+        assert error.startswith(f"S3 upload failed: Generic S3 error: Error performing PUT {server.url}/"), error
+        assert "Connection reset by peer" in error or "401 Unauthorized" in error, error
+    else:
+        assert error.startswith("GCP upload failed: HTTP 401 Unauthorized"), error
+    for secret in (wrong, quote(wrong, safe=""), PROXY_PASSWORD):
+        assert secret not in MessageToJson(failed)
+    assert auth_proxy.requests()[len(uploads):] == storage_requests(backend, server, [f"denied/{failed_track}.ogg"])
+    local = Path(failed.file_results[0].location)
+    assert local.stat().st_size == failed.file_results[0].size > 0, "the recording stays on disk"

@@ -32,3 +32,15 @@ def test_request_copy_hides_every_secret_and_leaves_the_original() -> None:
 def test_websocket_url_in_request_copy_is_redacted() -> None:
     request = egress.TrackEgressRequest(room_name="r", track_id="TR_1", websocket_url="ws://h/a?key=abc")
     assert redact_request(request).websocket_url == "ws://h/a?key={...}"
+
+
+def test_proxy_passwords_of_s3_and_gcp_uploads_are_redacted() -> None:
+    for upload in ("s3", "gcp"):
+        request = egress.TrackEgressRequest(room_name="r", track_id="TR_1")
+        getattr(request.file, upload).proxy.CopyFrom(egress.ProxyConfig(url="http://u:inurl@proxy:3128", username="u",
+                                                                       password="pr0xy-pw"))
+        copy = redact_request(request)
+        proxy = getattr(copy.file, upload).proxy
+        assert (proxy.url, proxy.username, proxy.password) == ("http://u:{...}@proxy:3128", "u", "{proxy_password}")
+        assert "pr0xy-pw" not in str(copy) and "inurl" not in str(copy)
+        assert copy.file.WhichOneof("output") == upload  # the other upload was not set by the redaction

@@ -3,11 +3,14 @@
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from trackegress.storage import uploader as uploader_module
-from trackegress.storage.base import UploadError, redact
-from trackegress.storage.gcs import _secrets
+from trackegress.storage.base import UploadError, proxy_note, redact
+from trackegress.storage.gcs import _describe, _secrets
 from trackegress.storage.objectstore import summary
 from trackegress.storage.settings import GCP, S3, Destination, Proxy
 from trackegress.storage.uploader import Uploader
@@ -107,6 +110,29 @@ def test_summary_of_a_connection_error_names_the_os_error() -> None:
 def test_gcp_secrets_cover_the_key_its_lines_and_the_proxy_password() -> None:
     key = "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n"
     document = json.dumps({"private_key": key, "private_key_id": "kid"})
-    gcp = GCP("b", document, Proxy("http://p", "u", "pw"))
+    gcp = GCP("b", document, Proxy("http://p", "u", "p@ss/word"))
     secrets = _secrets(gcp)
-    assert {"pw", key, "MIIEvQ", "kid"} <= set(secrets)
+    assert {"p@ss/word", "p%40ss%2Fword", key, "MIIEvQ", "kid"} <= set(secrets)
+
+
+def test_proxy_url_carries_the_credentials_percent_encoded() -> None:
+    assert Proxy("http://proxy:3128").url_with_auth() == "http://proxy:3128"
+    assert Proxy("http://proxy:3128", "us@er", "p:w/d%").url_with_auth() == "http://us%40er:p%3Aw%2Fd%25@proxy:3128"
+
+
+def test_errors_name_the_proxy_without_its_credentials() -> None:
+    assert proxy_note("") == ""
+    assert proxy_note("http://proxy.internal:3128/") == " (through proxy http://proxy.internal:3128)"
+    assert proxy_note("http://u:secret@proxy.internal:3128") == " (through proxy http://proxy.internal:3128)"
+
+
+def test_an_html_error_page_becomes_one_line() -> None:
+    page = ('Unauthorized: <?xml version="1.0" ?>\n<!DOCTYPE html>\n<html>\n<head><title>401 Unauthorized</title>'
+            "</head>\n<body>\n<h1>Unauthorized</h1>\n\n<p>Go away.</p>\n</body>\n</html>\n")
+    url = URL("http://127.0.0.1:1/upload/storage/v1/b/rec/o?name=a.ogg")
+    info = aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
+    error = aiohttp.ClientResponseError(info, (), status=401, message=page)
+    assert _describe(error) == ("HTTP 401 Unauthorized: 401 Unauthorized Unauthorized Go away. "
+                                "from http://127.0.0.1:1/upload/storage/v1/b/rec/o")
+    json_error = aiohttp.ClientResponseError(info, (), status=400, message='Bad Request: {\n  "error": "x < y"\n}\n')
+    assert _describe(json_error) == 'HTTP 400 Bad Request: { "error": "x < y" } from ' + str(url.with_query(None))

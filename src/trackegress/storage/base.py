@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 PRESIGN_EXPIRY = datetime.timedelta(days=7)  # upstream's, and S3's maximum
 _CONTENT_TYPES = {".ogg": "audio/ogg", ".mp4": "video/mp4", ".webm": "video/webm", ".json": "application/json"}
@@ -60,3 +60,12 @@ def redact(message: str, secrets: Iterable[str]) -> str:
         text = text.replace(secret, "{...}")
     text = _BEARER.sub(r"\1{...}", text)
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+def proxy_note(proxy_url: str) -> str:
+    """`` (through proxy <url>)`` for error messages, without any user info in the URL; '' without a proxy."""
+    if not proxy_url:
+        return ""
+    parts = urlsplit(proxy_url)
+    host = parts.netloc.rpartition("@")[2]
+    return f" (through proxy {parts.scheme}://{host}{parts.path.rstrip('/')})"

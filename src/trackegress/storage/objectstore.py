@@ -12,7 +12,7 @@ import obstore
 from obstore.exceptions import BaseError
 from obstore.store import AzureStore, S3Store
 
-from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, redact
+from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, proxy_note, redact
 from trackegress.storage.settings import Retry
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class ObjectStoreStorage:
         secrets: tuple[str, ...],
         attributes: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
+        proxy_url: str = "",
     ) -> None:
         self.name = name
         self._store = store
@@ -67,6 +68,7 @@ class ObjectStoreStorage:
         self._secrets = secrets
         self._attributes = dict(attributes or {})
         self._tags = dict(tags or {}) or None
+        self._via = proxy_note(proxy_url)  # errors name the proxy requests went through
 
     async def upload(self, local: Path, key: str, content_type: str) -> str:
         attributes: Attributes = {**self._attributes, "Content-Type": content_type}
@@ -76,7 +78,8 @@ class ObjectStoreStorage:
                 chunk_size=PART_SIZE, max_concurrency=_PART_CONCURRENCY,
             )
         except (BaseError, OSError) as exc:
-            raise UploadError(f"{self.name} upload failed: {redact(summary(str(exc)), self._secrets)}") from None
+            message = redact(summary(str(exc)), self._secrets)
+            raise UploadError(f"{self.name} upload failed: {message}{self._via}") from None
         return self._location(key)
 
     async def presign(self, key: str) -> str:

@@ -35,13 +35,15 @@ def open_s3(s3: S3, retry: Retry) -> ObjectStoreStorage:
         s3.bucket,
         config=_config(s3),
         retry_config=retry_config(retry),
-        client_options=client_options(_endpoint(s3), _proxy_url(s3)),
+        client_options=client_options(_endpoint(s3), s3.proxy.url_with_auth() if s3.proxy else ""),
     )
+    password = s3.proxy.password if s3.proxy else ""
     return ObjectStoreStorage(
         "S3", store, lambda key: location(s3, key),
-        secrets=(s3.access_key, s3.secret, s3.session_token, s3.proxy.password if s3.proxy else ""),
+        secrets=(s3.access_key, s3.secret, s3.session_token, password, quote(password, safe="")),
         attributes={**s3.metadata, "Content-Disposition": s3.content_disposition or "inline"},
         tags=dict(parse_qsl(s3.tagging, keep_blank_values=True)),
+        proxy_url=s3.proxy.url if s3.proxy else "",
     )
 
 
@@ -66,14 +68,3 @@ def _config(s3: S3) -> S3Config:
     if s3.session_token:
         config["session_token"] = s3.session_token
     return config
-
-
-def _proxy_url(s3: S3) -> str:
-    """The proxy URL, with its basic-auth user and password in the authority when set."""
-    if s3.proxy is None:
-        return ""
-    if not s3.proxy.username:
-        return s3.proxy.url
-    scheme, _, rest = s3.proxy.url.partition("://")
-    auth = f"{quote(s3.proxy.username, safe='')}:{quote(s3.proxy.password, safe='')}"
-    return f"{scheme}://{auth}@{rest}"

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from livekit.protocol import egress
 
@@ -26,6 +26,14 @@ class Proxy:
     url: str
     username: str = ""
     password: str = ""
+
+    def url_with_auth(self) -> str:
+        """``url`` with the basic-auth user and password percent-encoded in its authority, the form both obstore
+        (reqwest) and aiohttp take them in; ``url`` as is without a username."""
+        if not self.username:
+            return self.url
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{quote(self.username, safe='')}:{quote(self.password, safe='')}@{rest}"
 
 
 @dataclass(frozen=True)
