@@ -17,7 +17,6 @@ Prints a markdown table (see bench/README.md). ``--profile`` runs cProfile over 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import common  # bench/common.py; also puts tests/ on sys.path
+import uvloop
 from common import Window
 from livekit.protocol import egress
 from support.media import FFMPEG, make_opus_ogg
@@ -94,6 +94,11 @@ class Result:
         return self.cpu_ms_per_second / self.count
 
     @property
+    def sys_share(self) -> float:
+        """Kernel time (syscalls: recvfrom, sendto, epoll, file writes) as a share of the process's CPU."""
+        return self.cpu_sys / max(self.cpu_user + self.cpu_sys, 1e-9)
+
+    @property
     def cpu_us_per_frame(self) -> float:
         return (self.cpu_user + self.cpu_sys) * 1e6 / max(self.frames, 1)
 
@@ -127,7 +132,8 @@ def run_bench(
                         raise
                     results.append(result)
                     print(
-                        f"bench: {kind} N={count}: {result.cpu_ms_per_track_second:.2f} CPU ms per track-second, "
+                        f"bench: {kind} N={count}: {result.cpu_ms_per_track_second:.2f} CPU ms per track-second "
+                        f"({result.sys_share:.0%} sys), "
                         f"RSS {result.rss_active_kb / 1024:.1f} MB, {result.frames}/{result.expected_frames} frames, "
                         f"all ACTIVE after {result.start_seconds:.1f} s",
                         file=sys.stderr,
@@ -253,7 +259,7 @@ def main() -> None:
     common.setup_process(args.role)
 
     if args.role == "worker":
-        common.print_result(asyncio.run(measure(Job(**json.loads(args.job)))))
+        common.print_result(uvloop.run(measure(Job(**json.loads(args.job)))))  # the event loop trackegress runs on
         return
 
     common.exit_on_sigterm()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import uvloop
 from google.protobuf.json_format import MessageToJson, Parse, ParseError
 from livekit import api
 from livekit.protocol import egress
@@ -100,7 +101,7 @@ def _record_main(args: argparse.Namespace) -> int:
     except RequestError as exc:
         print(f"trackegress: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
-    info = asyncio.run(_record(request, config))
+    info = uvloop.run(_record(request, config))
     print(MessageToJson(info, indent=2))
     return 0 if info.status == egress.EgressStatus.EGRESS_COMPLETE else 1
 
@@ -196,7 +197,7 @@ def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], failu
         await main(stop)
 
     try:
-        asyncio.run(run())
+        uvloop.run(run())
     except (OSError, RuntimeError) as exc:
         print(f"trackegress: {failure}: {exc}", file=sys.stderr)
         return 1
@@ -231,7 +232,7 @@ def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awaitable
             await client.aclose()
 
     try:
-        return asyncio.run(run())
+        return uvloop.run(run())
     except ValueError as exc:  # missing key or secret
         print(f"trackegress: {exc}", file=sys.stderr)
     except api.TwirpError as exc:

@@ -93,6 +93,10 @@ def _session_pair() -> tuple[Session, Session]:
 def _fake_receiver(rx: Session, ssrc: int) -> SimpleNamespace:
     connection = SimpleNamespace(_queue=asyncio.Queue(), slow=[])
     connection.data_received = lambda data, component: connection.slow.append(data)
+    # aioice's StunProtocol: what it does not parse as STUN goes to the connection
+    protocol = SimpleNamespace(stun=[])
+    protocol.datagram_received = lambda data, addr: connection.data_received(data, 1)
+    connection._protocols = [protocol]
     dtls = SimpleNamespace(
         _rx_srtp=rx,
         _state=State.CONNECTED,
@@ -123,7 +127,6 @@ def test_fast_path_takes_only_our_srtp_audio() -> None:
     fast.data_received(ours, 1)
     assert out == [(0xFFFE, b"opus")] and connection.slow == []
     assert receiver._RTCRtpReceiver__remote_streams[0x01020304].packets_received == 1
-    assert 0x01020304 in receiver._RTCRtpReceiver__active_ssrc
     assert receiver.transport._RTCDtlsTransport__rx_packets == 1
 
     other_ssrc = packet(b"x")[:8] + (7).to_bytes(4, "big") + packet(b"x")[12:]
@@ -136,6 +139,27 @@ def test_fast_path_takes_only_our_srtp_audio() -> None:
     connection._queue.put_nowait((b"older", 1))  # aiortc still has a datagram to handle: keep the order
     fast.data_received(ours, 1)
     assert connection.slow[-1] == ours and len(out) == 1
+
+
+def test_after_the_first_packet_ours_are_taken_before_aioice_parses_them() -> None:
+    tx, rx = _session_pair()
+    receiver = _fake_receiver(rx, 0x01020304)
+    connection = receiver.transport.transport._connection
+    (protocol,) = connection._protocols
+    out: list[int] = []
+    AudioFastPath(receiver, lambda p: out.append(p.sequence_number))
+    seq = [packet(b"opus")[:2] + (n).to_bytes(2, "big") + packet(b"opus")[4:] for n in (1, 2, 3)]
+    protocol.datagram_received(tx.protect(seq[0]), ("127.0.0.1", 7882))  # through aioice: hooks the protocols
+    connection.data_received = lambda data, component: pytest.fail("aioice got one of our packets")
+    protocol.datagram_received(tx.protect(seq[1]), ("127.0.0.1", 7882))
+    protocol.datagram_received(tx.protect(seq[2]), ("127.0.0.1", 7882))
+    assert out == [1, 2, 3]
+
+    stun: list[bytes] = []
+    connection.data_received = lambda data, component: stun.append(data)
+    binding = b"\x00\x01" + bytes(18)
+    protocol.datagram_received(binding, ("127.0.0.1", 7882))  # not ours: aioice's own path, unchanged
+    assert stun == [binding] and out == [1, 2, 3]
 
 
 def test_replays_and_forgeries_are_dropped() -> None:

@@ -33,6 +33,10 @@ class AudioReorderBuffer:
     def add(self, packet: Any) -> tuple[bool, None]:
         """aiortc's ``JitterBuffer.add`` signature: never asks for a PLI, never returns a frame itself."""
         seq = packet.sequence_number
+        if seq == self._next and not self._held:  # the usual case: in order, nothing missing
+            self._next = (seq + 1) & 0xFFFF
+            self._emit(packet._data, packet.timestamp)
+            return False, None
         if self._next is None:
             self._next = seq
         delta = _seq_delta(seq, self._next)

@@ -57,21 +57,21 @@ class Muxer:
         return ticks * 1_000_000_000 // self.codec.clock_rate
 
     def write(self, frame: EncodedFrame) -> None:
-        """Mux one frame; video before the first keyframe and out-of-order frames are dropped."""
+        """Mux one frame; video before the first keyframe, invalid Opus and out-of-order frames are dropped."""
         if self._closed:
             return
-        if self.codec is Codec.OPUS and not _valid_opus(frame.data):
+        audio = self.codec is Codec.OPUS
+        duration = _opus_samples(frame.data) if audio else 0
+        if (audio and not duration) or (self._container is None and not self._open(frame)) or (
+            frame.timestamp <= self._last_ts
+        ):
             self.dropped += 1
             return
-        if self._container is None and not self._open(frame):
-            self.dropped += 1
-            return
-        if frame.timestamp <= self._last_ts:
-            self.dropped += 1
-            return
-        if self.codec is Codec.OPUS and self.frames:
+        if not audio:  # a video frame lasts until the next: assume the last interval again
+            duration = frame.timestamp - self._last_ts if self.frames else 0
+        elif self.frames and frame.timestamp > self._last_ts + self._last_duration:  # a gap
             self._fill_until(frame.timestamp)
-        self._mux(frame)
+        self._mux(frame.data, frame.timestamp, frame.keyframe, duration)
 
     def close(self) -> None:
         """Finish the file (idempotent)."""
@@ -118,26 +118,21 @@ class Muxer:
         filler = bytes([self._last_toc & 0xFC])  # same mode and frame size, one frame, no payload
         step = opus_packet_samples(filler)
         while self._last_ts + self._last_duration + step <= timestamp:
-            self._mux(EncodedFrame(filler, self._last_ts + self._last_duration, True))
+            self._mux(filler, self._last_ts + self._last_duration, True, step)
             self.filled += 1
 
-    def _mux(self, frame: EncodedFrame) -> None:
+    def _mux(self, data: bytes, timestamp: int, keyframe: bool, duration: int) -> None:
         assert self._container is not None and self._stream is not None
-        pts = frame.timestamp - self._first_ts
-        packet = av.Packet(frame.data)
-        packet.pts = packet.dts = pts - self._pts_shift
+        packet = av.Packet(data)
+        packet.pts = packet.dts = timestamp - self._first_ts - self._pts_shift
         packet.time_base = self._time_base
-        packet.is_keyframe = frame.keyframe
-        if self.codec.is_video:  # a video frame lasts until the next: assume the last interval again
-            if self.frames:
-                self._last_duration = frame.timestamp - self._last_ts
-            packet.duration = self._last_duration
-        else:
-            self._last_duration = packet.duration = opus_packet_samples(frame.data)
-            self._last_toc = frame.data[0]
+        packet.is_keyframe = keyframe
+        packet.duration = duration
         packet.stream = self._stream
         self._container.mux(packet)
-        self._last_ts = frame.timestamp
+        self._last_ts = timestamp
+        self._last_duration = duration
+        self._last_toc = data[0]
         self.frames += 1
 
 
@@ -147,8 +142,9 @@ def _dimensions(codec: Codec, frame: EncodedFrame) -> tuple[int, int] | None:
     return vp8.dimensions(frame.data)
 
 
-def _valid_opus(packet: bytes) -> bool:
+def _opus_samples(packet: bytes) -> int:
+    """Samples per channel in an Opus packet; 0 if it is empty or invalid."""
     try:
-        return opus_packet_samples(packet) > 0
+        return opus_packet_samples(packet)
     except ValueError:
-        return False
+        return 0
