@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import http.server
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 import yaml
 from livekit import api
@@ -32,6 +35,7 @@ from support.process import LogFile, stop_process, wait_ready
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room
+from support.wsreceiver import Receiver
 
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RedisBus, RPCClient
@@ -378,3 +382,124 @@ async def test_queue_subscriptions_deliver_to_one_subscriber(redis_server: Redis
 
 def psrpc_lock_key(payload: bytes) -> str:
     return base64.b64encode(hashlib.sha256(payload).digest()).decode()
+
+
+async def test_recording_survives_a_redis_restart_and_the_worker_reconnects_by_itself(
+    sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """redis-server (livekit-server's too) is killed mid-recording and restarted empty on the same port.
+
+    The file egress records on; a WebSocket egress that hits its time limit while Redis is down has its final
+    status retried until livekit-server has it; the same worker process claims a new egress afterwards; the
+    running egress, which livekit-server's emptied Redis forgot, is listed again (the worker re-announces it).
+    Rooms are created after the restart for new egresses: livekit-server v1.13.5 keeps the old room in memory
+    but its Redis record is gone, so StartTrackEgress for it answers "requested room does not exist".
+    """
+    receiver = Receiver()
+    await receiver.start()
+    rooms: list[str] = []
+    with RedisServer() as redis, LiveKitServer(redis_address=redis.address) as server:
+        worker = Worker(tmp_path / "w", server, redis, session_limits={"stream_output_max_duration": "3s"}).start()
+        client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
+        creds = (server.api_key, server.api_secret)
+        try:
+            rooms.append(await create_room(client, "redis-restart"))
+            async with Publisher(server.url, creds, rooms[0], "alice", sample_media["opus"], loop=True) as alice:
+                recording = await client.egress.start_track_egress(file_request(rooms[0], alice.track_sid, "a.ogg"))
+                limited = await client.egress.start_track_egress(egress.TrackEgressRequest(
+                    room_name=rooms[0], track_id=alice.track_sid, websocket_url=receiver.url()))
+                await wait_status(client, recording.egress_id, Status.EGRESS_ACTIVE)
+                recording_since = time.monotonic()
+                await wait_status(client, limited.egress_id, Status.EGRESS_ACTIVE)
+
+                redis.kill()
+                killed = time.monotonic()
+                # the WebSocket egress reaches its limit with Redis down: its first report fails
+                failed = re.compile(rf"{limited.egress_id}: IOInfo\.UpdateEgress EGRESS_ENDING(:| failed)")
+                await until(lambda: failed.search(worker.log_text()), timeout=8, interval=0.05)
+                assert f"egress {limited.egress_id} EGRESS_LIMIT_REACHED" in worker.log_text()
+                redis.start()
+                restarted = time.monotonic()
+                await until(lambda: "reconnected to Redis" in worker.log_text(), timeout=10, interval=0.05)
+                reconnect_s, outage_s = time.monotonic() - restarted, restarted - killed
+
+                ended = await _listed(client, limited.egress_id, Status.EGRESS_LIMIT_REACHED)
+                relisted = await _listed(client, recording.egress_id, Status.EGRESS_ACTIVE)
+                assert relisted.room_name == rooms[0]
+
+                rooms.append(await _create_room_when_ready(client))
+                async with Publisher(server.url, creds, rooms[1], "carol", sample_media["opus"], loop=True) as carol:
+                    fresh = await client.egress.start_track_egress(file_request(rooms[1], carol.track_sid, "c.ogg"))
+                    claimed = await wait_status(client, fresh.egress_id, Status.EGRESS_ACTIVE)
+                    await asyncio.sleep(1)
+                    stopped = await client.egress.stop_egress(api.StopEgressRequest(egress_id=fresh.egress_id))
+                    assert stopped.status == Status.EGRESS_ENDING
+                    after = await wait_status(client, fresh.egress_id, Status.EGRESS_COMPLETE, Status.EGRESS_FAILED)
+                left = time.monotonic()  # alice leaves: the recording's end reason
+            done = await wait_status(client, recording.egress_id, Status.EGRESS_COMPLETE, Status.EGRESS_FAILED)
+            still_active = (await client.egress.list_egress(egress.ListEgressRequest(active=True))).items
+        finally:
+            for room in rooms:
+                with contextlib.suppress(api.TwirpError):
+                    await client.room.delete_room(api.DeleteRoomRequest(room=room))
+            await client.aclose()
+            await receiver.stop()
+            alive = worker.proc is not None and worker.proc.poll() is None
+            log = worker.log_text()
+            worker.close()
+
+    assert alive and log.count("serving (cluster_id") == 1, "one worker process throughout"
+    assert outage_s < 6, f"Redis was down {outage_s:.1f}s: livekit-server drops signal connections after 7.5s"
+    assert reconnect_s < 3, f"reconnected {reconnect_s:.1f}s after Redis came back"
+    assert ended.details == "End reason: Session limit reached", ended.details
+    assert Path(claimed.file_results[0].location).is_relative_to(worker.local_dir)
+    assert Status.Name(after.status) == "EGRESS_COMPLETE", after.error
+    assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    result = done.file_results[0]
+    path = worker.local_dir / result.filename
+    assert path.stat().st_size == result.size > 0
+    assert _decode_errors(path) == ""
+    expected = left - recording_since
+    assert abs(_probe_duration(path) - expected) < 1.5, (_probe_duration(path), expected)
+    assert abs(result.duration / 1e9 - expected) < 1.5, (result.duration, expected)
+    assert _audio_seconds(path) > expected - 1.5, "published audio, not gap filler, through the outage"
+    assert [(i.egress_id, Status.Name(i.status)) for i in still_active] == []
+
+
+async def _listed(client: api.LiveKitAPI, egress_id: str, status: int, timeout: float = 15.0) -> egress.EgressInfo:
+    """``wait_status`` through a livekit-server that is reconnecting to Redis (its API fails meanwhile)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(api.TwirpError):
+                return await wait_status(client, egress_id, status, timeout=timeout)
+            await asyncio.sleep(0.2)
+
+
+async def _create_room_when_ready(client: api.LiveKitAPI, timeout: float = 15.0) -> str:
+    """A new room once livekit-server can place one again (its node record was in the emptied Redis)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await create_room(client, "redis-restart")
+            except api.TwirpError:
+                await asyncio.sleep(0.2)
+
+
+def _decode_errors(path: Path) -> str:
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                            text=True)
+    return result.stderr.strip()
+
+
+def _audio_seconds(path: Path) -> float:
+    """Seconds of real Opus packets (gaps are recorded as TOC-only packets of a byte or two)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return sum(float(p.duration * p.time_base) for p in container.demux(stream)
+                   if p.size > 3 and p.duration and p.time_base)
+
+
+def _probe_duration(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out)

@@ -11,26 +11,46 @@ from .server import free_port
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1; use as a context manager or call ``stop()``."""
+    """``redis-server`` on 127.0.0.1; use as a context manager or call ``stop()``.
+
+    ``kill()`` and ``start()`` simulate a crash and a restart on the same port; without persistence the restarted
+    server starts empty (every key, lock and subscription of the old one is gone).
+    """
 
     def __init__(self, startup_timeout: float = 10.0) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (run scripts/install.sh)")
+        self._binary = binary
+        self._startup_timeout = startup_timeout
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the server on ``self.port`` (after ``kill()``: a fresh, empty one)."""
+        assert self._proc is None or self._proc.poll() is not None, "redis-server is already running"
         self._proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            [self._binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            wait_ready(self._proc, self._pong, startup_timeout, f"redis-server on {self.address}", interval=0.05)
+            wait_ready(self._proc, self._pong, self._startup_timeout, f"redis-server on {self.address}",
+                       interval=0.05)
         except BaseException:
             self.stop()
             raise
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: clients see their connections reset, nothing is saved."""
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+
     def stop(self) -> None:
-        stop_process(self._proc, 5)
+        if self._proc is not None:
+            stop_process(self._proc, 5)
 
     def __enter__(self) -> RedisServer:
         return self

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from trackegress.cluster import psrpc
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], Awaitable[None]]
 T = TypeVar("T")
 Reply = TypeVar("Reply", ClaimRequest, Response)  # what a client receives
-_RETRY_MAX = 2.0
+_RETRY_MAX = 1.0
 FIRST_AVAILABLE = SelectionOpts(accept_first_available=True)  # psrpc's choice for methods without affinity
 
 
@@ -33,6 +34,10 @@ class RedisBus:
 
     A queue subscription only hands a message on after winning psrpc's lock on it, so one subscriber in the
     whole cluster (Go or Python) handles it.
+
+    When Redis goes away, redis-py reconnects the pub/sub connection and subscribes again to every channel;
+    ``on_reconnect`` listeners then run (what was published meanwhile is lost, and a restarted Redis may have
+    lost every key).
     """
 
     def __init__(self, redis: Redis) -> None:
@@ -41,12 +46,28 @@ class RedisBus:
         self._handlers: dict[str, tuple[Handler, bool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
+        self._watched: AbstractConnection | None = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
+        self._last_read = 0.0  # loop time the reader last heard from Redis (a message or a quiet poll)
+        self._lost = False  # the reader has seen the connection fail since it last worked
+
+    @property
+    def connected(self) -> bool:
+        """Whether the pub/sub connection is up (False from the moment it fails until redis-py reconnects it)."""
+        connection = self._pubsub.connection
+        return connection is not None and connection.is_connected
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` each time the pub/sub connection is back after a loss, subscriptions restored."""
+        self._reconnect_listeners.append(listener)
 
     async def subscribe(self, channel: str, handler: Handler, *, queue: bool = False) -> None:
         """Deliver ``channel``'s messages to ``handler(channel, payload)``; returns once Redis confirms."""
         self._handlers[channel] = (handler, queue)
         await self._pubsub.subscribe(channel)
+        self._watch()
         if self._reader is None:
+            self._last_read = asyncio.get_running_loop().time()
             self._reader = asyncio.create_task(self._read(), name="psrpc-bus")
 
     async def unsubscribe(self, *channels: str) -> None:
@@ -74,22 +95,45 @@ class RedisBus:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
+    def _watch(self) -> None:
+        """Hear about reconnects of the pub/sub connection (after redis-py's own callback has resubscribed)."""
+        connection = self._pubsub.connection
+        if connection is not None and connection is not self._watched:
+            connection.register_connect_callback(self._reconnected)
+            self._watched = connection
+
+    async def _reconnected(self, connection: AbstractConnection) -> None:
+        silent = asyncio.get_running_loop().time() - self._last_read
+        self._lost = False
+        log.warning("psrpc: reconnected to Redis at %s after %.1fs without it; %d subscriptions restored",
+                    _address(connection), silent, len(self._handlers))
+        for listener in self._reconnect_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("psrpc: reconnect listener failed")
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("psrpc: %s failed", task.get_name(), exc_info=task.exception())
 
     async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except (RedisError, OSError) as exc:
-                log.warning("psrpc: redis receive failed (%s); retrying in %.1fs", exc, delay)
+                if not self._lost:
+                    log.warning("psrpc: lost the Redis connection (%s); reconnecting", exc)
+                self._lost = True
+                log.debug("psrpc: redis receive failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             delay = 0.1
+            self._last_read = loop.time()
             if message is None or message.get("type") != "message":
                 continue
             name = message["channel"].decode(errors="replace")
@@ -280,6 +324,11 @@ class RPCClient:
 
     async def _on_response(self, channel: str, payload: bytes) -> None:
         _deliver(channel, payload, Response, self._responses)
+
+
+def _address(connection: AbstractConnection) -> str:
+    host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+    return f"{host}:{port}" if host is not None else "redis"
 
 
 def _unwrap(channel: str, payload: bytes, expected: type[psrpc.M]) -> psrpc.M | None:

@@ -20,6 +20,20 @@ SERVICE = "IOInfo"
 CALL_TIMEOUT = 5.0
 RETRY_FOR = 60.0  # seconds an update is retried while livekit-server does not answer (upstream: 1 min)
 _RETRYABLE = (psrpc.DEADLINE_EXCEEDED, psrpc.UNAVAILABLE)
+CREATE, UPDATE = "CreateEgress", "UpdateEgress"
+
+
+def retry_until(give_up: float, now: float, exc: Exception, redis_up: bool) -> float | None:
+    """When to stop retrying after ``exc`` (``give_up`` so far), or None to stop now (not retryable).
+
+    The budget is for livekit-server not answering: a failure while Redis itself is down (an error from Redis, or
+    a timeout while the bus has no connection) does not use it up, so a report waits for Redis to come back.
+    """
+    if isinstance(exc, psrpc.PsrpcError) and exc.code not in _RETRYABLE:
+        return None
+    if isinstance(exc, RedisError | OSError) or not redis_up:
+        return max(give_up, now + RETRY_FOR)
+    return give_up
 
 
 class IOInfoReporter:
@@ -27,17 +41,30 @@ class IOInfoReporter:
 
     STARTING becomes ``CreateEgress`` (livekit-server's ``egress_started``), anything else ``UpdateEgress``
     (``egress_updated`` / ``egress_ended``). ``on_final(egress_id)`` runs once the final status is sent.
+    ``resync(info)`` queues a ``CreateEgress`` of the current state, which livekit-server ignores for an egress
+    it knows and stores for one it lost (a Redis that restarted empty).
     """
 
-    def __init__(self, client: RPCClient, on_final: Callable[[str], None] = lambda egress_id: None) -> None:
+    def __init__(
+        self, client: RPCClient, on_final: Callable[[str], None] = lambda egress_id: None,
+        redis_up: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._client = client
         self._on_final = on_final
-        self._queues: dict[str, asyncio.Queue[egress.EgressInfo]] = {}
+        self._redis_up = redis_up
+        self._queues: dict[str, asyncio.Queue[tuple[str, egress.EgressInfo]]] = {}
         self._created: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def report(self, info: egress.EgressInfo) -> None:
         """Queue ``info`` (never blocks)."""
+        self._queue(CREATE if info.status == egress.EgressStatus.EGRESS_STARTING else UPDATE, info)
+
+    def resync(self, info: egress.EgressInfo) -> None:
+        """Queue ``info`` as a ``CreateEgress``, after what is already queued for the egress (never blocks)."""
+        self._queue(CREATE, info)
+
+    def _queue(self, method: str, info: egress.EgressInfo) -> None:
         queue = self._queues.get(info.egress_id)
         if queue is None:
             queue = self._queues[info.egress_id] = asyncio.Queue()
@@ -45,7 +72,7 @@ class IOInfoReporter:
             task = asyncio.create_task(self._send_all(info.egress_id, queue), name=f"ioinfo {info.egress_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        queue.put_nowait(info)
+        queue.put_nowait((method, info))
 
     async def wait_created(self, egress_id: str, timeout: float) -> None:
         """Until the first report of ``egress_id`` has been answered (or ``timeout`` seconds)."""
@@ -62,11 +89,11 @@ class IOInfoReporter:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _send_all(self, egress_id: str, queue: asyncio.Queue[egress.EgressInfo]) -> None:
+    async def _send_all(self, egress_id: str, queue: asyncio.Queue[tuple[str, egress.EgressInfo]]) -> None:
         try:
             while True:
-                info = await queue.get()
-                await self._send(info)
+                method, info = await queue.get()
+                await self._send(method, info)
                 self._created[egress_id].set()
                 if is_ended(info):
                     self._on_final(egress_id)
@@ -75,22 +102,24 @@ class IOInfoReporter:
             self._queues.pop(egress_id, None)
             self._created.pop(egress_id, None)
 
-    async def _send(self, info: egress.EgressInfo) -> None:
-        method = "CreateEgress" if info.status == egress.EgressStatus.EGRESS_STARTING else "UpdateEgress"
+    async def _send(self, method: str, info: egress.EgressInfo) -> None:
         status = egress.EgressStatus.Name(info.status)
         loop = asyncio.get_running_loop()
-        give_up, delay = loop.time() + RETRY_FOR, 0.5
+        give_up, delay, failures = loop.time() + RETRY_FOR, 0.5, 0
         while True:
             try:
                 await self._client.call(method, info.SerializeToString(), timeout=CALL_TIMEOUT)
-                log.debug("egress %s: IOInfo.%s %s sent", info.egress_id, method, status)
+                level = logging.INFO if failures else logging.DEBUG
+                log.log(level, "egress %s: IOInfo.%s %s sent%s", info.egress_id, method, status,
+                        f" after {failures} failed attempt(s)" if failures else "")
                 return
             except (psrpc.PsrpcError, RedisError, OSError) as exc:
-                retryable = not isinstance(exc, psrpc.PsrpcError) or exc.code in _RETRYABLE
-                if not retryable or loop.time() + delay > give_up:
+                until = retry_until(give_up, loop.time(), exc, self._redis_up())
+                if until is None or loop.time() + delay > until:
                     log.error("egress %s: IOInfo.%s %s failed: %s", info.egress_id, method, status, exc)
                     return
-                log.warning("egress %s: IOInfo.%s %s: %s; retrying in %.1fs", info.egress_id, method, status, exc,
-                            delay)
+                give_up, failures = until, failures + 1
+                log.warning("egress %s: IOInfo.%s %s: %s; retrying in %.1fs", info.egress_id, method, status,
+                            exc or type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 8.0)

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from trackegress.config import ConfigError, ServiceConfig, load_service_config
 
@@ -29,9 +31,13 @@ class RedisSettings:
     use_tls: bool = False
 
     def connect(self) -> Redis:
-        """A client for this Redis (connects on first use)."""
+        """A client for this Redis (connects on first use).
+
+        One immediate retry (a connection Redis closed while it sat in the pool) instead of redis-py's ten with
+        backoff: when Redis is down our callers see it at once, log it and retry on their own schedule.
+        """
         return Redis(host=self.host, port=self.port, db=self.db, ssl=self.use_tls,
-                     username=self.username or None, password=self.password or None)
+                     username=self.username or None, password=self.password or None, retry=Retry(NoBackoff(), 1))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from livekit.protocol import egress
+from redis.exceptions import RedisError
 
 from trackegress.api.ops import Metrics, serve_ops
 from trackegress.cluster import psrpc
@@ -65,6 +66,7 @@ class _Running:
     room_id: str
     launch: asyncio.Task[egress.EgressInfo]
     ended: bool = False
+    info: egress.EgressInfo | None = None  # the latest status reported
 
 
 class Worker:
@@ -78,7 +80,7 @@ class Worker:
         self._internal = RPCServer(bus, INTERNAL, self.server_id)
         self._handler = RPCServer(bus, HANDLER, self.server_id)
         self._io = RPCClient(bus, IOINFO)
-        self._reporter = IOInfoReporter(self._io, on_final=self._on_final)
+        self._reporter = IOInfoReporter(self._io, on_final=self._on_final, redis_up=lambda: bus.connected)
         self._running: dict[str, _Running] = {}
         self._pending: dict[str, _Claim] = {}  # by request id
         self._accepting = True
@@ -94,6 +96,7 @@ class Worker:
         """Report what a previous run left unfinished (FAILED "Process killed"), then start claiming."""
         await self._io.start()
         self._manager.add_listener(self._on_update)
+        self._bus.on_reconnect(self._on_reconnect)
         for info in await self._manager.recover():
             log.warning("egress %s: reported FAILED (Process killed) after a restart", info.egress_id)
         await self._internal.register(self._start_method, self._config.cluster_id)
@@ -218,11 +221,33 @@ class Worker:
         running = self._running.get(info.egress_id)
         if running is not None:
             info.room_id = info.room_id or running.room_id
+            running.info = info
             if is_ended(info):
                 running.cost, running.ended = 0.0, True  # kept until the final report is sent
         self._reporter.report(info)
         if not self._busy():
             self._idle.set()
+
+    def _on_reconnect(self) -> None:
+        self._bus.spawn(self._resync(), "resync after a Redis reconnect")
+
+    async def _resync(self) -> None:
+        """After a Redis reconnect: a Redis that restarted empty has lost our ownership keys and livekit-server's
+        egress records, so claim the running egresses again and re-announce them (``CreateEgress``: ignored for an
+        egress livekit-server still has). Final statuses still queued are retried by the reporter itself."""
+        for egress_id, running in list(self._running.items()):
+            if running.ended or running.info is None:
+                continue
+            try:
+                if not await self._bus.redis.set(OWNER_PREFIX + egress_id, self.server_id, nx=True, ex=OWNER_TTL) \
+                        and await self._owner(egress_id) != self.server_id:
+                    log.warning("egress %s: another worker claimed its id while Redis was away", egress_id)
+            except RedisError as exc:
+                log.warning("egress %s: could not re-claim after the Redis reconnect: %s", egress_id, exc)
+                return  # lost again: the next reconnect resyncs
+            log.info("egress %s: re-announced (%s) to IOInfo after the Redis reconnect", egress_id,
+                     egress.EgressStatus.Name(running.info.status))
+            self._reporter.resync(running.info)
 
     def _busy(self) -> bool:
         return any(not running.ended for running in self._running.values())
