@@ -123,6 +123,9 @@ def test_corrupt_packet_raises_value_error() -> None:
     decoder = OpusDecoder()
     with pytest.raises(ValueError, match="invalid Opus packet"):
         decoder.decode(bytes([31 << 3 | 3, 0x3F]) + b"\xff" * 40)  # 63 frames: over 120 ms
+    with pytest.raises(ValueError, match="invalid Opus packet: corrupted stream"):
+        decoder.decode(bytes([31 << 3]) + b"\xff" * 1300)  # one frame over libopus's 1275-byte limit
+    assert len(decoder.decode(encode(tones(0.1, 440, 660))[0])) == 960 * 4  # and it goes on decoding
 
 
 def test_decode_cost_per_20ms_packet_is_small() -> None:

@@ -276,6 +276,30 @@ async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
     assert accounted <= 180 <= accounted + 10
 
 
+async def test_receiver_that_stops_reading_gets_the_newest_buffered_audio_in_order(receiver: Receiver) -> None:
+    sink = WebSocketSink(receiver.url(), max_buffer=1.0)
+    await sink.start()
+    while not receiver.conns:
+        await asyncio.sleep(0.01)
+    receiver.conns[0].ws.transport.pause_reading()  # a stuck receiver: the TCP buffers fill up
+    data = packets()
+    count = 2700  # 54 s of audio as fast as we can (the 6 s tone, looped)
+    for k in range(count):
+        sink.write(EncodedFrame(data[k % len(data)], FIRST_TS + k * 960, True, time.monotonic()))
+        if k % 50 == 0:
+            await asyncio.sleep(0)
+    assert 0 < sink.stats.queued <= 100  # waiting in our 1 s buffer, not piling up in the transport
+    assert sink.stats.frames_lost > 0 and sink.stats.messages_sent < 2 * count
+    receiver.conns[0].ws.transport.resume_reading()
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 5)
+
+    (conn,) = receiver.conns
+    assert len(conn.binary) == sink.stats.messages_sent == 2 * count - sink.stats.frames_lost
+    assert {len(m) for m in conn.binary} == {1920} and conn.close_code == 1000
+    assert set(steps(conn.binary[-100:])) == {1}  # the newest second arrived whole and in order
+
+
 async def test_receiver_that_never_comes_back_fails_after_the_deadline(receiver: Receiver) -> None:
     errors: list[WebSocketSinkError] = []
     sink = WebSocketSink(receiver.url("/x?token=secret"), reconnect_deadline=1.0, on_error=errors.append)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import time
+import weakref
+from pathlib import Path
 
 import av
-import numpy as np
-import numpy.typing as npt
 
 SAMPLE_RATE = 48_000
 CHANNELS = 2
@@ -51,57 +55,57 @@ def opus_packet_samples(packet: bytes) -> int:
     return samples
 
 
-def _open_context() -> av.AudioCodecContext:
-    """A stereo 48 kHz decoder: libopus (s16 out) if FFmpeg has it, else FFmpeg's native one (float)."""
-    names = [name for name in ("libopus", "opus") if name in av.codecs_available]
-    if not names:
-        raise RuntimeError("FFmpeg has no Opus decoder")
-    ctx = av.CodecContext.create(names[0], "r")
-    assert isinstance(ctx, av.AudioCodecContext)
-    ctx.sample_rate = SAMPLE_RATE
-    ctx.layout = "stereo"  # mono packets come out duplicated on both channels
-    ctx.open()
-    return ctx
+@functools.cache
+def _libopus() -> ctypes.CDLL:
+    """libopus: the build PyAV's wheel bundles (the one its FFmpeg decodes with), else the system's."""
+    bundled = sorted((Path(av.__file__).resolve().parent.parent / "av.libs").glob("libopus*.so*"))
+    for name in [*map(str, bundled), ctypes.util.find_library("opus")]:
+        if name:
+            with contextlib.suppress(OSError):
+                return _declare(ctypes.CDLL(name))
+    raise RuntimeError("libopus not found (neither in PyAV's wheel nor on the system)")
 
 
-def _interleaved_s16(frame: av.AudioFrame) -> npt.NDArray[np.int16]:
-    """The frame as a (samples, channels) int16 array, whatever the decoder's sample format."""
-    array = frame.to_ndarray()
-    samples = array.T if frame.format.is_planar else array.reshape(-1, frame.layout.nb_channels)
-    if samples.dtype.kind != "f":
-        return samples.astype(np.int16, copy=False)
-    floats: npt.NDArray[np.float32] = np.clip(samples.astype(np.float32), -1.0, 1.0) * np.float32(32767.0)
-    return np.rint(floats).astype(np.int16)
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.opus_decoder_create.restype = ctypes.c_void_p
+    lib.opus_decoder_create.argtypes = (ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int))
+    lib.opus_decoder_destroy.restype = None
+    lib.opus_decoder_destroy.argtypes = (ctypes.c_void_p,)
+    lib.opus_decode.restype = ctypes.c_int
+    lib.opus_decode.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int,
+                                ctypes.c_int)  # fmt: skip
+    lib.opus_strerror.restype = ctypes.c_char_p
+    lib.opus_strerror.argtypes = (ctypes.c_int,)
+    return lib
 
 
-def frame_to_pcm(frame: av.AudioFrame) -> bytes:
-    """Interleaved s16le stereo bytes for a decoded frame (mono is duplicated)."""
-    samples = _interleaved_s16(frame)
-    if samples.shape[1] == 1:
-        samples = np.repeat(samples, CHANNELS, axis=1)
-    elif samples.shape[1] > CHANNELS:
-        samples = samples[:, :CHANNELS]
-    return samples.astype("<i2", copy=False).tobytes()
+def _error(lib: ctypes.CDLL, code: int) -> str:
+    return bytes(lib.opus_strerror(code)).decode(errors="replace")
 
 
 class OpusDecoder:
-    """Decodes one track's Opus packets in the calling thread (the event loop) with one PyAV context.
+    """Decodes one track's Opus packets in the calling thread (the event loop), libopus called directly.
 
-    ``decode`` returns interleaved s16le stereo 48 kHz PCM. DTX packets (no frame data) become zeros of
-    the TOC's duration; an empty packet repeats the previous packet's duration. Invalid packets raise
-    ``ValueError``. ``decode_seconds`` / ``packets`` measure the cost.
+    One ``opus_decode`` per packet into a reused buffer: interleaved s16 stereo 48 kHz PCM straight from
+    libopus (mono packets come out duplicated on both channels), no per-packet objects but the result.
+    DTX packets (no frame data) become zeros of the TOC's duration; an empty packet repeats the previous
+    packet's duration. Invalid packets raise ``ValueError``. ``decode_seconds`` / ``packets`` measure the cost.
     """
 
     def __init__(self) -> None:
-        self._ctx = _open_context()
+        lib = _libopus()
+        error = ctypes.c_int()
+        state = lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(error))
+        if error.value or not state:
+            raise RuntimeError(f"opus_decoder_create failed: {_error(lib, error.value)}")
+        weakref.finalize(self, lib.opus_decoder_destroy, state)
+        self._decode = functools.partial(lib.opus_decode, state)
+        self._lib = lib
+        self._pcm = ctypes.create_string_buffer(MAX_PACKET_SAMPLES * FRAME_BYTES)
         self._last_samples = 960
         self.packets = 0
         self.dtx_packets = 0
         self.decode_seconds = 0.0
-
-    @property
-    def codec_name(self) -> str:
-        return str(self._ctx.name)
 
     def decode(self, packet: bytes) -> bytes:
         samples = opus_packet_samples(packet) or self._last_samples
@@ -111,9 +115,8 @@ class OpusDecoder:
             self.dtx_packets += 1
             return bytes(samples * FRAME_BYTES)
         started = time.perf_counter()
-        try:
-            return b"".join(frame_to_pcm(frame) for frame in self._ctx.decode(av.Packet(packet)))
-        except av.FFmpegError as exc:
-            raise ValueError(f"invalid Opus packet: {exc}") from exc
-        finally:
-            self.decode_seconds += time.perf_counter() - started
+        decoded: int = self._decode(packet, len(packet), self._pcm, MAX_PACKET_SAMPLES, 0)
+        self.decode_seconds += time.perf_counter() - started
+        if decoded < 0:
+            raise ValueError(f"invalid Opus packet: {_error(self._lib, decoded)}")
+        return ctypes.string_at(self._pcm, decoded * FRAME_BYTES)

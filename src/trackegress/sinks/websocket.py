@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from urllib.parse import urlsplit
 from livekit.protocol import egress
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI
+from websockets.frames import Opcode
 from websockets.protocol import State
+from websockets.speedups import apply_mask
 from websockets.uri import parse_uri
 
 from trackegress.media.frames import EncodedFrame
@@ -35,6 +38,7 @@ CONTENT_TYPE = "audio/x-raw"
 MUTED = '{"muted":true}'
 UNMUTED = '{"muted":false}'
 MESSAGES_PER_SECOND = 100  # 10 ms each
+WRITE_BATCH = 16  # messages per transport write: ~30 KB, about websockets' default write limit (32 KiB)
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 TICK_MIN = 0.002
@@ -63,6 +67,36 @@ def validate_websocket_url(url: str) -> None:
         parse_uri(url)
     except InvalidURI as exc:
         raise ValueError(f"invalid url {redacted}: {exc.msg}") from None
+
+
+class _MaskKeys:
+    """Fresh masking keys for client frames (RFC 6455 §5.3: unpredictable, from a strong source), drawn from
+    ``os.urandom`` 1024 at a time instead of one ``getrandom`` syscall per frame as websockets does."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._next = 0
+
+    def take(self) -> bytes:
+        if self._next == len(self._pool):
+            self._pool, self._next = os.urandom(4096), 0
+        self._next += 4
+        return self._pool[self._next - 4 : self._next]
+
+
+_mask_keys = _MaskKeys()
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, masked client frame (RFC 6455 §5.2) for a payload under 64 KiB; what websockets'
+    protocol would write for ``send()`` with no extensions (we never negotiate any)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 126, size >> 8, size & 0xFF))
+    mask = _mask_keys.take()
+    return head + mask + apply_mask(payload, mask)
 
 
 def _describe(exc: BaseException) -> str:
@@ -134,7 +168,7 @@ class WebSocketSink:
         self._conn: ClientConnection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None  # the real-time clock's next check
         self._failed: asyncio.Future[WebSocketSinkError] | None = None
         self._closing = False
         self._publisher_muted = self._stalled = self._wire_muted = False
@@ -162,6 +196,7 @@ class WebSocketSink:
         if resumed:
             self._update_mute()  # {"muted":false} goes right before the first chunk of the frame's audio
         self._emit(chunks[lead:], arrival)
+        self._send_queued()
 
     def _place(self, frame: EncodedFrame, now: float) -> tuple[list[bytes], int]:
         """The chunks completed by this frame, and how many of them come before its audio."""
@@ -188,6 +223,7 @@ class WebSocketSink:
             return
         self._publisher_muted = muted
         self._update_mute()
+        self._send_queued()
 
     async def start(self) -> None:
         """Dial the receiver (once); raises ``WebSocketSinkError`` if it is unreachable."""
@@ -204,7 +240,7 @@ class WebSocketSink:
         log.info("websocket %s connected", self.redacted_url)
         self._attach(conn)
         self._sender = self._spawn(self._send_loop(), "sender")
-        self._ticker = self._spawn(self._tick_loop(), "ticker")
+        self._tick()
 
     async def close(self) -> None:
         """Flush the pending partial chunk and the queue (reconnecting if needed), then close with 1000."""
@@ -298,7 +334,6 @@ class WebSocketSink:
             self._queued_audio += 1
             if self._queued_audio > self._max_queued:
                 self._drop_oldest_audio()
-        self._wakeup.set()
 
     def _drop_oldest_audio(self) -> None:
         """Drop the oldest queued audio message, keeping any mute text frames ahead of it."""
@@ -338,12 +373,17 @@ class WebSocketSink:
 
     # real-time clock
 
-    async def _tick_loop(self) -> None:
-        while True:
+    def _tick(self) -> None:
+        """Zeros if media is late, the stall check; then the next check (a timer, not a task: cheaper to wake)."""
+        try:
             now = time.monotonic()
             self._emit(self._clock.tick(now), now)
             self._check_stall(now)
-            await asyncio.sleep(self._tick_delay(now))
+            self._send_queued()
+        except Exception as exc:
+            self._crashed("ticker", exc)
+            return
+        self._ticker = asyncio.get_running_loop().call_later(self._tick_delay(now), self._tick)
 
     def _check_stall(self, now: float) -> None:
         if self._stalled or not self._clock.started or now - self._last_frame_at < self._stall_timeout:
@@ -395,51 +435,67 @@ class WebSocketSink:
         finally:
             self._wakeup.set()
 
-    def _is_open(self) -> bool:
-        return self._conn is not None and self._conn.state is State.OPEN
-
     async def _send_loop(self) -> None:
+        """Reconnects, waits out backpressure and flushes on close; PCM normally leaves from ``_send_queued``."""
         while True:
             if self._closing and not self._queue:
                 return
-            if not self._is_open():
+            conn = self._conn
+            if conn is None or conn.state is not State.OPEN:
                 if not await self._reconnect():
                     return
+            elif conn.paused:
+                with contextlib.suppress(OSError):  # lost meanwhile: the next turn sees it closed
+                    await conn.drain()
             elif self._queue:
-                await self._send_next()
+                self._write_queued(conn)
             else:
                 self._wakeup.clear()
                 await self._wakeup.wait()
 
-    async def _send_next(self) -> None:
-        """Send the oldest message; if the write fails it was in flight and is not sent again."""
-        assert self._conn is not None
-        item = self._queue.popleft()
-        audio = isinstance(item, bytes)
-        ready_at = 0.0
-        if audio:
-            self._queued_audio -= 1
-            ready_at = self._ready_at.popleft()
-        else:
-            self._head_muted = item == MUTED
-        try:
-            await self._conn.send(item)
-        except ConnectionClosed as exc:
-            log.warning(
-                "websocket %s: lost a %s message in flight: %s",
-                self.redacted_url,
-                "PCM" if audio else "text",
-                exc,
-            )
-            if audio:
-                self._lose(1, "in flight")
+    def _send_queued(self) -> None:
+        """Write the queue now if the connection is open and its write buffer has room, else wake the sender."""
+        conn = self._conn
+        if conn is not None and conn.state is State.OPEN and not conn.paused:
+            self._write_queued(conn)
+        elif self._queue:
+            self._wakeup.set()
+
+    def _write_queued(self, conn: ClientConnection) -> None:
+        """Write queued messages, up to WRITE_BATCH of them at once (one ``send()`` syscall), until the queue is
+        empty or the transport's buffer is over its high-water mark."""
+        queue = self._queue
+        while queue and not conn.paused:
+            frames: list[bytes] = []
+            audio = size = 0
+            for _ in range(min(len(queue), WRITE_BATCH)):
+                item = queue.popleft()
+                if isinstance(item, str):
+                    frames.append(client_frame(Opcode.TEXT, item.encode()))
+                    self._head_muted = item == MUTED
+                else:
+                    frames.append(client_frame(Opcode.BINARY, item))
+                    audio += 1
+                    size += len(item)
+            conn.transport.write(b"".join(frames))
+            self._sent(audio, size)
+
+    def _sent(self, messages: int, size: int) -> None:
+        """Account for ``messages`` PCM messages (``size`` bytes) just handed to a live connection."""
+        if not messages:
             return
-        if audio:
-            self._bytes_sent += len(item)
-            self._messages_sent += 1
-            self._overflowing = False
-            if self._on_delay is not None:
-                self._on_delay(time.monotonic() - ready_at)
+        self._queued_audio -= messages
+        self._bytes_sent += size
+        self._messages_sent += messages
+        self._overflowing = False
+        ready = self._ready_at
+        if self._on_delay is None:
+            for _ in range(messages):
+                ready.popleft()
+            return
+        now = time.monotonic()
+        for _ in range(messages):
+            self._on_delay(now - ready.popleft())
 
     async def _reconnect(self) -> bool:
         """Redial with exponential backoff until the deadline; False (and FAILED) if it passes."""
@@ -540,8 +596,10 @@ class WebSocketSink:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("websocket %s: %s crashed", self.redacted_url, task.get_name(), exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._crashed(task.get_name(), exc)
+
+    def _crashed(self, what: str, exc: BaseException) -> None:
+        log.error("websocket %s: %s crashed", self.redacted_url, what, exc_info=exc)
         with contextlib.suppress(Exception):
-            self._fail(f"websocket {self.redacted_url}: internal error: {task.exception()}")
+            self._fail(f"websocket {self.redacted_url}: internal error: {exc}")
