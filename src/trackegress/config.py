@@ -34,6 +34,7 @@ class Config:
     api_secret: str
     local_dir: Path = Path("recordings")
     track_wait_timeout: float = 30.0
+    signal_resume_timeout: float = 30.0  # how long a dropped signal connection is retried before the egress fails
     websocket_sample_rate: int = 48_000
     websocket_channels: int = 2
     storage: StorageSettings | None = None  # uploads (storage: / backup:); None keeps files in local_dir
@@ -45,6 +46,8 @@ class Config:
                               "LIVEKIT_API_SECRET)")
         if self.track_wait_timeout <= 0:
             raise ConfigError("track_wait_timeout must be positive")
+        if self.signal_resume_timeout <= 0:
+            raise ConfigError("signal_resume_timeout must be positive")
         if self.websocket_sample_rate not in SAMPLE_RATES:
             raise ConfigError(f"websocket.sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
         if self.websocket_channels not in (1, 2):
@@ -74,7 +77,7 @@ _UPSTREAM_UNUSED = frozenset({
 })
 _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
-    "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "backup",
+    "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "signal_resume_timeout", "backup",
     "websocket", "redis", "cluster_id", "cpu_cost",  # the last three read by cluster/settings.py
 })
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -136,6 +139,8 @@ def load_service_config(
     egress_values["websocket_channels"] = _int(websocket, "channels", 2, "websocket.")
     if "track_wait_timeout" in raw:
         egress_values["track_wait_timeout"] = _duration(raw, "track_wait_timeout")
+    if "signal_resume_timeout" in raw:
+        egress_values["signal_resume_timeout"] = _duration(raw, "signal_resume_timeout")
     if raw.get("storage") or raw.get("backup"):
         egress_values["storage"] = _storage(raw)
     values: dict[str, Any] = {

@@ -202,7 +202,9 @@ class Egress:
 
     async def _join(self) -> TrackSubscriber:
         token = egress_token(self._config, self._request.room_name, self.egress_id)
-        joined = asyncio.ensure_future(join_room(self._config.ws_url, token, self._request.track_id, self))
+        joined = asyncio.ensure_future(
+            join_room(self._config.ws_url, token, self._request.track_id, self, self._config.signal_resume_timeout)
+        )
         stopped = asyncio.ensure_future(self._ended.wait())
         await asyncio.wait((joined, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()

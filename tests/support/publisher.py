@@ -26,7 +26,8 @@ from av.stream import Stream
 from livekit import api
 from livekit.protocol import models, rtc
 
-from trackegress.room.signal import SignalClient
+from trackegress.room.icerestart import ice_credentials, restart_ice
+from trackegress.room.signal import Resume, SignalClient
 
 from .media import Frame, codec_name, h264_canonical, read_frames, video_size
 
@@ -141,6 +142,7 @@ class Publisher:
     the RTP sender, in order (H.264 with 4-byte start codes, as a depacketizer rebuilds them);
     ``await pub.done`` returns once the whole file has been sent (never with ``loop=True``).
 
+    ``resume``: resume a dropped signal connection (as the SDKs do) instead of giving up.
     ``start_delay``: seconds between the publication and the first frame; ``None`` waits for ``begin()``.
     ``prime`` (video only): send the first frame once more, ``PRIME_LEAD`` earlier, outside ``sent``. The SFU declares a
     video layer live on its first packet and forwards only from the *next* keyframe start, and pre-encoded
@@ -160,6 +162,7 @@ class Publisher:
         prime: bool = False,
         track_name: str | None = None,
         timeout: float = 10.0,
+        resume: bool = False,
     ) -> None:
         self.url = url
         self.room = room
@@ -176,6 +179,7 @@ class Publisher:
         self._prime = prime
         self._track_name = track_name or self.path.name
         self._timeout = timeout
+        self._resume = resume
         self._signal: SignalClient | None = None
         self._pc: RTCPeerConnection | None = None
         self._subscriber_pc: RTCPeerConnection | None = None
@@ -292,8 +296,12 @@ class Publisher:
     async def _read(self) -> None:
         assert self._signal is not None
         try:
-            async for response in self._signal.responses():
-                await self._handle(response)
+            while True:
+                async for response in self._signal.responses():
+                    await self._handle(response)
+                if not self._resume:
+                    break
+                await self._signal.resume(Resume(self._signal.join.participant.sid), 30)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -334,6 +342,8 @@ class Publisher:
         answer = rtc.SessionDescription(type="answer", sdp=pc.localDescription.sdp, id=offer.id)
         await self._signal.send(rtc.SignalRequest(answer=answer))
         await self._flush_candidates(rtc.SUBSCRIBER)
+        if (credentials := ice_credentials(offer.sdp)) is not None:  # the ICE restart after a resume
+            self._spawn(restart_ice(pc, credentials))
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         if trickle.final or trickle.target not in self._pending:

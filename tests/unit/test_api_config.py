@@ -110,3 +110,9 @@ def test_websocket_transcription_format() -> None:
     assert (config.egress.websocket_sample_rate, config.egress.websocket_channels) == (16_000, 1)
     default = load_service_config(env={"EGRESS_CONFIG_BODY": BASE})
     assert (default.egress.websocket_sample_rate, default.egress.websocket_channels) == (48_000, 2)
+
+
+def test_signal_resume_timeout_defaults_to_30s_and_is_a_duration() -> None:
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE}).egress.signal_resume_timeout == 30.0
+    body = BASE + "signal_resume_timeout: 1m30s\n"
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress.signal_resume_timeout == 90.0

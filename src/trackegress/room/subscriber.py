@@ -27,8 +27,9 @@ from trackegress.media import h264, vp8
 from trackegress.media.frames import Codec, EncodedFrame, TimestampUnwrapper
 from trackegress.room.blank import is_blank
 from trackegress.room.fastpath import AudioFastPath
+from trackegress.room.icerestart import ice_credentials, restart_ice
 from trackegress.room.reorder import AudioReorderBuffer
-from trackegress.room.signal import SignalClient
+from trackegress.room.signal import Resume, SignalClient, SignalError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ SOURCE_CLOSED = "Source closed"
 _ABS_SEND_TIME = re.compile(r"^a=extmap:\d+(/\w+)? http://www\.webrtc\.org/experiments/rtp-hdrext/abs-send-time\r?\n",
                             re.MULTILINE)
 _KEYFRAME_REQUEST_INTERVAL = 0.5
+RESUME_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -190,10 +192,13 @@ class TrackTap:
 class TrackSubscriber:
     """A hidden recorder in one room, following one track until it ends."""
 
-    def __init__(self, signal: SignalClient, track_sid: str, events: RoomEvents) -> None:
+    def __init__(
+        self, signal: SignalClient, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT
+    ) -> None:
         self._signal = signal
         self._track_sid = track_sid
         self._events = events
+        self._resume_timeout = resume_timeout
         self._room = signal.join.room
         self._participants = {p.sid: p for p in signal.join.other_participants}
         self._found = asyncio.Event()
@@ -257,16 +262,49 @@ class TrackSubscriber:
     # signal handling
 
     async def _read(self) -> None:
+        """Handle responses; when the signal connection drops (no LeaveRequest) resume it, as the SDKs do."""
         try:
-            async for response in self._signal.responses():
-                await self._handle(response)
+            while True:
+                reason = await self._follow()
+                if self._ended:
+                    return
+                await self._resume(reason)
         except asyncio.CancelledError:
             raise
+        except SignalError as exc:
+            self._end(SOURCE_CLOSED, f"recording ended early: connection to room failed: {exc}")
         except Exception as exc:
             log.exception("room subscriber failed")
             self._end(SOURCE_CLOSED, f"recording ended early: {exc}")
-            return
-        self._end(SOURCE_CLOSED, "recording ended early: connection to room failed")
+
+    async def _follow(self) -> int:
+        """Handle responses until the connection ends; returns the ``ReconnectReason`` for the resume."""
+        async for response in self._signal.responses():
+            if response.WhichOneof("message") == "leave" and response.leave.action == rtc.LeaveRequest.RESUME:
+                log.info("server asked us to resume (%s)", models.DisconnectReason.Name(response.leave.reason))
+                return models.ReconnectReason.RR_UNKNOWN  # what the JS SDK sends for a leave asking to resume
+            await self._handle(response)
+        return models.ReconnectReason.RR_SIGNAL_DISCONNECTED
+
+    async def _resume(self, reason: int) -> None:
+        """Resume the signal session as the same participant; the peer connection carries on."""
+        sid = self._signal.join.participant.sid
+        log.warning("signal connection lost: resuming participant %s (for up to %gs)", sid, self._resume_timeout)
+        started = time.monotonic()
+        reconnect = await self._signal.resume(Resume(sid, reason), self._resume_timeout)
+        log.warning("signal connection resumed after %.1fs (%s)", time.monotonic() - started,
+                    "ReconnectResponse" if reconnect is not None else "no ReconnectResponse")
+        await self._send_sync_state()
+
+    async def _send_sync_state(self) -> None:
+        """What we have, as the JS SDK sends it after a resume: the subscriber PC's SDPs and our subscription."""
+        sync = rtc.SyncState(subscription=rtc.UpdateSubscription(
+            track_sids=[self._track_sid] if self._tap is not None else [], subscribe=True))
+        if (offer := self._pc.remoteDescription) is not None:
+            sync.offer.CopyFrom(rtc.SessionDescription(type=offer.type, sdp=offer.sdp))
+        if (answer := self._pc.localDescription) is not None:
+            sync.answer.CopyFrom(rtc.SessionDescription(type=answer.type, sdp=answer.sdp))
+        await self._signal.send(rtc.SignalRequest(sync_state=sync))
 
     async def _handle(self, response: rtc.SignalResponse) -> None:
         kind = response.WhichOneof("message")
@@ -293,6 +331,7 @@ class TrackSubscriber:
         # Without abs-send-time aiortc sends no REMB, so the SFU's allocator keeps us on the top layer,
         # the same feedback state LiveKit's own egress runs in.
         sdp = _ABS_SEND_TIME.sub("", offer.sdp)
+        credentials = ice_credentials(sdp)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._tap_receivers(dict(offer.mid_to_track_id))  # before any await: no packet has been handled yet
         await self._pc.setLocalDescription(await self._pc.createAnswer())
@@ -304,6 +343,8 @@ class TrackSubscriber:
         for candidate in pending:
             await self._add_candidate(candidate)
         self._on_connection_state()
+        if credentials is not None:  # after a resume the server restarts ICE: new credentials
+            self._spawn(restart_ice(self._pc, credentials))
 
     def _on_connection_state(self) -> None:
         """Start receivers aiortc skipped: an offer answered during the DTLS handshake is never started.
@@ -403,9 +444,11 @@ def _ice_servers(join: rtc.JoinResponse) -> list[RTCIceServer]:
     return servers
 
 
-async def join_room(ws_url: str, token: str, track_sid: str, events: RoomEvents) -> TrackSubscriber:
+async def join_room(
+    ws_url: str, token: str, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT
+) -> TrackSubscriber:
     """Connect the signal channel and return a subscriber that already follows the room."""
     signal = await SignalClient.connect(ws_url, token)
-    return TrackSubscriber(signal, track_sid, events)
+    return TrackSubscriber(signal, track_sid, events, resume_timeout)
 
 
