@@ -170,6 +170,24 @@ async def test_mute_sends_text_frames_with_silence_between(receiver: Receiver) -
     assert abs(len(b"".join(conn.binary)) - 1.6 * 192_000) <= 1920  # 1.6 s of timestamps, no more
 
 
+async def test_audio_arriving_while_muted_goes_out_as_silence(receiver: Receiver) -> None:
+    sink = WebSocketSink(receiver.url())
+    await sink.start()
+    t0 = time.monotonic()
+    await feed(sink, range(20), t0)
+    sink.set_muted(True)
+    await feed(sink, range(20, 40), t0)  # the packets in flight when the SFU muted the track, and any after
+    sink.set_muted(False)
+    await feed(sink, range(40, 60), t0)
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 2)
+
+    kinds = [m if isinstance(m, str) else ("zero" if is_silent(m) else "audio") for _, m in receiver.conns[0].messages]
+    first, last = kinds.index(MUTED), kinds.index(UNMUTED)
+    assert set(kinds[:first]) == {"audio"} and set(kinds[last + 1 :]) == {"audio"}
+    assert set(kinds[first + 1 : last]) == {"zero"} and len(kinds[first + 1 : last]) == 40
+
+
 async def test_media_stall_is_signalled_as_muted(receiver: Receiver) -> None:
     sink = WebSocketSink(receiver.url())
     await sink.start()
@@ -255,13 +273,16 @@ async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
     sink = WebSocketSink(receiver.url(), max_buffer=0.3, late_allowance=0.3)
     await sink.start()
     t0 = time.monotonic()
-    feeding = asyncio.create_task(feed(sink, range(90), t0))  # 1.8 s
+    feeding = asyncio.create_task(feed(sink, range(150), t0))  # 3 s
     await asyncio.sleep(t0 + 0.3 - time.monotonic())
-    sink.set_muted(True)  # still sending packets (e.g. DTX/silence), so audio keeps flowing
+    sink.set_muted(True)  # packets keep coming (stragglers, DTX): they go out as silence
     await asyncio.sleep(0.05)
     await receiver.stop()
     await asyncio.sleep(1.0)
     await receiver.start()
+    while len(receiver.conns) < 2:
+        await asyncio.sleep(0.01)
+    sink.set_muted(False)
     await feeding
     await sink.close()
     await asyncio.wait_for(receiver.conns[-1].done.wait(), 2)
@@ -269,11 +290,13 @@ async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
     first, second = receiver.conns[0].binary, receiver.conns[1].binary
     assert receiver.conns[0].texts == [MUTED]
     assert receiver.conns[1].messages[0][1] == MUTED  # the new connection is told the current state first
+    assert receiver.conns[1].texts == [MUTED, UNMUTED]
+    assert not any(map(any, first[first.index(next(m for m in first if not any(m))):]))  # silence once muted
     assert sink.stats.frames_lost >= 60
     assert any("buffer full" in r.getMessage() for r in caplog.records)
     assert set(steps(first)) == {1} and set(steps(second)) == {1}  # kept audio is contiguous and in order
     accounted = len(first) + len(second) + sink.stats.frames_lost
-    assert accounted <= 180 <= accounted + 10
+    assert accounted <= 300 <= accounted + 10
 
 
 async def test_receiver_that_stops_reading_gets_the_newest_buffered_audio_in_order(receiver: Receiver) -> None:

@@ -211,6 +211,8 @@ class WebSocketSink:
                 exc,
             )
             return [], 0
+        if self._publisher_muted:  # the SFU forwards nothing while muted: what still arrives was in flight
+            pcm = bytes(len(pcm))
         if not self._started_at:
             self._started_at = time.time_ns()
         first = self._clock.emitted
