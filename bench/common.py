@@ -337,7 +337,11 @@ _LOOP = "asyncio + selectors (event loop)"
 
 # The per-packet receive path up to the egress, outermost first: (label, module, function); shares are cumulative.
 RECEIVE_STAGES = (
-    ("aiortc DTLS transport loop, per packet: ICE queue get, SRTP, RTP parse/route, receiver (all below)",
+    ("audio short path: our hook in aioice's datagram callback (SRTP, parse, stats, reorder, tap: all below)",
+     "trackegress/room/fastpath.py", "datagram_received"),
+    ("↳ SRTP unprotect (libsrtp through cffi, `SrtpReader`)", "trackegress/room/fastpath.py", "unprotect"),
+    ("↳ RTP header parse (`parse_rtp`)", "trackegress/room/fastpath.py", "parse_rtp"),
+    ("aiortc DTLS transport loop, per packet: ICE queue get, SRTP, RTP parse/route, receiver (video; all below)",
      "aiortc/rtcdtlstransport.py", "__run"),
     ("↳ SRTP unprotect (pylibsrtp, incl. its cffi wrapper)", "pylibsrtp/__init__.py", "unprotect"),
     ("↳ RTP parse + route + receiver", "aiortc/rtcdtlstransport.py", "_handle_rtp_data"),
@@ -350,7 +354,7 @@ RECEIVE_STAGES = (
     ("↳↳↳↳ `Egress.on_frame`", "trackegress/egress.py", "on_frame"),
 )  # fmt: skip
 BACKGROUND_STAGES = (
-    ("datagram in: selector callback → aioice `datagram_received` (STUN check, queue put)", "aioice/ice.py",
+    ("datagram in (all but our audio): aioice `datagram_received` (STUN check, queue put)", "aioice/ice.py",
      "datagram_received"),
     ("RTCP receiver reports (aiortc `_run_rtcp`)", "aiortc/rtcrtpreceiver.py", "_run_rtcp"),
     ("ICE consent checks (aioice `query_consent`)", "aioice/ice.py", "query_consent"),
