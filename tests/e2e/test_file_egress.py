@@ -153,6 +153,27 @@ async def test_cli_records_until_the_publisher_leaves(
     assert decode_errors(tmp_path / "bob.webm") == ""
 
 
+async def test_ctrl_c_stops_the_recording_and_it_completes(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    async with Publisher(livekit_server.url, creds, room, "dan", sample_media["opus"], loop=True, prime=True) as pub:
+        proc = await asyncio.create_subprocess_exec(
+            *cli(livekit_server, "--room", room, "--track", pub.track_sid, "--output", "dan.ogg",
+                 "--local-dir", str(tmp_path)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out = tmp_path / "dan.ogg"
+        await until(lambda: out.exists() and out.stat().st_size > 20_000, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    info = Parse(stdout.decode(), egress.EgressInfo())
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    assert info.file_results[0].duration > 1_000_000_000
+    assert decode_errors(out) == ""
+
+
 async def test_kill_9_leaves_a_playable_mp4(
     livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path
 ) -> None:
