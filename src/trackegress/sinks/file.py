@@ -8,6 +8,8 @@ from pathlib import Path
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.muxer import Muxer
 
+BATCH = 10  # frames muxed together (200 ms of Opus, 333 ms of 30 fps video): the muxer stays in the CPU cache
+
 
 class FileSink:
     """Writes one track into ``path`` (Ogg, WebM or fragmented MP4 by codec)."""
@@ -16,15 +18,24 @@ class FileSink:
         self.path = path
         self.codec = codec
         self._muxer = Muxer(path, codec)
+        self._pending: list[EncodedFrame] = []
 
     def write(self, frame: EncodedFrame) -> None:
-        self._muxer.write(frame)
+        self._pending.append(frame)
+        if len(self._pending) >= BATCH:
+            self._flush()
 
     def set_muted(self, muted: bool) -> None:
         """Passthrough keeps gaps as gaps: nothing to do."""
 
     async def close(self) -> None:
+        self._flush()
         await asyncio.to_thread(self._muxer.close)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for frame in pending:
+            self._muxer.write(frame)
 
     @property
     def frames(self) -> int:
