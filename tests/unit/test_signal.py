@@ -3,9 +3,10 @@
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from livekit.protocol import models
+from livekit.protocol import models, rtc
+from websockets.asyncio.server import ServerConnection, serve
 
-from trackegress.room.signal import Resume, SignalError, backoff, rtc_url
+from trackegress.room.signal import Resume, SignalClient, SignalError, backoff, rtc_url
 
 
 def _query(url: str) -> dict[str, str]:
@@ -41,3 +42,26 @@ def test_backoff_retries_at_once_then_doubles_up_to_the_cap() -> None:
 def test_rtc_url_rejects_other_schemes() -> None:
     with pytest.raises(SignalError, match="scheme"):
         rtc_url("ftp://lk.example", "TOKEN")
+
+
+async def test_a_resume_uses_the_token_the_server_refreshed() -> None:
+    tokens: list[str] = []
+
+    async def server(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        tokens.append(_query(ws.request.path)["access_token"])
+        if len(tokens) == 1:
+            await ws.send(rtc.SignalResponse(join=rtc.JoinResponse()).SerializeToString())
+            await ws.send(rtc.SignalResponse(refresh_token="NEW").SerializeToString())
+        else:
+            await ws.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse()).SerializeToString())
+            await ws.wait_closed()
+
+    async with serve(server, "127.0.0.1", 0) as listener:
+        port = listener.sockets[0].getsockname()[1]
+        client = await SignalClient.connect(f"ws://127.0.0.1:{port}", "OLD")
+        kinds = [response.WhichOneof("message") async for response in client.responses()]
+        assert kinds == ["refresh_token"]  # then the server closed the connection
+        assert await client.resume(Resume("PA_abc"), timeout=5) is not None
+        await client.close()
+    assert tokens == ["OLD", "NEW"]

@@ -125,8 +125,11 @@ class SignalClient:
                 log.info("signal connection closed: %s", exc)
                 return
             response = _parse(raw)
-            if response is not None:
-                yield response
+            if response is None:
+                continue
+            if response.WhichOneof("message") == "refresh_token":
+                self._token = response.refresh_token  # livekit-server renews it: a resume needs an unexpired one
+            yield response
 
     async def close(self) -> None:
         """Leave politely and close the socket."""
