@@ -175,7 +175,7 @@ def _describe(exc: Exception) -> str:
 
 def _secrets(gcp: GCP) -> tuple[str, ...]:
     """Everything secret in the settings: the credentials document's keys and tokens, the proxy password."""
-    found: list[str] = [gcp.proxy.password, quote(gcp.proxy.password, safe="")] if gcp.proxy else []
+    found: list[str] = list(gcp.proxy.secrets) if gcp.proxy else []
     if gcp.credentials_json:
         document: Any = json.loads(gcp.credentials_json)
         for name in ("private_key", "private_key_id", "client_secret", "refresh_token"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from obstore.store import S3Store
 
@@ -37,10 +37,9 @@ def open_s3(s3: S3, retry: Retry) -> ObjectStoreStorage:
         retry_config=retry_config(retry),
         client_options=client_options(_endpoint(s3), s3.proxy.url_with_auth() if s3.proxy else ""),
     )
-    password = s3.proxy.password if s3.proxy else ""
     return ObjectStoreStorage(
         "S3", store, lambda key: location(s3, key),
-        secrets=(s3.access_key, s3.secret, s3.session_token, password, quote(password, safe="")),
+        secrets=(s3.access_key, s3.secret, s3.session_token, *(s3.proxy.secrets if s3.proxy else ())),
         attributes={**s3.metadata, "Content-Disposition": s3.content_disposition or "inline"},
         tags=dict(parse_qsl(s3.tagging, keep_blank_values=True)),
         proxy_url=s3.proxy.url if s3.proxy else "",

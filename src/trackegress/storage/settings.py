@@ -35,6 +35,11 @@ class Proxy:
         scheme, _, rest = self.url.partition("://")
         return f"{scheme}://{quote(self.username, safe='')}:{quote(self.password, safe='')}@{rest}"
 
+    @property
+    def secrets(self) -> tuple[str, str]:
+        """The password as given and percent-encoded (as it stands in ``url_with_auth``), for redaction."""
+        return self.password, quote(self.password, safe="")
+
 
 @dataclass(frozen=True)
 class S3:
