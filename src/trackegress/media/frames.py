@@ -38,13 +38,19 @@ class EncodedFrame:
     """One complete encoded frame (an Annex B access unit for H.264).
 
     ``timestamp`` is the RTP timestamp with 32-bit wraps unwrapped (monotonic in codec clock units);
-    ``arrival`` is ``time.monotonic()`` when the frame left the jitter buffer.
+    ``arrival`` is ``time.monotonic()`` when the frame left the jitter buffer. ``contiguous`` is False when
+    media was lost since the previous frame (a delta frame after it may not decode until the next keyframe);
+    ``spatial_layer`` / ``temporal_layer`` are the SVC / simulcast layer ids where the codec carries them
+    (VP8 temporal, VP9 spatial and temporal), 0 otherwise.
     """
 
     data: bytes
     timestamp: int
     keyframe: bool
     arrival: float = 0.0
+    contiguous: bool = True
+    spatial_layer: int = 0
+    temporal_layer: int = 0
 
 
 class TimestampUnwrapper:
