@@ -1,13 +1,16 @@
-.PHONY: install lint test demo bench
+.PHONY: install install-test lint test demo bench
 
-install:
+install:  ## what the demo runs: ffmpeg, .venv, livekit-server
 	bash scripts/install.sh
+
+install-test:  ## install + the servers and clients only the tests use
+	bash scripts/install-test.sh
 
 lint: install
 	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/mypy
 
-test: install lint
+test: install-test lint
 	.venv/bin/pytest -q --durations=10
 
 demo: install

@@ -37,7 +37,8 @@ from livekit.protocol import egress
 from support.server import LiveKitServer
 
 from trackegress.config import Config
-from trackegress.egress import Egress, is_ended
+from trackegress.egress import Egress
+from trackegress.info import is_ended
 
 ACTIVE_TIMEOUT = 120.0  # until every egress is ACTIVE
 STOP_TIMEOUT = 60.0

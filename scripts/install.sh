@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
-# Installs what trackegress needs on a fresh Debian machine; fast when everything is present.
+# Installs what `make demo` runs on a fresh Debian machine: ffmpeg, the .venv with the package, livekit-server
+# (and the native media core once scripts/build-native.sh exists). Test-only servers: scripts/install-test.sh.
+# Fast when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v ffprobe >/dev/null || ! command -v redis-server >/dev/null; then
-  echo "install: apt ffmpeg redis-server"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg redis-server >/dev/null
-fi
-# tinyproxy, the HTTP forward proxy of the storage e2e tests (proxy_config); tinyproxy-bin is the executable only,
-# without the package that starts a system-wide daemon.
-if ! command -v tinyproxy >/dev/null; then
-  echo "install: apt tinyproxy-bin"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy-bin >/dev/null
+if ! command -v ffprobe >/dev/null; then
+  echo "install: apt ffmpeg"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "install: venv"
@@ -31,37 +27,7 @@ if [ ! -x "$cache/server" ]; then
   CGO_ENABLED=0 GOBIN="$cache" go install github.com/livekit/livekit-server/cmd/server@v1.13.5
 fi
 mkdir -p .bin && ln -sf "$cache/server" .bin/livekit-server
-# lk (livekit-cli) is not installed: the Go module proxy refuses github.com/livekit/livekit-cli/v2 (HTTP 403).
-# Storage emulators for the storage e2e tests (loopback only): MinIO and fake-gcs-server from their Go modules
-# (cached outside the clone, keyed by version), Azurite from npm into .bin/node (3.35.0: the last one for Node 20).
-minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
-fake_gcs_version=v1.56.1
-azurite_version=3.35.0
-minio_cache="$HOME/.cache/trackegress/minio-$minio_version"
-if [ ! -x "$minio_cache/minio" ]; then
-  echo "install: building minio $minio_version (a few minutes)"
-  mkdir -p "$minio_cache"
-  CGO_ENABLED=0 GOBIN="$minio_cache" go install "github.com/minio/minio@$minio_version"
-fi
-ln -sf "$minio_cache/minio" .bin/minio
-gcs_cache="$HOME/.cache/trackegress/fake-gcs-server-$fake_gcs_version"
-if [ ! -x "$gcs_cache/fake-gcs-server" ]; then
-  echo "install: building fake-gcs-server $fake_gcs_version"
-  mkdir -p "$gcs_cache"
-  CGO_ENABLED=0 GOBIN="$gcs_cache" go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version"
-fi
-ln -sf "$gcs_cache/fake-gcs-server" .bin/fake-gcs-server
-if [ "$(cat .bin/node/azurite.version 2>/dev/null)" != "$azurite_version" ]; then
-  echo "install: azurite $azurite_version"
-  mkdir -p .bin/node
-  npm install --prefix .bin/node --save-exact --no-audit --no-fund --silent "azurite@$azurite_version"
-  echo "$azurite_version" > .bin/node/azurite.version
-fi
-# livekit-server-sdk (LiveKit's JS client) for the JS client e2e test, pinned by tests/js/package-lock.json.
-js_stamp=tests/js/node_modules/.installed-$(sha256sum tests/js/package-lock.json | cut -c1-16)
-if [ ! -f "$js_stamp" ]; then
-  echo "install: livekit-server-sdk (npm)"
-  npm ci --prefix tests/js --no-audit --no-fund --silent
-  touch "$js_stamp"
+if [ -f scripts/build-native.sh ]; then
+  bash scripts/build-native.sh
 fi
 echo "install: ok"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -18,10 +19,23 @@ from google.protobuf.json_format import MessageToJson, Parse, ParseError
 from livekit import api
 from livekit.protocol import egress
 
-from trackegress.config import Config, ConfigError, load_service_config
-from trackegress.egress import Egress, is_ended
+from trackegress.api.server import serve_api
+from trackegress.cluster.dispatch import open_cluster
+from trackegress.cluster.settings import ClusterSettings, cluster_settings, load_worker_config
+from trackegress.cluster.worker import run_worker
+from trackegress.config import Config, ServiceConfig, load_service_config
+from trackegress.configfile import read_config
+from trackegress.dispatcher import Dispatcher
+from trackegress.egress import Egress
+from trackegress.errors import ConfigError, RequestError
+from trackegress.info import is_ended
 from trackegress.logs import setup_logging
-from trackegress.request import RequestError, check_track_request
+from trackegress.manager import EgressManager
+from trackegress.ops.metrics import Metrics
+from trackegress.reporting.store import Store
+from trackegress.reporting.webhooks import WebhookSender
+from trackegress.request import check_track_request
+from trackegress.roomservice import LiveKitRooms
 
 log = logging.getLogger("trackegress")
 DEFAULT_API_URL = "http://127.0.0.1:7990"
@@ -150,11 +164,10 @@ async def _progress(job: Egress) -> None:
 
 
 def _serve_main(args: argparse.Namespace) -> int:
-    from trackegress.cluster.settings import load_cluster_settings
-
     try:
-        config = load_service_config(args.config, api_port=args.port, bind=args.bind)
-        cluster = load_cluster_settings(args.config)
+        raw = read_config(args.config)
+        config = load_service_config(raw=raw, api_port=args.port, bind=args.bind)
+        cluster = cluster_settings(raw)
     except ConfigError as exc:
         setup_logging(args.log_level or "info")
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
@@ -162,18 +175,36 @@ def _serve_main(args: argparse.Namespace) -> int:
     redis_password = cluster.redis.password if cluster else ""
     setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
                    secrets=(config.egress.api_secret, redis_password))
-    from trackegress.api.serve import serve
+    return _run_until_signalled(lambda stop: _serve(config, cluster, stop), "cannot serve")
 
-    return _run_until_signalled(lambda stop: serve(config, stop, cluster), "cannot serve")
+
+async def _serve(config: ServiceConfig, cluster: ClusterSettings | None, stop: asyncio.Event) -> None:
+    """Store, webhooks and the dispatcher (in-process or the cluster's), then the API until ``stop``."""
+    egress_config = config.egress
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(config.data_dir / "egress.db")
+        stack.push_async_callback(store.close)
+        rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
+        stack.push_async_callback(rooms.aclose)
+        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls)
+        stack.push_async_callback(webhooks.close)
+        metrics = Metrics()
+        dispatcher: Dispatcher
+        if cluster is None:
+            manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay)
+            metrics.watch(manager)
+            manager.add_listener(metrics.observe)
+            await manager.recover()  # what a previous run left unfinished is reported FAILED first
+            dispatcher = manager
+        else:
+            dispatcher = await open_cluster(stack, config, cluster, store, rooms, webhooks, metrics.observe)
+        await serve_api(config, dispatcher, metrics, stop)
 
 
 # worker
 
 
 def _worker_main(args: argparse.Namespace) -> int:
-    from trackegress.cluster.settings import load_worker_config
-    from trackegress.cluster.worker import run_worker
-
     try:
         config = load_worker_config(args.config)
     except ConfigError as exc:
@@ -274,8 +305,6 @@ async def _stop(client: api.LiveKitAPI, egress_id: str) -> int:
     info = await client.egress.stop_egress(egress.StopEgressRequest(egress_id=egress_id))
     print(MessageToJson(info, indent=2))
     return 0
-
-
 
 
 if __name__ == "__main__":

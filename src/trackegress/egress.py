@@ -6,8 +6,6 @@ import asyncio
 import datetime
 import logging
 import posixpath
-import secrets
-import string
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,19 +15,21 @@ from livekit import api
 from livekit.protocol import egress, models
 
 from trackegress.config import Config
+from trackegress.errors import HTTP_STATUS, INVALID_ARGUMENT, UNIMPLEMENTED, CodedError, ConfigError
+from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.redact import redact_request
+from trackegress.reporting.manifest import build_manifest
 from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, TrackSource, TrackSubscriber, join_room
 from trackegress.sinks.base import Sink
 from trackegress.sinks.file import FileSink
-from trackegress.sinks.manifest import build_manifest
 from trackegress.sinks.naming import TemplateVars, output_path
 from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
 from trackegress.storage.base import UploadError
 from trackegress.storage.local import LocalStorage
-from trackegress.storage.settings import Destination, StorageSettings, UploadConfigError
+from trackegress.storage.settings import Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 Status = egress.EgressStatus
 STOP_API = "StopEgress API"
 LIMIT_REACHED = "Session limit reached"
-_ENDED = (Status.EGRESS_COMPLETE, Status.EGRESS_FAILED, Status.EGRESS_ABORTED, Status.EGRESS_LIMIT_REACHED)
-_ALPHANUM = string.ascii_letters + string.digits
-
-
-def new_egress_id() -> str:
-    """``EG_`` + 12 alphanumerics, like livekit-server's."""
-    return "EG_" + "".join(secrets.choice(_ALPHANUM) for _ in range(12))
 
 
 def egress_token(config: Config, room_name: str, egress_id: str) -> str:
@@ -62,12 +55,8 @@ def egress_token(config: Config, room_name: str, egress_id: str) -> str:
     )
 
 
-class EgressFailure(Exception):
-    """Ends the egress FAILED with ``message`` and an HTTP-like ``code``."""
-
-    def __init__(self, message: str, code: int = 500) -> None:
-        super().__init__(message)
-        self.code = code
+class EgressFailure(CodedError):
+    """Ends the egress FAILED with ``message``; ``error_code`` is the HTTP status of the Twirp ``code``."""
 
 
 class Egress:
@@ -166,7 +155,7 @@ class Egress:
                 await self._ended.wait()
             await self._finalise()
         except EgressFailure as exc:
-            await self._fail(str(exc), exc.code)
+            await self._fail(exc.message, HTTP_STATUS[exc.code])
         except Exception as exc:
             log.exception("egress %s crashed", self.egress_id)
             await self._fail(f"internal error: {exc}", 500)
@@ -211,7 +200,7 @@ class Egress:
         try:
             subscriber = await joined
         except SignalError as exc:
-            raise EgressFailure(f"connection to room failed: {exc}", 503) from exc
+            raise EgressFailure("unavailable", f"connection to room failed: {exc}") from exc
         self._subscriber = subscriber
         self.info.room_id = subscriber.room.sid
         if not self._ended.is_set():
@@ -229,14 +218,14 @@ class Egress:
         try:
             return found.result()
         except TimeoutError:
-            raise EgressFailure(f"track {self._request.track_id} not found", 404) from None
+            raise EgressFailure("not_found", f"track {self._request.track_id} not found") from None
 
     async def _start_media(self, subscriber: TrackSubscriber) -> None:
         assert self._source is not None
         try:
             codec = self._source.codec
         except ValueError as exc:
-            raise EgressFailure(str(exc), 501) from None
+            raise EgressFailure(UNIMPLEMENTED, str(exc)) from None
         if self._request.WhichOneof("output") == "websocket_url":
             self._sink = await self._open_stream(codec)
         else:
@@ -245,7 +234,7 @@ class Egress:
 
     async def _open_stream(self, codec: Codec) -> WebSocketSink:
         if codec.is_video:
-            raise EgressFailure(f"format websocket incompatible with codec {codec.mime}", 400)
+            raise EgressFailure(INVALID_ARGUMENT, f"format websocket incompatible with codec {codec.mime}")
         self._stream = WebSocketSink(
             self._request.websocket_url,
             sample_rate=self._config.websocket_sample_rate,
@@ -256,7 +245,7 @@ class Egress:
         try:
             await self._stream.start()
         except WebSocketSinkError as exc:
-            raise EgressFailure(str(exc), 400) from None
+            raise EgressFailure(INVALID_ARGUMENT, str(exc)) from None
         return self._stream
 
     def _open_file(self, codec: Codec) -> FileSink:
@@ -267,7 +256,7 @@ class Egress:
         try:
             path = self._storage.path_for(local)
         except ValueError as exc:
-            raise EgressFailure(f"invalid filepath {relative!r}: {exc}", 400) from None
+            raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
         self._file = FileSink(path, codec)
         self._filename = relative
         return self._file
@@ -276,8 +265,8 @@ class Egress:
         """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
         try:
             return (self._config.storage or StorageSettings()).destination(self._request.file)
-        except UploadConfigError as exc:
-            raise EgressFailure(str(exc), 501 if exc.code == "unimplemented" else 400) from None
+        except ConfigError as exc:
+            raise EgressFailure(exc.code, exc.message) from None
 
     def _template_vars(self) -> TemplateVars:
         assert self._source is not None
@@ -415,7 +404,7 @@ class Egress:
         self._set_status(Status.EGRESS_ABORTED, ended=True)
 
     def _set_status(self, status: egress.EgressStatus, *, ended: bool = False) -> None:
-        if self.info.status in _ENDED:
+        if is_ended(self.info):
             return
         now = time.time_ns()
         self.info.status = status
@@ -423,12 +412,7 @@ class Egress:
         if ended:
             self.info.ended_at = now
         log.info("egress %s %s", self.egress_id, egress.EgressStatus.Name(status))
-        self._on_update(self._snapshot())
-
-    def _snapshot(self) -> egress.EgressInfo:
-        copy = egress.EgressInfo()
-        copy.CopyFrom(self.info)
-        return copy
+        self._on_update(copy_info(self.info))
 
 
 def _remove_empty_dir(path: Path) -> None:
@@ -437,9 +421,4 @@ def _remove_empty_dir(path: Path) -> None:
         path.rmdir()
     except OSError:
         log.warning("local directory %s is not empty after the upload; kept", path)
-
-
-def is_ended(info: egress.EgressInfo) -> bool:
-    """Whether the status is final."""
-    return info.status in _ENDED
 

@@ -6,17 +6,11 @@ from pathlib import Path
 
 from livekit.protocol import egress
 
-from trackegress.sinks.naming import resolve_under, validate_template
-from trackegress.storage.settings import UploadConfigError, from_request
-
-
-class RequestError(ValueError):
-    """A request we refuse; ``code`` is the Twirp error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+from trackegress.errors import ConfigError, RequestError
+from trackegress.sinks.naming import validate_template
+from trackegress.sinks.websocket import validate_websocket_url
+from trackegress.storage.local import resolve_under
+from trackegress.storage.settings import from_request
 
 
 def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> None:
@@ -29,8 +23,6 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
     if output is None:
         raise RequestError("invalid_argument", "output is required: file or websocket_url")
     if output == "websocket_url":
-        from trackegress.sinks.websocket import validate_websocket_url
-
         try:
             validate_websocket_url(request.websocket_url)
         except ValueError as exc:
@@ -42,8 +34,8 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
 def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
     try:
         from_request(file)
-    except UploadConfigError as exc:
-        raise RequestError(exc.code, str(exc)) from None
+    except ConfigError as exc:
+        raise RequestError(exc.code, exc.message) from None
     try:
         validate_template(file.filepath)
         # An empty path or a directory ("dir/") gets the default file name ({track_id}-{time}.ext) appended.

@@ -23,7 +23,7 @@ from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory
 
-from trackegress.api.twirp import HTTP_STATUS
+from trackegress.errors import HTTP_STATUS
 
 Status = egress.EgressStatus
 REPO = Path(__file__).resolve().parents[2]

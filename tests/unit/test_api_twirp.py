@@ -18,9 +18,9 @@ from livekit.protocol import egress
 from trackegress.api.auth import Authenticator
 from trackegress.api.twirp import TwirpServer
 from trackegress.config import load_service_config
-from trackegress.request import RequestError
-from trackegress.service import EgressManager
-from trackegress.store import Store
+from trackegress.errors import RequestError
+from trackegress.manager import EgressManager
+from trackegress.reporting.store import Store
 
 KEY, SECRET = "APIkey", "a-secret-that-is-long-enough-for-hs256!"
 Status = egress.EgressStatus

@@ -13,10 +13,10 @@ from support.fake_bus import FakeBus
 
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RPCClient
-from trackegress.cluster.ioinfo import RETRY_FOR, IOInfoReporter, retry_until
-from trackegress.cluster.ioserver import IOInfoServer
 from trackegress.cluster.psrpc import PsrpcError
-from trackegress.store import Store
+from trackegress.reporting.ioinfo_client import RETRY_FOR, IOInfoReporter, retry_until
+from trackegress.reporting.ioinfo_server import IOInfoServer
+from trackegress.reporting.store import Store
 
 Status = egress.EgressStatus
 

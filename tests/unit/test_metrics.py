@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import generate_latest
 
-from trackegress.api.ops import Metrics
+from trackegress.ops.metrics import Metrics
 
 
 @dataclass

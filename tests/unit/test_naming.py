@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from trackegress.media.frames import Codec
-from trackegress.sinks.naming import TemplateVars, output_path, resolve_under, validate_template
+from trackegress.sinks.naming import TemplateVars, output_path, validate_template
+from trackegress.storage.local import resolve_under
 
 NOW = datetime.datetime(2024, 1, 2, 3, 4, 5, 678_901)
 VARS = TemplateVars(

@@ -14,9 +14,9 @@ from support.fake_bus import FakeBus
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RPCClient, RPCServer
 from trackegress.cluster.dispatch import request_error
-from trackegress.cluster.ioserver import IOInfoServer
 from trackegress.cluster.psrpc import GetEgressRequest, PsrpcError, Request
-from trackegress.store import Store
+from trackegress.reporting.ioinfo_server import IOInfoServer
+from trackegress.reporting.store import Store
 
 Status = egress.EgressStatus
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from livekit.protocol import egress
 
-from trackegress.request import RequestError, check_track_request
-from trackegress.storage.settings import GCP, S3, Azure, Destination, Proxy, Retry, StorageSettings, UploadConfigError
+from trackegress.errors import ConfigError, RequestError
+from trackegress.request import check_track_request
+from trackegress.storage.settings import GCP, S3, Azure, Destination, Proxy, Retry, StorageSettings
 
 
 def test_no_storage_keeps_files_local() -> None:
@@ -109,7 +110,7 @@ def test_valid_uploads_pass_request_validation(tmp_path: Path) -> None:
     ({}, {"prefix": "x"}, "backup: needs one of"),
 ])
 def test_config_errors(storage: dict[str, object], backup: dict[str, object] | None, message: str) -> None:
-    with pytest.raises(UploadConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         StorageSettings.from_config(storage, backup)
     assert message in str(raised.value)
 

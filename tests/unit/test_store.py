@@ -6,7 +6,7 @@ from pathlib import Path
 
 from livekit.protocol import egress
 
-from trackegress.store import Store
+from trackegress.reporting.store import Store
 
 Status = egress.EgressStatus
 

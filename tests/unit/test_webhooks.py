@@ -12,7 +12,7 @@ from livekit import api
 from livekit.protocol import egress, models
 from support.server import free_port
 
-from trackegress.webhooks import CONTENT_TYPE, WebhookSender, allows, event_name
+from trackegress.reporting.webhooks import CONTENT_TYPE, WebhookSender, allows, event_name
 
 KEY, SECRET = "APIkey", "a-secret-that-is-long-enough-for-hs256!"
 Status = egress.EgressStatus

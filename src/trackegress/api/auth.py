@@ -5,7 +5,7 @@ from __future__ import annotations
 import jwt
 from livekit import api
 
-from trackegress.request import RequestError
+from trackegress.errors import RequestError
 
 
 class Authenticator:

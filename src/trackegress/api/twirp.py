@@ -17,20 +17,14 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import egress
 
 from trackegress.api.auth import Authenticator
-from trackegress.request import RequestError
-from trackegress.service import Dispatcher
+from trackegress.dispatcher import Dispatcher
+from trackegress.errors import HTTP_STATUS, RequestError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/twirp/livekit.Egress/"
 MAX_BODY = 1 << 20
 JSON, PROTOBUF = "application/json", "application/protobuf"
-HTTP_STATUS = {
-    "canceled": 408, "unknown": 500, "invalid_argument": 400, "malformed": 400, "deadline_exceeded": 408,
-    "not_found": 404, "bad_route": 404, "already_exists": 409, "permission_denied": 403, "unauthenticated": 401,
-    "resource_exhausted": 429, "failed_precondition": 412, "aborted": 409, "out_of_range": 400,
-    "unimplemented": 501, "internal": 500, "unavailable": 503, "dataloss": 500,
-}
 _OTHER_METHODS = (
     "StartEgress", "UpdateLayout", "StartRoomCompositeEgress", "StartWebEgress", "StartParticipantEgress",
     "StartTrackCompositeEgress",

@@ -3,7 +3,8 @@
 The same psrpc calls livekit-server makes (pkg/service/egress.go): ``EgressInternal.StartEgress`` on topic
 ``cluster_id`` (workers claim by affinity), ``EgressHandler.StopEgress`` / ``UpdateStream`` on topic = egress id,
 with livekit-server's fallback to the stored status when no worker answers. Workers report to serve's own
-``IOInfo`` server (``ioserver.py``), which keeps the store that ``ListEgress`` reads and sends the webhooks.
+``IOInfo`` server (``reporting/ioinfo_server.py``), which keeps the store that ``ListEgress`` reads and sends the
+webhooks.
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ from collections.abc import Awaitable, Callable
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
-from trackegress.api.twirp import HTTP_STATUS
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RedisBus, RPCClient
-from trackegress.cluster.ioserver import IOInfoServer
 from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
 from trackegress.cluster.settings import ClusterSettings
-from trackegress.cluster.worker import HANDLER, INTERNAL
 from trackegress.config import ServiceConfig
-from trackegress.egress import new_egress_id
-from trackegress.request import RequestError, check_track_request
-from trackegress.service import LiveKitRooms
-from trackegress.store import Store
-from trackegress.webhooks import WebhookSender
+from trackegress.errors import RequestError, twirp_code
+from trackegress.info import new_egress_id
+from trackegress.reporting.ioinfo_server import IOInfoServer
+from trackegress.reporting.store import Store
+from trackegress.reporting.webhooks import WebhookSender
+from trackegress.request import check_track_request
+from trackegress.roomservice import LiveKitRooms
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,11 @@ START_TIMEOUT = 8.0  # a worker answers once its CreateEgress is through (track 
 START_ATTEMPTS = 3  # as livekit-server: retried while no worker claims, backoff 1 s * 2^n * [1, 2)
 HANDLER_TIMEOUT = 5.0  # a worker answers StopEgress within 2 s
 _RETRYABLE = (psrpc.UNAVAILABLE, "resource_exhausted")
-_TWIRP_CODES = {  # psrpc error codes that Twirp spells differently (psrpc ErrorCode.ToTwirp)
-    psrpc.MALFORMED_REQUEST: "malformed", "malformed_result": "malformed", "data_loss": "dataloss",
-    "upstream_server_error": "internal", "upstream_client_error": "invalid_argument",
-}
 
 
 def request_error(exc: PsrpcError) -> RequestError:
     """The Twirp error for a psrpc one (``unknown`` for codes Twirp has no name for)."""
-    code = _TWIRP_CODES.get(exc.code, exc.code)
-    return RequestError(code if code in HTTP_STATUS else "unknown", exc.message)
+    return RequestError(twirp_code(exc.code), exc.message)
 
 
 class ClusterDispatcher:
@@ -61,8 +56,8 @@ class ClusterDispatcher:
         self._io = io
         self._store = store
         self._rooms = rooms
-        self._internal = RPCClient(bus, INTERNAL)
-        self._handler = RPCClient(bus, HANDLER)
+        self._internal = RPCClient(bus, psrpc.EGRESS_INTERNAL)
+        self._handler = RPCClient(bus, psrpc.EGRESS_HANDLER)
         self._accepting = True
 
     @property

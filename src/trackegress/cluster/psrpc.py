@@ -22,6 +22,10 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import egress
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
+# psrpc service names (livekit/protocol rpc/*.proto)
+EGRESS_INTERNAL = "EgressInternal"  # StartEgress, ListActiveEgress: topic cluster_id
+EGRESS_HANDLER = "EgressHandler"  # StopEgress, UpdateStream: topic egress id
+IOINFO = "IOInfo"  # CreateEgress, UpdateEgress, GetEgress, ListEgress
 LOCK_TTL_MS = 5000  # psrpc's queue lock: SET <sha256 of payload> <rand> NX PX 5000
 
 # psrpc ErrorCode strings we send or act on (psrpc errors.go); RequestError codes pass through as they are

@@ -21,22 +21,21 @@ from typing import IO
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
-from trackegress.api.ops import Metrics, serve_ops
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
-from trackegress.cluster.ioinfo import SERVICE as IOINFO
-from trackegress.cluster.ioinfo import IOInfoReporter
 from trackegress.cluster.psrpc import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.cluster.settings import WorkerConfig
-from trackegress.egress import is_ended, new_egress_id
-from trackegress.request import RequestError
-from trackegress.service import EgressManager, LiveKitRooms
-from trackegress.store import Store
+from trackegress.errors import RequestError
+from trackegress.info import is_ended, new_egress_id
+from trackegress.manager import EgressManager
+from trackegress.ops.metrics import Metrics
+from trackegress.ops.ports import serve_ops
+from trackegress.reporting.ioinfo_client import IOInfoReporter
+from trackegress.reporting.store import Store
+from trackegress.roomservice import LiveKitRooms
 
 log = logging.getLogger(__name__)
 
-INTERNAL = "EgressInternal"
-HANDLER = "EgressHandler"
 CREATE_WAIT = 3.0  # StartEgress waits this long for IOInfo.CreateEgress (livekit-server retries after 10 s)
 STOP_WAIT = 2.0  # StopEgress answers within this (livekit-server's psrpc timeout is 3 s)
 OWNER_PREFIX = "trackegress:egress:"  # Redis key naming the worker that runs an egress id
@@ -77,9 +76,9 @@ class Worker:
         self._config = config
         self._bus = bus
         self._manager = manager
-        self._internal = RPCServer(bus, INTERNAL, self.server_id)
-        self._handler = RPCServer(bus, HANDLER, self.server_id)
-        self._io = RPCClient(bus, IOINFO)
+        self._internal = RPCServer(bus, psrpc.EGRESS_INTERNAL, self.server_id)
+        self._handler = RPCServer(bus, psrpc.EGRESS_HANDLER, self.server_id)
+        self._io = RPCClient(bus, psrpc.IOINFO)
         self._reporter = IOInfoReporter(self._io, on_final=self._on_final, redis_up=lambda: bus.connected)
         self._running: dict[str, _Running] = {}
         self._pending: dict[str, _Claim] = {}  # by request id

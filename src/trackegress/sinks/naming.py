@@ -6,7 +6,6 @@ import datetime
 import posixpath
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from trackegress.media.frames import Codec
 
@@ -46,17 +45,6 @@ def output_path(template: str, codec: Codec, vars: TemplateVars) -> str:
     elif not path.endswith(ext):
         path = _strip_known_extension(path) + ext
     return _relative(path)
-
-
-def resolve_under(base_dir: Path, relative: str) -> Path:
-    """``base_dir / relative`` with existing symlinks resolved; ValueError unless it lies inside ``base_dir``."""
-    base = base_dir.resolve()
-    target = (base / relative).resolve()
-    if target == base:
-        raise ValueError(f"{relative!r} names the base directory {base} itself, not a file in it")
-    if not target.is_relative_to(base):
-        raise ValueError(f"{relative!r} escapes the base directory {base}")
-    return target
 
 
 def _clean(template: str) -> str:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trackegress.sinks.naming import resolve_under
+
+def resolve_under(base_dir: Path, relative: str) -> Path:
+    """``base_dir / relative`` with existing symlinks resolved; ValueError unless it lies inside ``base_dir``."""
+    base = base_dir.resolve()
+    target = (base / relative).resolve()
+    if target == base:
+        raise ValueError(f"{relative!r} names the base directory {base} itself, not a file in it")
+    if not target.is_relative_to(base):
+        raise ValueError(f"{relative!r} escapes the base directory {base}")
+    return target
 
 
 class LocalStorage:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from livekit.protocol import egress
 
-
-class UploadConfigError(ValueError):
-    """An upload configuration we refuse; ``code`` is the Twirp error code."""
-
-    def __init__(self, message: str, code: str = "invalid_argument") -> None:
-        super().__init__(message)
-        self.code = code
+from trackegress.configfile import Section
+from trackegress.errors import INVALID_ARGUMENT, UNIMPLEMENTED, ConfigError
 
 
 @dataclass(frozen=True)
@@ -110,12 +105,12 @@ class StorageSettings:
 
     @classmethod
     def from_config(cls, storage: Mapping[str, Any] | None, backup: Mapping[str, Any] | None = None) -> StorageSettings:
-        """Parse the ``storage:`` and ``backup:`` blocks (upstream key names); UploadConfigError if invalid."""
-        settings = _section(storage or {}, "storage")
+        """Parse egress.yaml's ``storage:`` and ``backup:`` blocks (upstream key names); ConfigError if invalid."""
+        settings = _section(Section(storage or {}, "storage"))
         if backup:
-            backup_settings = _section(backup, "backup")
+            backup_settings = _section(Section(backup, "backup"))
             if backup_settings.default is None:
-                raise UploadConfigError("backup: needs one of s3, gcp or azure")
+                raise ConfigError(INVALID_ARGUMENT, "backup: needs one of s3, gcp or azure")
             settings = replace(settings, backup=backup_settings.destination(None))
         return settings
 
@@ -129,14 +124,14 @@ class StorageSettings:
 
 
 def from_request(file: egress.DirectFileOutput) -> Backend | None:
-    """The backend a ``DirectFileOutput`` names, None if none; UploadConfigError if incomplete or unsupported."""
+    """The backend a ``DirectFileOutput`` names, None if none; ConfigError if incomplete or unsupported."""
     which = file.WhichOneof("output")
     if which is None:
         return None
     if which == "s3":
         s3 = file.s3
         if s3.assume_role_arn:
-            raise UploadConfigError("s3 assume_role_arn is not supported yet", "unimplemented")
+            raise ConfigError(UNIMPLEMENTED, "s3 assume_role_arn is not supported yet")
         proxy = _proxy_from_proto(s3.proxy) if s3.HasField("proxy") else None
         return _check_s3(S3(
             bucket=s3.bucket, access_key=s3.access_key, secret=s3.secret, session_token=s3.session_token,
@@ -150,7 +145,7 @@ def from_request(file: egress.DirectFileOutput) -> Backend | None:
     if which == "azure":
         az = file.azure
         return _check_azure(Azure(az.account_name, az.account_key, az.container_name))
-    raise UploadConfigError(f"{which} upload is not supported", "unimplemented")
+    raise ConfigError(UNIMPLEMENTED, f"{which} upload is not supported")
 
 
 # checks shared by requests and config
@@ -158,30 +153,31 @@ def from_request(file: egress.DirectFileOutput) -> Backend | None:
 
 def _check_s3(s3: S3) -> S3:
     if not s3.bucket:
-        raise UploadConfigError("s3.bucket is required")
+        raise ConfigError(INVALID_ARGUMENT, "s3.bucket is required")
     if bool(s3.access_key) != bool(s3.secret):
-        raise UploadConfigError("s3.access_key and s3.secret go together")
+        raise ConfigError(INVALID_ARGUMENT, "s3.access_key and s3.secret go together")
     if s3.endpoint:
         _check_url("s3.endpoint", s3.endpoint if "://" in s3.endpoint else f"https://{s3.endpoint}")
     if s3.tagging:
         try:
             parse_qsl(s3.tagging, keep_blank_values=True, strict_parsing=True)
         except ValueError:
-            raise UploadConfigError(f"s3.tagging must look like 'k1=v1&k2=v2', got {s3.tagging!r}") from None
+            message = f"s3.tagging must look like 'k1=v1&k2=v2', got {s3.tagging!r}"
+            raise ConfigError(INVALID_ARGUMENT, message) from None
     _check_proxy("s3.proxy", s3.proxy)
     return s3
 
 
 def _check_gcp(gcp: GCP) -> GCP:
     if not gcp.bucket:
-        raise UploadConfigError("gcp.bucket is required")
+        raise ConfigError(INVALID_ARGUMENT, "gcp.bucket is required")
     if gcp.credentials_json:
         try:
             document = json.loads(gcp.credentials_json)
         except ValueError:
             document = None
         if not isinstance(document, dict):
-            raise UploadConfigError("gcp.credentials must be a JSON object (a service account key)")
+            raise ConfigError(INVALID_ARGUMENT, "gcp.credentials must be a JSON object (a service account key)")
     _check_proxy("gcp.proxy", gcp.proxy)
     return gcp
 
@@ -189,7 +185,7 @@ def _check_gcp(gcp: GCP) -> GCP:
 def _check_azure(azure: Azure) -> Azure:
     missing = [name for name in ("account_name", "account_key", "container_name") if not getattr(azure, name)]
     if missing:
-        raise UploadConfigError(f"azure.{', azure.'.join(missing)} required")
+        raise ConfigError(INVALID_ARGUMENT, f"azure.{', azure.'.join(missing)} required")
     return azure
 
 
@@ -201,7 +197,7 @@ def _check_proxy(name: str, proxy: Proxy | None) -> None:
 def _check_url(name: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UploadConfigError(f"{name} must be an http(s) URL, got {url!r}")
+        raise ConfigError(INVALID_ARGUMENT, f"{name} must be an http(s) URL, got {url!r}")
 
 
 def _proxy_from_proto(proxy: egress.ProxyConfig) -> Proxy:
@@ -217,124 +213,66 @@ _S3_KEYS = frozenset({
 }) | _RETRY_KEYS
 
 
-def _section(raw: Mapping[str, Any], name: str) -> StorageSettings:
+def _section(raw: Section) -> StorageSettings:
     """One ``storage:``-shaped block."""
-    _only(raw, frozenset({"prefix", "generate_presigned_url", "s3", "gcp", "azure", "alioss"}) | _RETRY_KEYS, name)
-    if raw.get("alioss"):
-        raise UploadConfigError(f"{name}.alioss: AliOSS upload is not supported", "unimplemented")
-    parsers: dict[str, Callable[[Mapping[str, Any], str], Backend]] = {"s3": _s3, "gcp": _gcp, "azure": _azure}
-    backends = [parse(_mapping(raw, key, name), f"{name}.{key}") for key, parse in parsers.items() if raw.get(key)]
+    raw.refuse_unknown(frozenset({"prefix", "generate_presigned_url", "s3", "gcp", "azure", "alioss"}) | _RETRY_KEYS)
+    if raw.values.get("alioss"):
+        raise ConfigError(UNIMPLEMENTED, f"{raw.name('alioss')}: AliOSS upload is not supported")
+    parsers: dict[str, Callable[[Section], Backend]] = {"s3": _s3, "gcp": _gcp, "azure": _azure}
+    backends = [parse(raw.section(key)) for key, parse in parsers.items() if raw.values.get(key)]
     if len(backends) > 1:
-        raise UploadConfigError(f"{name}: configure only one of s3, gcp and azure")
-    retry = _retry(raw, name)
-    if raw.get("s3"):
-        retry = _retry(_mapping(raw, "s3", name), f"{name}.s3", retry)
+        raise ConfigError(INVALID_ARGUMENT, f"{raw.path}: configure only one of s3, gcp and azure")
+    retry = _retry(raw)
+    if raw.values.get("s3"):
+        retry = _retry(raw.section("s3"), retry)
     return StorageSettings(
-        prefix=_text(raw, "prefix", name),
-        presign=_flag(raw, "generate_presigned_url", name),
+        prefix=raw.text("prefix"),
+        presign=raw.flag("generate_presigned_url"),
         retry=retry,
         default=backends[0] if backends else None,
     )
 
 
-def _s3(raw: Mapping[str, Any], name: str) -> S3:
-    _only(raw, _S3_KEYS, name)
-    if raw.get("assume_role_arn"):
-        raise UploadConfigError(f"{name}.assume_role_arn is not supported yet", "unimplemented")
-    metadata = raw.get("metadata") or {}
+def _s3(raw: Section) -> S3:
+    raw.refuse_unknown(_S3_KEYS)
+    if raw.values.get("assume_role_arn"):
+        raise ConfigError(UNIMPLEMENTED, f"{raw.name('assume_role_arn')} is not supported yet")
+    metadata = raw.values.get("metadata") or {}
     if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
-        raise UploadConfigError(f"{name}.metadata must map names to strings")
+        raw.bad("metadata", "a mapping of names to strings")
     return _check_s3(S3(
-        bucket=_text(raw, "bucket", name), access_key=_text(raw, "access_key", name),
-        secret=_text(raw, "secret", name), session_token=_text(raw, "session_token", name),
-        region=_text(raw, "region", name), endpoint=_text(raw, "endpoint", name),
-        force_path_style=_flag(raw, "force_path_style", name), metadata={str(k): v for k, v in metadata.items()},
-        tagging=_text(raw, "tagging", name), content_disposition=_text(raw, "content_disposition", name),
-        proxy=_proxy(raw, name),
+        bucket=raw.text("bucket"), access_key=raw.text("access_key"), secret=raw.text("secret"),
+        session_token=raw.text("session_token"), region=raw.text("region"), endpoint=raw.text("endpoint"),
+        force_path_style=raw.flag("force_path_style"), metadata={str(k): v for k, v in metadata.items()},
+        tagging=raw.text("tagging"), content_disposition=raw.text("content_disposition"), proxy=_proxy(raw),
     ))
 
 
-def _gcp(raw: Mapping[str, Any], name: str) -> GCP:
-    _only(raw, frozenset({"credentials_json", "bucket", "proxy_config"}), name)
-    return _check_gcp(GCP(_text(raw, "bucket", name), _text(raw, "credentials_json", name), _proxy(raw, name)))
+def _gcp(raw: Section) -> GCP:
+    raw.refuse_unknown(frozenset({"credentials_json", "bucket", "proxy_config"}))
+    return _check_gcp(GCP(raw.text("bucket"), raw.text("credentials_json"), _proxy(raw)))
 
 
-def _azure(raw: Mapping[str, Any], name: str) -> Azure:
-    _only(raw, frozenset({"account_name", "account_key", "container_name"}), name)
-    return _check_azure(Azure(
-        _text(raw, "account_name", name), _text(raw, "account_key", name), _text(raw, "container_name", name),
-    ))
+def _azure(raw: Section) -> Azure:
+    raw.refuse_unknown(frozenset({"account_name", "account_key", "container_name"}))
+    return _check_azure(Azure(raw.text("account_name"), raw.text("account_key"), raw.text("container_name")))
 
 
-def _proxy(raw: Mapping[str, Any], name: str) -> Proxy | None:
-    section = _mapping(raw, "proxy_config", name)
+def _proxy(raw: Section) -> Proxy | None:
+    section = raw.section("proxy_config")
     if not section:
         return None
-    prefix = f"{name}.proxy_config"
-    _only(section, frozenset({"url", "username", "password"}), prefix)
-    return Proxy(_text(section, "url", prefix), _text(section, "username", prefix), _text(section, "password", prefix))
+    section.refuse_unknown(frozenset({"url", "username", "password"}))
+    return Proxy(section.text("url"), section.text("username"), section.text("password"))
 
 
-def _retry(raw: Mapping[str, Any], name: str, base: Retry = Retry()) -> Retry:
-    retries = raw.get("max_retries")
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-        raise UploadConfigError(f"{name}.max_retries must be a non-negative integer, got {retries!r}")
+def _retry(raw: Section, base: Retry = Retry()) -> Retry:
+    retries = raw.integer("max_retries")
     retry = Retry(
-        max_retries=base.max_retries if not retries else retries,
-        min_delay=_delay(raw, "min_retry_delay", name) or base.min_delay,
-        max_delay=_delay(raw, "max_retry_delay", name) or base.max_delay,
+        max_retries=retries or base.max_retries,
+        min_delay=raw.duration("min_retry_delay", seconds=True) or base.min_delay,
+        max_delay=raw.duration("max_retry_delay", seconds=True) or base.max_delay,
     )
     if retry.min_delay > retry.max_delay:
-        raise UploadConfigError(f"{name}: min_retry_delay is larger than max_retry_delay")
+        raise ConfigError(INVALID_ARGUMENT, f"{raw.path}: min_retry_delay is larger than max_retry_delay")
     return retry
-
-
-def _delay(raw: Mapping[str, Any], key: str, name: str) -> float:
-    """A Go duration string (``"100ms"``) or a number of seconds; 0 when absent (upstream: use the default)."""
-    value = raw.get(key)
-    if value is None:
-        return 0.0
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if not isinstance(value, str):
-        _bad(name, key, "a duration like '100ms'", value)
-    from trackegress.config import parse_duration  # here: config.py may import this module at its top
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise UploadConfigError(f"{name}.{key}: {exc}") from None
-
-
-def _only(raw: Mapping[str, Any], known: frozenset[str], name: str) -> None:
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UploadConfigError(f"{name}: unknown key(s) {', '.join(unknown)}")
-
-
-def _mapping(raw: Mapping[str, Any], key: str, name: str) -> Mapping[str, Any]:
-    value = raw.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise UploadConfigError(f"{name}.{key} must be a mapping")
-    return value
-
-
-def _text(raw: Mapping[str, Any], key: str, name: str) -> str:
-    value = raw.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        _bad(name, key, "a string", value)
-    return str(value)
-
-
-def _flag(raw: Mapping[str, Any], key: str, name: str) -> bool:
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        _bad(name, key, "true or false", value)
-    return bool(value)
-
-
-def _bad(name: str, key: str, expected: str, value: object) -> NoReturn:
-    shown = "<hidden>" if key in ("secret", "account_key", "credentials_json", "password", "session_token") else value
-    raise UploadConfigError(f"{name}.{key} must be {expected}, got {shown!r}")

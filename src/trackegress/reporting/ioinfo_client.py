@@ -12,11 +12,10 @@ from redis.exceptions import RedisError
 
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RPCClient
-from trackegress.egress import is_ended
+from trackegress.info import is_ended
 
 log = logging.getLogger(__name__)
 
-SERVICE = "IOInfo"
 CALL_TIMEOUT = 5.0
 RETRY_FOR = 60.0  # seconds an update is retried while livekit-server does not answer (upstream: 1 min)
 _RETRYABLE = (psrpc.DEADLINE_EXCEEDED, psrpc.UNAVAILABLE)

@@ -1,4 +1,4 @@
-"""Operations endpoints: health (JSON status) and Prometheus metrics, each on its own port."""
+"""Prometheus metrics: ``trackegress_*`` counters and gauges, ``GET /metrics`` on ``prometheus_port``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trackegress.config import ServiceConfig
-from trackegress.egress import Egress, is_ended
-from trackegress.service import Dispatcher, EgressManager
+from trackegress.egress import Egress
+from trackegress.info import is_ended
+from trackegress.manager import EgressManager
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -76,34 +76,6 @@ class Metrics(Collector):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_TYPE})
 
 
-async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` on ``host:port``; ``await runner.cleanup()`` to stop."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
-
-
-async def serve_ops(config: ServiceConfig, manager: Dispatcher, metrics: Metrics) -> list[web.AppRunner]:
-    """The health and metrics ports that ``config`` sets (``health_port``, ``prometheus_port``; 0 = off)."""
-    apps = ((config.health_port, health_app(manager)), (config.prometheus_port, metrics.app()))
-    return [await listen(app, config.bind, port) for port, app in apps if port]
-
-
 def _counts(job: Egress) -> tuple[int, int, int]:
     stats = job.stream_stats
     return job.packets_lost, stats.reconnects if stats else 0, stats.frames_lost if stats else 0
-
-
-def health_app(manager: Dispatcher) -> web.Application:
-    """``GET /`` (and ``/health``): ``{"status": "ok", "active_egresses": n, "accepting": bool}``."""
-
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "active_egresses": manager.active_count, "accepting": manager.accepting}
-        )
-
-    app = web.Application()
-    app.router.add_get("/", health)
-    app.router.add_get("/health", health)
-    return app

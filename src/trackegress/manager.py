@@ -5,25 +5,23 @@ listeners informed. Transport-free, so the Twirp API and a psrpc worker can both
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-from livekit import api
 from livekit.protocol import egress, models
 
 from trackegress.config import ServiceConfig
-from trackegress.egress import Egress, is_ended, new_egress_id
+from trackegress.egress import Egress
+from trackegress.errors import RequestError
+from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.redact import redact_url
-from trackegress.request import RequestError, check_track_request
-from trackegress.store import Store
-from trackegress.webhooks import WebhookSender
+from trackegress.reporting.store import Store
+from trackegress.reporting.webhooks import WebhookSender
+from trackegress.request import check_track_request
 
 log = logging.getLogger(__name__)
 
@@ -34,78 +32,6 @@ Tasks = list[asyncio.Task[object]]
 PROCESS_KILLED = "Process killed"
 SIZE_CHECK_INTERVAL = 1.0  # seconds between file_output_max_size checks
 STOP_WAIT = 5.0  # seconds StopEgress waits for the egress to leave STARTING/ACTIVE
-
-
-class LiveKitRooms:
-    """Asks the LiveKit server (RoomService) whether a room and a track exist.
-
-    A track appears in ListParticipants only once its publisher's connection is up, a moment after
-    ``track_published``: an unlisted track is looked for again for ``track_grace`` seconds.
-    """
-
-    def __init__(self, ws_url: str, api_key: str, api_secret: str, track_grace: float = 3.0) -> None:
-        self._api = api.LiveKitAPI(ws_url, api_key, api_secret, timeout=aiohttp.ClientTimeout(total=5))
-        self._grace = track_grace
-
-    async def room_sid(self, room_name: str) -> str:
-        """The room's sid; ``RequestError`` not_found if it does not exist."""
-        with _server_errors():
-            return await self._room_sid(room_name)
-
-    async def check_track(self, room_name: str, track_id: str) -> None:
-        """``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
-        with _server_errors():
-            await self._room_sid(room_name)
-            deadline = time.monotonic() + self._grace
-            while not await self._has_track(room_name, track_id):
-                if time.monotonic() >= deadline:
-                    raise RequestError("not_found", f"track {track_id} not found in room {room_name}")
-                await asyncio.sleep(0.2)
-
-    async def _room_sid(self, room_name: str) -> str:
-        rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
-        sid = next((room.sid for room in rooms.rooms if room.name == room_name), None)
-        if sid is None:
-            raise RequestError("not_found", "requested room does not exist")
-        return str(sid)
-
-    async def _has_track(self, room_name: str, track_id: str) -> bool:
-        people = await self._api.room.list_participants(api.ListParticipantsRequest(room=room_name))
-        return any(track.sid == track_id for person in people.participants for track in person.tracks)
-
-    async def aclose(self) -> None:
-        await self._api.aclose()
-
-
-@contextlib.contextmanager
-def _server_errors() -> Iterator[None]:
-    """RoomService failures become ``RequestError`` unavailable."""
-    try:
-        yield
-    except api.TwirpError as exc:
-        raise RequestError("unavailable", f"LiveKit server refused RoomService: {exc.code}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RequestError("unavailable", f"LiveKit server unreachable: {type(exc).__name__}") from None
-
-
-class Dispatcher(Protocol):
-    """What the livekit.Egress API drives: ``EgressManager`` (in-process) or ``ClusterDispatcher`` (workers)."""
-
-    @property
-    def active_count(self) -> int: ...
-
-    @property
-    def accepting(self) -> bool: ...
-
-    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo: ...
-
-    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False) -> list[egress.EgressInfo]: ...
-
-    async def stop(self, egress_id: str) -> egress.EgressInfo: ...
-
-    async def update_stream(self, egress_id: str) -> egress.EgressInfo: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -188,12 +114,12 @@ class EgressManager:
         ]
         log.info("egress %s started for track %s in room %s", job.egress_id, request.track_id, request.room_name,
                  extra={"egress_id": job.egress_id})
-        return _copy(job.info)
+        return copy_info(job.info)
 
     async def list(self, room_name: str = "", egress_id: str = "", active: bool = False) -> list[egress.EgressInfo]:
         """Stored egresses matching the filters, with running ones as of now."""
         infos = await self._store.query(room_name=room_name, egress_id=egress_id, active=active)
-        return [_copy(self._jobs[i.egress_id].info) if i.egress_id in self._jobs else i for i in infos]
+        return [copy_info(self._jobs[i.egress_id].info) if i.egress_id in self._jobs else i for i in infos]
 
     async def stop(self, egress_id: str) -> egress.EgressInfo:
         """Ask a running egress to finish (``End reason: StopEgress API``); its info once it has left ACTIVE."""
@@ -211,7 +137,7 @@ class EgressManager:
                     job.changed.clear()
         except TimeoutError:
             pass
-        return _copy(job.info)
+        return copy_info(job.info)
 
     async def update_stream(self, egress_id: str) -> egress.EgressInfo:
         """Track egress has no stream outputs to change: always an error, like upstream."""
@@ -267,7 +193,7 @@ class EgressManager:
             self._webhooks.notify(info, hooks)
         for listener in self._listeners:
             try:
-                listener(_copy(info))
+                listener(copy_info(info))
             except Exception:
                 log.exception("egress %s: update listener failed", info.egress_id)
 
@@ -331,12 +257,6 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _copy(info: egress.EgressInfo) -> egress.EgressInfo:
-    copy = egress.EgressInfo()
-    copy.CopyFrom(info)
-    return copy
 
 
 def _log_store_error(future: asyncio.Future[None]) -> None:

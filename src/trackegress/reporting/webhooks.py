@@ -21,7 +21,7 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import egress, models, webhook
 
-from trackegress.egress import is_ended, new_egress_id
+from trackegress.info import is_ended, new_egress_id
 from trackegress.redact import redact_url
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,10 @@ from livekit.protocol import egress
 
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RedisBus, RPCServer
-from trackegress.cluster.ioinfo import SERVICE
 from trackegress.cluster.psrpc import GetEgressRequest, PsrpcError, Request
-from trackegress.egress import is_ended
-from trackegress.store import Store
-from trackegress.webhooks import WebhookSender
+from trackegress.info import is_ended
+from trackegress.reporting.store import Store
+from trackegress.reporting.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class IOInfoServer:
         self._store = store
         self._webhooks = webhooks
         self._on_update = on_update
-        self._server = RPCServer(bus, SERVICE)
+        self._server = RPCServer(bus, psrpc.IOINFO)
         self._write = asyncio.Lock()
         self._active: set[str] = set()
         self._methods = (
@@ -54,7 +53,7 @@ class IOInfoServer:
         return len(self._active)
 
     async def start(self) -> None:
-        channel = psrpc.request_channel(SERVICE, "UpdateEgress")
+        channel = psrpc.request_channel(psrpc.IOINFO, "UpdateEgress")
         listening = dict(await self._bus.redis.pubsub_numsub(channel))
         if any(listening.values()):
             raise RuntimeError("another IOInfo server (livekit-server's or another trackegress serve's) uses this "

@@ -14,8 +14,7 @@ from typing import Any
 
 from livekit.protocol import egress
 
-Status = egress.EgressStatus
-UNFINISHED = (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE, Status.EGRESS_ENDING)
+from trackegress.info import UNFINISHED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS egress (
