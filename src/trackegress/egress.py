@@ -7,8 +7,10 @@ import datetime
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import av
 from livekit import api
@@ -22,7 +24,7 @@ from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.redact import redact_request
 from trackegress.reporting.manifest import build_manifest
 from trackegress.room.signal import SignalError
-from trackegress.room.subscriber import SOURCE_CLOSED, TrackSource, TrackSubscriber, join_room
+from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
 from trackegress.sinks.base import Sink
 from trackegress.sinks.file import FileSink
 from trackegress.sinks.naming import TemplateVars, output_path
@@ -59,6 +61,35 @@ class EgressFailure(CodedError):
     """Ends the egress FAILED with ``message``; ``error_code`` is the HTTP status of the Twirp ``code``."""
 
 
+class JoinedRoom(Protocol):
+    """What an egress needs of the room it joined (``room.subscriber.TrackSubscriber``)."""
+
+    @property
+    def room(self) -> models.Room: ...
+
+    @property
+    def packets_lost(self) -> int: ...
+
+    async def find_track(self, timeout: float) -> TrackSource: ...
+
+    async def subscribe(self, codec: Codec) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+JoinRoom = Callable[[str, str, str, RoomEvents, float], Awaitable[JoinedRoom]]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What an egress is built from: the room join, the sinks and the uploader (tests swap them)."""
+
+    join_room: JoinRoom = join_room
+    file_sink: Callable[[Path, Codec], FileSink] = FileSink
+    stream_sink: Callable[..., WebSocketSink] = WebSocketSink
+    uploader: Callable[[Destination, Destination | None], Uploader] = Uploader
+
+
 class Egress:
     """Records one track: STARTING → ACTIVE (first media) → ENDING → COMPLETE, or FAILED / ABORTED."""
 
@@ -70,12 +101,14 @@ class Egress:
         egress_id: str | None = None,
         on_update: Callable[[egress.EgressInfo], None] | None = None,
         on_delay: Callable[[float], None] | None = None,
+        parts: Parts = Parts(),
     ) -> None:
+        self._parts = parts
         self._request = request
         self._config = config
         self._on_update = on_update or (lambda info: None)
         self._on_delay = on_delay
-        self._subscriber: TrackSubscriber | None = None
+        self._subscriber: JoinedRoom | None = None
         now = time.time_ns()
         self.info = egress.EgressInfo(
             egress_id=egress_id or new_egress_id(),
@@ -147,7 +180,6 @@ class Egress:
     async def run(self) -> egress.EgressInfo:
         """Run until the egress ends; returns the final ``EgressInfo``."""
         current_egress_id.set(self.egress_id)  # run in a task of its own: its lines and its children's carry the id
-        subscriber: TrackSubscriber | None = None
         try:
             subscriber = await self._join()
             if not self._ended.is_set():
@@ -160,8 +192,8 @@ class Egress:
             log.exception("egress %s crashed", self.egress_id)
             await self._fail(f"internal error: {exc}", 500)
         finally:
-            if subscriber is not None:
-                await subscriber.close()
+            if self._subscriber is not None:  # also when the track was not found
+                await self._subscriber.close()
         return self.info
 
     # RoomEvents
@@ -189,10 +221,12 @@ class Egress:
 
     # steps
 
-    async def _join(self) -> TrackSubscriber:
+    async def _join(self) -> JoinedRoom:
         token = egress_token(self._config, self._request.room_name, self.egress_id)
         joined = asyncio.ensure_future(
-            join_room(self._config.ws_url, token, self._request.track_id, self, self._config.signal_resume_timeout)
+            self._parts.join_room(
+                self._config.ws_url, token, self._request.track_id, self, self._config.signal_resume_timeout
+            )
         )
         stopped = asyncio.ensure_future(self._ended.wait())
         await asyncio.wait((joined, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -207,7 +241,7 @@ class Egress:
             self._source = await self._wait_for_track(subscriber)
         return subscriber
 
-    async def _wait_for_track(self, subscriber: TrackSubscriber) -> TrackSource | None:
+    async def _wait_for_track(self, subscriber: JoinedRoom) -> TrackSource | None:
         found = asyncio.ensure_future(subscriber.find_track(self._config.track_wait_timeout))
         stopped = asyncio.ensure_future(self._ended.wait())
         await asyncio.wait((found, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -220,7 +254,7 @@ class Egress:
         except TimeoutError:
             raise EgressFailure("not_found", f"track {self._request.track_id} not found") from None
 
-    async def _start_media(self, subscriber: TrackSubscriber) -> None:
+    async def _start_media(self, subscriber: JoinedRoom) -> None:
         assert self._source is not None
         try:
             codec = self._source.codec
@@ -235,7 +269,7 @@ class Egress:
     async def _open_stream(self, codec: Codec) -> WebSocketSink:
         if codec.is_video:
             raise EgressFailure(INVALID_ARGUMENT, f"format websocket incompatible with codec {codec.mime}")
-        self._stream = WebSocketSink(
+        self._stream = self._parts.stream_sink(
             self._request.websocket_url,
             sample_rate=self._config.websocket_sample_rate,
             channels=self._config.websocket_channels,
@@ -257,7 +291,7 @@ class Egress:
             path = self._storage.path_for(local)
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
-        self._file = FileSink(path, codec)
+        self._file = self._parts.file_sink(path, codec)
         self._filename = relative
         return self._file
 
@@ -322,7 +356,7 @@ class Egress:
             await self._write_file_results(None)
             return None
         settings = self._config.storage or StorageSettings()
-        uploader = Uploader(self._upload_to, settings.backup)
+        uploader = self._parts.uploader(self._upload_to, settings.backup)
         try:
             error = await self._write_file_results(uploader)
         finally:

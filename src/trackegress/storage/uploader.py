@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from trackegress.storage.azure import open_azure
@@ -27,8 +28,10 @@ def open_storage(destination: Destination) -> Storage:
 class Uploader:
     """Puts files under ``prefix/filename``; once the destination failed, every later file goes to the backup."""
 
-    def __init__(self, destination: Destination, backup: Destination | None = None) -> None:
+    def __init__(self, destination: Destination, backup: Destination | None = None,
+                 open_backend: Callable[[Destination], Storage] = open_storage) -> None:
         self.backup_used = False  # a file landed in the backup
+        self._open = open_backend
         self._destination = destination
         self._backup = backup
         self._storages: dict[int, Storage] = {}
@@ -62,7 +65,7 @@ class Uploader:
         storage = self._storages.get(id(destination))
         if storage is None:
             try:
-                storage = self._storages[id(destination)] = open_storage(destination)
+                storage = self._storages[id(destination)] = self._open(destination)
             except Exception as exc:  # its message may quote the settings: name the kind of error only
                 kind = type(destination.backend).__name__
                 raise UploadError(f"{kind} upload failed: invalid settings ({type(exc).__name__})") from None
