@@ -10,6 +10,7 @@ import pytest
 from support.media import Frame, h264_canonical, make_h264, make_opus_ogg, make_vp8_ivf, read_frames
 
 from trackegress.media import h264, vp8
+from trackegress.media.formats import output_format
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.muxer import Muxer
 
@@ -73,7 +74,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[Codec, Path]:
 @pytest.mark.parametrize("codec", [Codec.OPUS, Codec.VP8, Codec.H264])
 def test_frames_pass_through_byte_for_byte(codec: Codec, media: dict[Codec, Path], tmp_path: Path) -> None:
     frames = read_frames(media[codec])
-    out = tmp_path / f"out.{codec.extension}"
+    out = tmp_path / f"out.{output_format(codec).extension}"
     muxer = _feed(frames, codec, out)
     expected = [h264_canonical(f.data) if codec is Codec.H264 else f.data for f in frames]
     assert _packets(out) == expected
@@ -84,7 +85,7 @@ def test_frames_pass_through_byte_for_byte(codec: Codec, media: dict[Codec, Path
 
 @pytest.mark.parametrize("codec", [Codec.VP8, Codec.H264])
 def test_dimensions_come_from_the_bitstream(codec: Codec, media: dict[Codec, Path], tmp_path: Path) -> None:
-    out = tmp_path / f"out.{codec.extension}"
+    out = tmp_path / f"out.{output_format(codec).extension}"
     _feed(read_frames(media[codec]), codec, out)
     probe = _probe(out)
     assert (probe["width"], probe["height"]) == (("320", "240") if codec is Codec.VP8 else ("322", "242"))

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from trackegress.media.formats import content_type
 from trackegress.storage import azure, gcs, s3
-from trackegress.storage.base import content_type, object_key
+from trackegress.storage.base import object_key
 from trackegress.storage.settings import GCP, S3, Azure
 
 

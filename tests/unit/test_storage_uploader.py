@@ -12,7 +12,7 @@ from trackegress.storage import uploader as uploader_module
 from trackegress.storage.base import UploadError, proxy_note, redact
 from trackegress.storage.gcs import _describe, _secrets
 from trackegress.storage.objectstore import summary
-from trackegress.storage.settings import GCP, S3, Destination, Proxy
+from trackegress.storage.settings import GCP, S3, Destination, Proxy, Retry
 from trackegress.storage.uploader import Uploader
 
 
@@ -39,12 +39,12 @@ class FakeStorage:
 def storages(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeStorage]:
     made: dict[str, FakeStorage] = {}
 
-    def fake_open(destination: Destination) -> FakeStorage:
-        bucket = destination.backend.bucket  # type: ignore[union-attr]
-        made[bucket] = FakeStorage(bucket, fail=bucket.startswith("down"))
-        return made[bucket]
+    def fake_open(backend: S3 | GCP, retry: Retry) -> FakeStorage:
+        made[backend.bucket] = FakeStorage(backend.bucket, fail=backend.bucket.startswith("down"))
+        return made[backend.bucket]
 
-    monkeypatch.setattr(uploader_module, "open_storage", fake_open)
+    for kind in (S3, GCP):  # the registry of backend clients
+        monkeypatch.setitem(uploader_module.OPENERS, kind, fake_open)
     return made
 
 

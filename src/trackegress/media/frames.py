@@ -7,18 +7,16 @@ from dataclasses import dataclass
 
 
 class Codec(enum.Enum):
-    """A track codec we can record, with its RTP clock and output container (upstream's rules)."""
+    """A track codec we can record, with its RTP clock (its output format: ``media/formats.py``)."""
 
-    OPUS = ("audio/opus", "audio", 48_000, "ogg", "audio/ogg")
-    VP8 = ("video/vp8", "video", 90_000, "webm", "video/webm")
-    H264 = ("video/h264", "video", 90_000, "mp4", "video/mp4")
+    OPUS = ("audio/opus", "audio", 48_000)
+    VP8 = ("video/vp8", "video", 90_000)
+    H264 = ("video/h264", "video", 90_000)
 
-    def __init__(self, mime: str, kind: str, clock_rate: int, extension: str, content_type: str) -> None:
+    def __init__(self, mime: str, kind: str, clock_rate: int) -> None:
         self.mime = mime
         self.kind = kind
         self.clock_rate = clock_rate
-        self.extension = extension
-        self.content_type = content_type
 
     @property
     def is_video(self) -> bool:

@@ -17,14 +17,12 @@ from av.container import OutputContainer
 from av.stream import Stream
 
 from trackegress.media import h264, vp8
+from trackegress.media.formats import output_format
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.media.opus import opus_packet_samples
 
 log = logging.getLogger(__name__)
 
-_FORMATS = {Codec.OPUS: "ogg", Codec.VP8: "webm", Codec.H264: "mp4"}
-# Fragment at every keyframe and at least every second; write the moov once the first packet gave avcC.
-_MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "1000000"}
 # An OpusHead with pre-skip 0: the packets are the publisher's, no encoder delay to hide.
 _OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)
 
@@ -86,8 +84,9 @@ class Muxer:
             size = _dimensions(self.codec, frame) if frame.keyframe else None
             if size is None:
                 return False
-        options = {"flush_packets": "1"} | (_MP4_OPTIONS if self.codec is Codec.H264 else {})
-        container = av.open(str(self.path), "w", format=_FORMATS[self.codec], options=options)
+        output = output_format(self.codec)
+        options = {"flush_packets": "1", **output.mux_options}
+        container = av.open(str(self.path), "w", format=output.container, options=options)
         if size is None:
             self._stream = self._opus_stream(container)
         else:

@@ -7,9 +7,9 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from trackegress.media.formats import KNOWN_EXTENSIONS, output_format
 from trackegress.media.frames import Codec
 
-KNOWN_EXTENSIONS = frozenset({".raw", ".ogg", ".mp3", ".ivf", ".mp4", ".ts", ".webm", ".m3u8", ".jpeg"})
 _VARIABLE = re.compile(r"\{([a-z_]+)\}")
 _UNSAFE = str.maketrans({"/": "_", "\\": "_", "\0": "_"})
 
@@ -37,7 +37,7 @@ def validate_template(template: str) -> None:
 
 def output_path(template: str, codec: Codec, vars: TemplateVars) -> str:
     """The output path, relative to the base directory, for ``template`` recorded as ``codec``."""
-    ext = f".{codec.extension}"
+    ext = f".{output_format(codec).extension}"
     values = _values(vars)
     path = _substitute(_clean(template), values)
     if not path or path.endswith("/"):

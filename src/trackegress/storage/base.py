@@ -1,4 +1,4 @@
-"""The storage interface, object keys, Content-Types and error redaction shared by the backends."""
+"""The storage interface, object keys and error redaction shared by the backends."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 PRESIGN_EXPIRY = datetime.timedelta(days=7)  # upstream's, and S3's maximum
-_CONTENT_TYPES = {".ogg": "audio/ogg", ".mp4": "video/mp4", ".webm": "video/webm", ".json": "application/json"}
 _BEARER = re.compile(r"(Bearer\s+)[\w.~+/=-]+", re.IGNORECASE)
 _MAX_ERROR = 600
 
@@ -46,11 +45,6 @@ def object_key(prefix: str, filename: str) -> str:
 def url_path(key: str) -> str:
     """``key`` escaped for a URL path like Go's ``URL.EscapedPath`` (spaces → ``%20``, UTF-8 → ``%C3%A9``)."""
     return quote(key.lstrip("/"), safe="/$&+,:;=@")
-
-
-def content_type(path: Path) -> str:
-    """The Content-Type upstream uploads a file with, from its extension."""
-    return _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
 
 
 def redact(message: str, secrets: Iterable[str]) -> str:

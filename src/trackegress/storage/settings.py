@@ -128,24 +128,33 @@ def from_request(file: egress.DirectFileOutput) -> Backend | None:
     which = file.WhichOneof("output")
     if which is None:
         return None
-    if which == "s3":
-        s3 = file.s3
-        if s3.assume_role_arn:
-            raise ConfigError(UNIMPLEMENTED, "s3 assume_role_arn is not supported yet")
-        proxy = _proxy_from_proto(s3.proxy) if s3.HasField("proxy") else None
-        return _check_s3(S3(
-            bucket=s3.bucket, access_key=s3.access_key, secret=s3.secret, session_token=s3.session_token,
-            region=s3.region, endpoint=s3.endpoint, force_path_style=s3.force_path_style,
-            metadata=dict(s3.metadata), tagging=s3.tagging, content_disposition=s3.content_disposition, proxy=proxy,
-        ))
-    if which == "gcp":
-        gcp = file.gcp
-        proxy = _proxy_from_proto(gcp.proxy) if gcp.HasField("proxy") else None
-        return _check_gcp(GCP(bucket=gcp.bucket, credentials_json=gcp.credentials, proxy=proxy))
-    if which == "azure":
-        az = file.azure
-        return _check_azure(Azure(az.account_name, az.account_key, az.container_name))
-    raise ConfigError(UNIMPLEMENTED, f"{which} upload is not supported")
+    parsers = PARSERS.get(which)
+    if parsers is None:
+        raise ConfigError(UNIMPLEMENTED, f"{which} upload is not supported")
+    return parsers.request(file)
+
+
+def _s3_request(file: egress.DirectFileOutput) -> S3:
+    s3 = file.s3
+    if s3.assume_role_arn:
+        raise ConfigError(UNIMPLEMENTED, "s3 assume_role_arn is not supported yet")
+    proxy = _proxy_from_proto(s3.proxy) if s3.HasField("proxy") else None
+    return _check_s3(S3(
+        bucket=s3.bucket, access_key=s3.access_key, secret=s3.secret, session_token=s3.session_token,
+        region=s3.region, endpoint=s3.endpoint, force_path_style=s3.force_path_style,
+        metadata=dict(s3.metadata), tagging=s3.tagging, content_disposition=s3.content_disposition, proxy=proxy,
+    ))
+
+
+def _gcp_request(file: egress.DirectFileOutput) -> GCP:
+    gcp = file.gcp
+    proxy = _proxy_from_proto(gcp.proxy) if gcp.HasField("proxy") else None
+    return _check_gcp(GCP(bucket=gcp.bucket, credentials_json=gcp.credentials, proxy=proxy))
+
+
+def _azure_request(file: egress.DirectFileOutput) -> Azure:
+    az = file.azure
+    return _check_azure(Azure(az.account_name, az.account_key, az.container_name))
 
 
 # checks shared by requests and config
@@ -218,8 +227,7 @@ def _section(raw: Section) -> StorageSettings:
     raw.refuse_unknown(frozenset({"prefix", "generate_presigned_url", "s3", "gcp", "azure", "alioss"}) | _RETRY_KEYS)
     if raw.values.get("alioss"):
         raise ConfigError(UNIMPLEMENTED, f"{raw.name('alioss')}: AliOSS upload is not supported")
-    parsers: dict[str, Callable[[Section], Backend]] = {"s3": _s3, "gcp": _gcp, "azure": _azure}
-    backends = [parse(raw.section(key)) for key, parse in parsers.items() if raw.values.get(key)]
+    backends = [parsers.config(raw.section(key)) for key, parsers in PARSERS.items() if raw.values.get(key)]
     if len(backends) > 1:
         raise ConfigError(INVALID_ARGUMENT, f"{raw.path}: configure only one of s3, gcp and azure")
     retry = _retry(raw)
@@ -276,3 +284,19 @@ def _retry(raw: Section, base: Retry = Retry()) -> Retry:
     if retry.min_delay > retry.max_delay:
         raise ConfigError(INVALID_ARGUMENT, f"{raw.path}: min_retry_delay is larger than max_retry_delay")
     return retry
+
+
+@dataclass(frozen=True)
+class Parsers:
+    """How one backend is read: from its ``storage:`` block and from its ``DirectFileOutput`` field."""
+
+    config: Callable[[Section], Backend]
+    request: Callable[[egress.DirectFileOutput], Backend]
+
+
+# The backends, by config key and request field (their clients: ``uploader.OPENERS``).
+PARSERS: dict[str, Parsers] = {
+    "s3": Parsers(_s3, _s3_request),
+    "gcp": Parsers(_gcp, _gcp_request),
+    "azure": Parsers(_azure, _azure_request),
+}

@@ -5,24 +5,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from trackegress.media.formats import content_type
 from trackegress.storage.azure import open_azure
-from trackegress.storage.base import Storage, UploadError, content_type, object_key
+from trackegress.storage.base import Storage, UploadError, object_key
 from trackegress.storage.gcs import GCSStorage
 from trackegress.storage.s3 import open_s3
-from trackegress.storage.settings import GCP, S3, Destination
+from trackegress.storage.settings import GCP, S3, Azure, Destination, Retry
 
 log = logging.getLogger(__name__)
 
 
+# Each backend's client, by its settings type (their parsers: ``settings.PARSERS``).
+OPENERS: dict[type, Callable[[Any, Retry], Storage]] = {S3: open_s3, GCP: GCSStorage, Azure: open_azure}
+
+
 def open_storage(destination: Destination) -> Storage:
     """The backend client for ``destination``."""
-    backend = destination.backend
-    if isinstance(backend, S3):
-        return open_s3(backend, destination.retry)
-    if isinstance(backend, GCP):
-        return GCSStorage(backend, destination.retry)
-    return open_azure(backend, destination.retry)
+    return OPENERS[type(destination.backend)](destination.backend, destination.retry)
 
 
 class Uploader:

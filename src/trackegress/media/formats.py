@@ -1,0 +1,48 @@
+"""The output-format table: for each codec we record, its container, file extension, Content-Type and mux options.
+
+A new container is one row here (plus the muxer's per-codec packet rules, if any).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+from trackegress.media.frames import Codec
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How one codec is written: FFmpeg muxer ``container``, ``extension`` (no dot), ``content_type``, options."""
+
+    container: str
+    extension: str
+    content_type: str
+    mux_options: Mapping[str, str] = field(default_factory=dict)
+
+
+FORMATS: Mapping[Codec, OutputFormat] = {
+    Codec.OPUS: OutputFormat("ogg", "ogg", "audio/ogg"),
+    Codec.VP8: OutputFormat("webm", "webm", "video/webm"),
+    # Fragment at every keyframe and at least every second; write the moov once the first packet gave avcC.
+    Codec.H264: OutputFormat("mp4", "mp4", "video/mp4", {
+        "movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "1000000",
+    }),
+}
+MANIFEST_CONTENT_TYPE = "application/json"
+# Extensions upstream knows for any egress: a template ending in one of them gets ours instead.
+KNOWN_EXTENSIONS = frozenset({".raw", ".ogg", ".mp3", ".ivf", ".mp4", ".ts", ".webm", ".m3u8", ".jpeg"}) | {
+    f".{f.extension}" for f in FORMATS.values()
+}
+_CONTENT_TYPES = {f".{f.extension}": f.content_type for f in FORMATS.values()} | {".json": MANIFEST_CONTENT_TYPE}
+
+
+def output_format(codec: Codec) -> OutputFormat:
+    """The row for ``codec``."""
+    return FORMATS[codec]
+
+
+def content_type(path: PurePath) -> str:
+    """The Content-Type a file is uploaded with, from its extension (upstream's)."""
+    return _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
