@@ -28,18 +28,23 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
-def config_body(tcp_port: int, redis_address: str = "", webhook_urls: Sequence[str] = ()) -> str:
+def config_body(
+    tcp_port: int, redis_address: str = "", webhook_urls: Sequence[str] = (), ice_lite: bool = False
+) -> str:
     """The YAML handed to ``--config-body``: loopback-only ICE candidates (pion drops loopback unless
     ``enable_loopback_candidate``), no TURN, and remote unmute so tests can mute and unmute tracks.
-    ``redis_address`` (host:port) switches on Redis (and so psrpc egress); ``webhook_urls`` get signed webhooks."""
+    ``redis_address`` (host:port) switches on Redis (and so psrpc egress); ``webhook_urls`` get signed webhooks;
+    ``ice_lite``: the server only answers connectivity checks (what puts ``impair.UdpRelay`` in the path)."""
     extra = f"redis:\n  address: {redis_address}\n" if redis_address else ""
     if webhook_urls:
         extra += f"webhook:\n  api_key: {DEV_KEY}\n  urls: [{', '.join(webhook_urls)}]\n"
+    lite = "  use_ice_lite: true\n" if ice_lite else ""
     return extra + (
         "rtc:\n"
         f"  tcp_port: {tcp_port}\n"
         "  use_external_ip: false\n"
         "  enable_loopback_candidate: true\n"
+        f"{lite}"
         "  ips:\n"
         "    includes: [127.0.0.1/32]\n"
         "turn:\n"
@@ -54,11 +59,12 @@ class LiveKitServer:
 
     def __init__(
         self, binary: Path = BINARY, startup_timeout: float = 20.0, *, redis_address: str = "",
-        webhook_urls: Sequence[str] = (),
+        webhook_urls: Sequence[str] = (), relay_ip: str = "",
     ) -> None:
         self.binary = binary
         self.redis_address = redis_address
         self.webhook_urls = tuple(webhook_urls)
+        self.relay_ip = relay_ip  # advertised instead of 127.0.0.1, with ICE lite: see impair.UdpRelay
         self.port = free_port()
         self.tcp_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
@@ -82,10 +88,10 @@ class LiveKitServer:
             str(self.binary),
             "--dev",
             "--bind", "127.0.0.1",
-            "--node-ip", "127.0.0.1",
+            "--node-ip", self.relay_ip or "127.0.0.1",
             "--port", str(self.port),
             "--udp-port", str(self.udp_port),
-            "--config-body", config_body(self.tcp_port, self.redis_address, self.webhook_urls),
+            "--config-body", config_body(self.tcp_port, self.redis_address, self.webhook_urls, bool(self.relay_ip)),
         ]  # fmt: skip
 
     def log_tail(self, lines: int = 40) -> str:
