@@ -74,6 +74,8 @@ class JoinedRoom(Protocol):
 
     async def subscribe(self, codec: Codec) -> None: ...
 
+    def request_keyframe(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -85,7 +87,7 @@ class Parts:
     """What an egress is built from: the room join, the sinks and the uploader (tests swap them)."""
 
     join_room: JoinRoom = join_room
-    file_sink: Callable[[Path, Codec], FileSink] = FileSink
+    file_sink: Callable[[Path, Codec, Callable[[], None] | None], FileSink] = FileSink
     stream_sink: Callable[..., WebSocketSink] = WebSocketSink
     uploader: Callable[[Destination, Destination | None], Uploader] = Uploader
 
@@ -291,9 +293,13 @@ class Egress:
             path = self._storage.path_for(local)
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
-        self._file = self._parts.file_sink(path, codec)
+        self._file = self._parts.file_sink(path, codec, self._request_keyframe)
         self._filename = relative
         return self._file
+
+    def _request_keyframe(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.request_keyframe()
 
     def _destination(self) -> Destination | None:
         """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
@@ -325,7 +331,7 @@ class Egress:
             else:
                 await self._abort("Start signal not received")
             return
-        self.info.details = f"End reason: {self._end_reason}"
+        self.info.details = f"End reason: {self._end_reason}" + self._loss_details()
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
         upload_error = await self._write_results()
@@ -338,6 +344,14 @@ class Egress:
             self._set_status(Status.EGRESS_LIMIT_REACHED, ended=True)
         else:
             self._set_status(Status.EGRESS_COMPLETE, ended=True)
+
+    def _loss_details(self) -> str:
+        """``; video: 2 losses, 14 frames dropped until a keyframe, ...`` when the file sink saw losses."""
+        if self._file is None or not self._file.continuity.gaps:
+            return ""
+        stats = self._file.continuity
+        log.info("egress %s: %s %s", self.egress_id, self._file.codec.kind, stats.summary())
+        return f"; {self._file.codec.kind}: {stats.summary()}"
 
     async def _close_sink(self) -> None:
         sink, self._sink = self._sink, None

@@ -175,3 +175,37 @@ def dimensions(data: bytes) -> tuple[int, int] | None:
         return _sps_dimensions(sps[1:].replace(_EMULATION, b"\x00\x00"))
     except ValueError:
         return None
+
+
+def frame_num_bits(data: bytes) -> int | None:
+    """Width of ``frame_num`` in slice headers (log2_max_frame_num) from the access unit's first SPS;
+    None if there is no SPS, it is unreadable, or it is 4:4:4 (slice headers may carry a colour plane id)."""
+    sps = _first_nal(data, NAL_SPS)
+    if sps is None:
+        return None
+    reader = BitReader(sps[1:].replace(_EMULATION, b"\x00\x00"))
+    try:
+        profile_idc = reader.u(8)
+        reader.u(16)  # constraint flags, level_idc
+        reader.ue()  # seq_parameter_set_id
+        if _chroma_format(reader, profile_idc) == 3:
+            return None
+        return reader.ue() + 4
+    except ValueError:
+        return None
+
+
+def slice_frame_num(data: bytes, bits: int) -> tuple[int, bool] | None:
+    """(frame_num, is a reference picture) of the access unit's first slice (7.3.3); None without a slice."""
+    for start, end in _nal_spans(data):
+        header = data[start]
+        if NAL_SLICE <= header & 0x1F <= NAL_IDR:
+            reader = BitReader(data[start + 1 : min(end, start + 16)].replace(_EMULATION, b"\x00\x00"))
+            try:
+                reader.ue()  # first_mb_in_slice
+                reader.ue()  # slice_type
+                reader.ue()  # pic_parameter_set_id
+                return reader.u(bits), bool(header & 0x60)
+            except ValueError:
+                return None
+    return None

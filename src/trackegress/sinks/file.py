@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
+from trackegress.media.continuity import ContinuityStats, KeyframeGate
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.muxer import Muxer
 
@@ -12,15 +14,22 @@ BATCH = 10  # frames muxed together (200 ms of Opus, 333 ms of 30 fps video): th
 
 
 class FileSink:
-    """Writes one track into ``path`` (Ogg, WebM or fragmented MP4 by codec)."""
+    """Writes one track into ``path`` (Ogg, WebM or fragmented MP4 by codec).
 
-    def __init__(self, path: Path, codec: Codec) -> None:
+    Video that follows a loss is dropped until the next keyframe (``KeyframeGate``), which
+    ``request_keyframe`` is asked for.
+    """
+
+    def __init__(self, path: Path, codec: Codec, request_keyframe: Callable[[], None] | None = None) -> None:
         self.path = path
         self.codec = codec
         self._muxer = Muxer(path, codec)
+        self._gate = KeyframeGate(codec, request_keyframe)
         self._pending: list[EncodedFrame] = []
 
     def write(self, frame: EncodedFrame) -> None:
+        if not self._gate.admit(frame):
+            return
         self._pending.append(frame)
         if len(self._pending) >= BATCH:
             self._flush()
@@ -36,6 +45,11 @@ class FileSink:
         pending, self._pending = self._pending, []
         for frame in pending:
             self._muxer.write(frame)
+
+    @property
+    def continuity(self) -> ContinuityStats:
+        """Losses seen and video frames dropped because of them."""
+        return self._gate.stats
 
     @property
     def frames(self) -> int:
