@@ -251,6 +251,11 @@ class TrackSubscriber:
         if codec.is_video:
             self._spawn(self._request_first_keyframe())
 
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (PLI), e.g. when the file sink lost continuity (issue 15)."""
+        if self._tap is not None:
+            self._spawn(self._tap.request_keyframe())
+
     async def close(self) -> None:
         """Leave the room and tear the peer connection down."""
         self._ended = True
