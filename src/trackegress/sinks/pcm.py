@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from trackegress.sinks.jitter import JitterBuffer
+
 SAMPLE_RATE = 48_000  # Opus RTP clock: one timestamp unit per sample frame
 CHANNELS = 2
 FRAME_BYTES = 2 * CHANNELS  # one interleaved s16le stereo sample frame
@@ -37,12 +39,14 @@ class PcmClock:
 
     Position 0 is the first frame; its arrival anchors the wall clock. A frame ahead of the timeline
     gets zeros before it; one behind is trimmed or dropped. ``tick`` emits zeros when the timeline
-    is late on the wall clock by more than ``late_allowance``; media that resumes behind those zeros
+    is late on the wall clock by more than the jitter buffer's depth (``late_allowance`` or more, adapted
+    to the measured jitter: ``sinks/jitter.py``); media that resumes behind those zeros
     is re-anchored right after them. A jump further than ``max_lead`` ahead of the wall clock is
     treated as a discontinuity.
     """
 
     def __init__(self, *, late_allowance: float = 0.060, max_lead: float = 1.0) -> None:
+        self.buffer = JitterBuffer(floor=late_allowance)
         self._allowance = round(late_allowance * SAMPLE_RATE)
         self._max_lead = round(max_lead * SAMPLE_RATE)
         self._pending = bytearray()  # placed but not yet a whole chunk
@@ -74,6 +78,7 @@ class PcmClock:
         if self._offset is None:
             self._offset, self._t0 = timestamp - self._end, now
         pos = timestamp - self._offset
+        self._adapt(timestamp, pos, now)
         if pos < self._end:
             pcm = self._resolve_overlap(timestamp, pcm, pos)
             if not pcm:
@@ -114,6 +119,11 @@ class PcmClock:
         pad = CHUNK_SAMPLES - len(self._pending) // FRAME_BYTES
         self._place(pad, b"")
         return self._cut()
+
+    def _adapt(self, timestamp: int, pos: int, now: float) -> None:
+        """Size the jitter buffer (how late media may be before zeros fill in) from this frame's arrival."""
+        depth = self.buffer.observe(timestamp, now, now - self._t0 - pos / SAMPLE_RATE)
+        self._allowance = round(depth * SAMPLE_RATE)
 
     def _expected(self, now: float) -> int:
         return int((now - self._t0) * SAMPLE_RATE)
