@@ -334,6 +334,7 @@ class Egress:
         self.info.details = f"End reason: {self._end_reason}" + self._loss_details()
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
+        self._log_audio_gaps()
         upload_error = await self._write_results()
         if self._end_error:
             await self._fail(self._end_error, 500)
@@ -346,12 +347,18 @@ class Egress:
             self._set_status(Status.EGRESS_COMPLETE, ended=True)
 
     def _loss_details(self) -> str:
-        """``; video: 2 losses, 14 frames dropped until a keyframe, ...`` when the file sink saw losses."""
-        if self._file is None or not self._file.continuity.gaps:
+        """``; video: 2 losses, 14 frames dropped until a keyframe, ...`` when the file's video saw losses."""
+        if self._file is None or not self._file.codec.is_video or not self._file.continuity.gaps:
             return ""
         stats = self._file.continuity
-        log.info("egress %s: %s %s", self.egress_id, self._file.codec.kind, stats.summary())
-        return f"; {self._file.codec.kind}: {stats.summary()}"
+        log.info("egress %s: video: %s", self.egress_id, stats.summary())
+        return f"; video: {stats.summary()}"
+
+    def _log_audio_gaps(self) -> None:
+        """Audio frames missing from the file's timeline (kept there as gaps), once the file is closed."""
+        if self._file is not None and not self._file.codec.is_video and self._file.gap_frames:
+            log.info("egress %s: audio: %d frames missing on the timeline (loss, DTX or mute), %d losses seen",
+                     self.egress_id, self._file.gap_frames, self._file.continuity.gaps)
 
     async def _close_sink(self) -> None:
         sink, self._sink = self._sink, None

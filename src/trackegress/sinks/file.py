@@ -52,6 +52,11 @@ class FileSink:
         return self._gate.stats
 
     @property
+    def gap_frames(self) -> int:
+        """Audio frames missing on the file's timeline (loss, DTX or mute), written as gaps."""
+        return self._muxer.filled
+
+    @property
     def frames(self) -> int:
         return self._muxer.frames
 
