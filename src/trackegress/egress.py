@@ -324,6 +324,7 @@ class Egress:
     async def _finalise(self) -> None:
         if self.frames == 0:
             await self._close_sink()
+            self._stream_outcome()
             if self._end_error:
                 await self._fail(self._end_error, 500)
             elif self._limit_reached:
@@ -335,6 +336,7 @@ class Egress:
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
         self._log_audio_gaps()
+        self._stream_outcome()
         upload_error = await self._write_results()
         if self._end_error:
             await self._fail(self._end_error, 500)
@@ -359,6 +361,17 @@ class Egress:
         if self._file is not None and not self._file.codec.is_video and self._file.gap_frames:
             log.info("egress %s: audio: %d frames missing on the timeline (loss, DTX or mute), %d losses seen",
                      self.egress_id, self._file.gap_frames, self._file.continuity.gaps)
+
+    def _stream_outcome(self) -> None:
+        """A WebSocket sink that failed fails the egress; audio it lost but survived is told in ``details``."""
+        if self._stream is None:
+            return
+        info, stats = self._stream.stream_info(), self._stream.stats
+        if info.status == egress.StreamInfo.FAILED:
+            self._end_error = self._end_error or info.error
+        elif stats.frames_lost:
+            total = stats.frames_lost + stats.bytes_sent // max(1, self._stream.message_size)
+            self.info.details += f"; websocket: {stats.frames_lost} of {total} 10 ms messages not delivered"
 
     async def _close_sink(self) -> None:
         sink, self._sink = self._sink, None

@@ -257,8 +257,9 @@ async def test_receiver_outage_is_bridged_in_order_without_duplicates(
     assert set(steps(first)) == {1} and set(steps(second)) == {1}
     (boundary,) = steps(first[-1:] + second[:1])
     assert 1 <= boundary <= 10  # in order, nothing twice; at most what was in flight is missing
-    produced = sink.stats.messages_sent + sink.stats.frames_lost
-    assert len(first) + len(second) + boundary - 1 == produced
+    assert len(first) + len(second) + boundary - 1 == sink.stats.messages_sent  # written; no buffer overflow
+    # what the dropped connection had not confirmed counts as lost (an upper bound of what really was)
+    assert boundary - 1 <= sink.stats.frames_lost and sink.bytes_sent <= 1920 * (len(first) + len(second))
     assert sink.stats.clock.stall_samples == 0
     assert receiver.conns[1].close_code == 1000
     assert any("reconnected" in r.getMessage() for r in caplog.records)
@@ -296,7 +297,7 @@ async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
     assert any("buffer full" in r.getMessage() for r in caplog.records)
     assert set(steps(first)) == {1} and set(steps(second)) == {1}  # kept audio is contiguous and in order
     accounted = len(first) + len(second) + sink.stats.frames_lost
-    assert accounted <= 300 <= accounted + 10
+    assert 290 <= accounted <= 300 + 40  # unconfirmed on the cut connection count as lost, received or not
 
 
 async def test_receiver_that_stops_reading_gets_the_newest_buffered_audio_in_order(receiver: Receiver) -> None:
@@ -344,7 +345,7 @@ async def test_receiver_that_never_comes_back_fails_after_the_deadline(receiver:
     received = sum(len(m) for m in receiver.conns[0].binary)
     info = sink.stream_info()
     assert info.status == egress.StreamInfo.FAILED and info.error == str(error)
-    assert 0 < received <= sink.bytes_sent and info.duration == sink.bytes_sent * 1_000_000_000 // 192_000
+    assert 0 < sink.bytes_sent <= received and info.duration == sink.bytes_sent * 1_000_000_000 // 192_000
     assert info.ended_at >= info.started_at > 0
     sink.write(EncodedFrame(packets()[0], FIRST_TS, True))  # ignored once failed
     assert sink.stream_info().status == egress.StreamInfo.FAILED

@@ -63,7 +63,7 @@ class Metrics(Collector):
         yield CounterMetricFamily("trackegress_packets_lost", "RTP packets never received", value=packets_lost)
         yield CounterMetricFamily("trackegress_websocket_reconnects", "WebSocket receivers redialled", value=reconnects)
         yield CounterMetricFamily(
-            "trackegress_websocket_frames_lost", "10 ms PCM messages never delivered", value=frames_lost
+            "trackegress_websocket_frames_lost", "10 ms PCM messages the receiver did not confirm", value=frames_lost
         )
 
     def app(self) -> web.Application:

@@ -4,6 +4,10 @@ Wire format as upstream (``Content-Type: audio/x-raw``; 48 kHz stereo, 1920-byte
 ``{"muted":bool}`` text frames), minus its bugs: pings are echoed (websockets does it), PCM leaves as
 soon as it is decoded, the close is a normal 1000, and a dropped receiver is redialled with backoff
 while audio is buffered, instead of failing the egress.
+
+"Delivered" means the receiver read it: PCM counts as delivered once a ping written after it is answered
+(pongs come back in stream order, after the receiver's WebSocket layer has read everything before them), or
+once the receiver completes the close handshake. Bytes handed to the kernel are only written.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 TICK_MIN = 0.002
 TICK_MAX = 0.05
+ACK_INTERVAL = 0.25  # seconds between the pings that confirm delivery
 ACTIVE = egress.StreamInfo.ACTIVE
 FINISHED = egress.StreamInfo.FINISHED
 FAILED = egress.StreamInfo.FAILED
@@ -51,7 +56,8 @@ Message = bytes | str
 
 
 class WebSocketSinkError(Exception):
-    """The receiver could not be reached (at start, or for longer than the reconnect deadline)."""
+    """The receiver could not be reached at start, read nothing for longer than the reconnect deadline, or
+    did not read the end of the stream."""
 
 
 def validate_websocket_url(url: str) -> None:
@@ -108,6 +114,7 @@ class SinkStats:
     """Counters of one WebSocket sink (messages are 10 ms of audio)."""
 
     bytes_sent: int
+    bytes_written: int
     messages_sent: int
     frames_lost: int
     reconnects: int
@@ -123,10 +130,12 @@ class WebSocketSink:
     """Streams one Opus track as live PCM to a WebSocket receiver (see the module docstring).
 
     ``start()`` dials once and raises ``WebSocketSinkError`` if that fails. After that a lost
-    connection is redialled (immediately, then 0.1 s doubling to 2 s) for up to
-    ``reconnect_deadline`` seconds while up to ``max_buffer`` seconds of audio are kept (oldest dropped
-    beyond); past the deadline the sink is FAILED: ``on_error`` is called and ``failed`` resolves with
-    the error. ``sample_rate``/``channels`` select an opt-in output format (default 48000/2).
+    connection is redialled (immediately, then 0.1 s doubling to 2 s) while up to ``max_buffer`` seconds
+    of audio are kept (oldest dropped beyond). ``reconnect_deadline`` is a total budget: when nothing has
+    been delivered for that long while audio waits (receiver gone, or connected but not reading, or
+    every new connection failing at once), the sink is FAILED: ``on_error`` is called and ``failed``
+    resolves with the error. A close handshake the receiver does not complete also fails the sink.
+    ``sample_rate``/``channels`` select an opt-in output format (default 48000/2).
     ``on_delay`` gets, for every PCM message sent, the seconds since its audio arrived (or was due).
     """
 
@@ -178,7 +187,12 @@ class WebSocketSink:
         self._status: egress.StreamInfo.Status = ACTIVE
         self._error = ""
         self._started_at = self._ended_at = self._last_retry_at = 0
-        self._bytes_sent = self._messages_sent = self._frames_lost = 0
+        self._bytes_sent = self._messages_sent = self._frames_lost = 0  # _bytes_sent: written to a transport
+        self._conn_written = self._conn_acked = 0  # PCM bytes written to / confirmed on the current connection
+        self._delivered_before = 0  # PCM bytes confirmed on earlier connections
+        self._progress_at = 0.0  # monotonic: last time delivery advanced (or nothing was waiting)
+        self._last_problem = "receiver not reading"
+        self._backoff = 0.0  # the next redial's delay; grows over one outage, reset once delivery advances
         self._reconnects = self._retries = self._decode_errors = 0
 
     # Sink protocol
@@ -240,6 +254,7 @@ class WebSocketSink:
             self._set_ended(FAILED, str(error))
             raise error from exc
         log.info("websocket %s connected", self.redacted_url)
+        self._progress_at = time.monotonic()
         self._attach(conn)
         self._sender = self._spawn(self._send_loop(), "sender")
         self._tick()
@@ -264,8 +279,9 @@ class WebSocketSink:
         if self._status == ACTIVE:
             self._set_ended(FINISHED, "")
         log.info(
-            "websocket %s closed: %d bytes sent, %d frames lost, %d reconnects",
+            "websocket %s closed: %d bytes delivered (%d written), %d frames lost, %d reconnects",
             self.redacted_url,
+            self.bytes_sent,
             self._bytes_sent,
             self._frames_lost,
             self._reconnects,
@@ -282,18 +298,19 @@ class WebSocketSink:
 
     @property
     def bytes_sent(self) -> int:
-        """PCM bytes handed to a live connection."""
-        return self._bytes_sent
+        """PCM bytes the receiver confirmed reading (see the module docstring)."""
+        return self._delivered_before + self._conn_acked
 
     @property
     def duration_ns(self) -> int:
         """Duration of the PCM delivered so far."""
-        return self._bytes_sent * 1_000_000_000 // self._converter.bytes_per_second
+        return self.bytes_sent * 1_000_000_000 // self._converter.bytes_per_second
 
     @property
     def stats(self) -> SinkStats:
         return SinkStats(
-            bytes_sent=self._bytes_sent,
+            bytes_sent=self.bytes_sent,
+            bytes_written=self._bytes_sent,
             messages_sent=self._messages_sent,
             frames_lost=self._frames_lost,
             reconnects=self._reconnects,
@@ -382,6 +399,9 @@ class WebSocketSink:
             self._emit(self._clock.tick(now), now)
             self._check_stall(now)
             self._send_queued()
+            self._check_progress(now)
+            if self._status == FAILED:
+                return
         except Exception as exc:
             self._crashed("ticker", exc)
             return
@@ -395,6 +415,19 @@ class WebSocketSink:
         )
         self._stalled = True
         self._update_mute()
+
+    def _check_progress(self, now: float) -> None:
+        """FAILED once audio has waited ``reconnect_deadline`` seconds on an open connection without any of it
+        being confirmed (a receiver that does not read); the reconnect loop enforces the same budget when down."""
+        conn = self._conn
+        waiting = self._queued_audio > 0 or self._conn_written > self._conn_acked
+        if not waiting:
+            self._progress_at = now
+        elif conn is not None and conn.state is State.OPEN and now - self._progress_at > self._reconnect_deadline:
+            self._fail(
+                f"websocket {self.redacted_url}: nothing delivered for {self._reconnect_deadline:g}s: "
+                f"{self._last_problem}"
+            )
 
     def _tick_delay(self, now: float) -> float:
         wake = now + TICK_MAX
@@ -425,7 +458,42 @@ class WebSocketSink:
 
     def _attach(self, conn: ClientConnection) -> None:
         self._conn = conn
+        self._conn_written = self._conn_acked = 0
+        self._last_problem = "receiver not reading"
         self._spawn(self._read_loop(conn), "reader")
+        self._spawn(self._ack_loop(conn), "acker")
+
+    async def _ack_loop(self, conn: ClientConnection) -> None:
+        """Every ACK_INTERVAL, while PCM waits for confirmation, a ping: its pong confirms all PCM before it."""
+        with contextlib.suppress(ConnectionClosed):
+            while conn.state is State.OPEN:
+                await asyncio.sleep(ACK_INTERVAL)
+                mark = self._conn_written
+                if self._conn is not conn or mark <= self._conn_acked:
+                    continue
+                pong = await conn.ping()
+                await pong
+                self._confirmed(conn, mark)
+
+    def _confirmed(self, conn: ClientConnection, mark: int) -> None:
+        """The receiver has read the first ``mark`` PCM bytes written to ``conn``."""
+        if self._status == ACTIVE and self._conn is conn and mark > self._conn_acked:
+            self._conn_acked = mark
+            self._progress_at = time.monotonic()
+            self._backoff = 0.0
+
+    def _detach_lost(self) -> None:
+        """The current connection is gone: what it did not confirm is lost."""
+        unconfirmed = self._conn_written - self._conn_acked
+        if unconfirmed > 0:
+            self._lose(-(-unconfirmed // self.message_size), "unconfirmed on a lost connection")
+        self._delivered_before += self._conn_acked
+        self._conn_written = self._conn_acked = 0
+
+    @property
+    def message_size(self) -> int:
+        """Bytes of one 10 ms PCM message."""
+        return max(1, self._converter.bytes_per_second // MESSAGES_PER_SECOND)
 
     async def _read_loop(self, conn: ClientConnection) -> None:
         """Discard what the receiver sends (so pings keep being answered) until the connection ends."""
@@ -439,7 +507,7 @@ class WebSocketSink:
 
     async def _send_loop(self) -> None:
         """Reconnects, waits out backpressure and flushes on close; PCM normally leaves from ``_send_queued``."""
-        while True:
+        while self._status == ACTIVE:
             if self._closing and not self._queue:
                 return
             conn = self._conn
@@ -488,6 +556,7 @@ class WebSocketSink:
             return
         self._queued_audio -= messages
         self._bytes_sent += size
+        self._conn_written += size
         self._messages_sent += messages
         self._overflowing = False
         ready = self._ready_at
@@ -500,22 +569,26 @@ class WebSocketSink:
             self._on_delay(now - ready.popleft())
 
     async def _reconnect(self) -> bool:
-        """Redial with exponential backoff until the deadline; False (and FAILED) if it passes."""
-        deadline = time.monotonic() + self._reconnect_deadline
+        """Redial with exponential backoff until the budget (``reconnect_deadline`` since delivery last advanced,
+        not since this outage began: a connection that confirmed nothing does not reset it) is spent; False (and
+        FAILED) if it is."""
         last_error = self._close_description()
+        if self._conn is not None:
+            self._detach_lost()
+        self._last_problem = last_error
+        deadline = self._progress_at + self._reconnect_deadline
         log.warning(
             "websocket %s: %s; reconnecting (deadline %gs)",
             self.redacted_url,
             last_error,
             self._reconnect_deadline,
         )
-        delay = 0.0
         while (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(delay, remaining))
+            await asyncio.sleep(min(self._backoff, remaining))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            delay = min(max(2 * delay, BACKOFF_MIN), BACKOFF_MAX)
+            self._backoff = min(max(2 * self._backoff, BACKOFF_MIN), BACKOFF_MAX)
             self._retries += 1
             self._last_retry_at = time.time_ns()
             try:
@@ -543,27 +616,57 @@ class WebSocketSink:
             return True
         self._fail(
             f"websocket {self.redacted_url} unreachable for {self._reconnect_deadline:g}s: {last_error}"
+            if not self._reconnects else
+            f"websocket {self.redacted_url}: nothing delivered for {self._reconnect_deadline:g}s "
+            f"({self._reconnects} reconnects, the last {self._last_problem}): {last_error}"
         )
         return False
 
     def _close_description(self) -> str:
-        code = self._conn.close_code if self._conn is not None else None
-        return "connection lost" if code is None else f"connection closed with code {code}"
+        conn = self._conn
+        if conn is None:
+            return "connection lost"
+        received, sent = conn.protocol.close_rcvd, conn.protocol.close_sent
+        if received is not None:
+            return f"connection closed by the receiver with code {received.code}"
+        if sent is not None:
+            reason = f" ({sent.reason})" if sent.reason else ""
+            return f"connection closed with code {sent.code}{reason}"
+        return "connection lost"
 
     def _why(self, exc: BaseException) -> str:
         return _describe(exc).replace(self.url, self.redacted_url)
 
     async def _drain_sender(self) -> None:
         assert self._sender is not None
-        done, _ = await asyncio.wait({self._sender}, timeout=self._reconnect_deadline + self._close_timeout)
+        budget = max(0.0, self._progress_at + self._reconnect_deadline - time.monotonic()) + self._close_timeout
+        done, _ = await asyncio.wait({self._sender}, timeout=budget)
         if not done:
             self._sender.cancel()
             self._fail(f"websocket {self.redacted_url}: could not deliver buffered audio before closing")
 
     async def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close(code=1000)
+        """Close with 1000; a receiver that does not answer the close did not read the end of the stream."""
+        conn = self._conn
+        if conn is None:
+            return
+        if self._status != ACTIVE or conn.state is not State.OPEN:
+            conn.transport.abort()
+            self._detach_lost()
+            self._conn = None
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.close(code=1000), self._close_timeout)
+        if conn.protocol.close_rcvd is not None and conn.protocol.close_sent is not None:
+            self._confirmed(conn, self._conn_written)  # it read our close frame, so all PCM before it
+        else:
+            conn.transport.abort()
+            self._fail(
+                f"websocket {self.redacted_url}: the receiver did not read the end of the stream "
+                f"(no close handshake within {self._close_timeout:g}s)"
+            )
+        self._detach_lost()
+        self._conn = None
 
     # failure and tasks
 
@@ -572,11 +675,14 @@ class WebSocketSink:
             return
         if self._queued_audio:
             self._lose(self._queued_audio, "undeliverable")
+        if self._conn is not None:
+            self._detach_lost()
+            self._conn.transport.abort()  # wakes a sender waiting for a receiver that does not read
         self._queue.clear()
         self._queued_audio = 0
         self._cancel_ticker()
         self._set_ended(FAILED, message)
-        log.error("websocket sink failed: %s (%d bytes delivered)", message, self._bytes_sent)
+        log.error("websocket sink failed: %s (%d bytes delivered)", message, self.bytes_sent)
         error = WebSocketSinkError(message)
         if not self.failed.done():
             self.failed.set_result(error)
