@@ -27,9 +27,9 @@ from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
 from trackegress.sinks.base import Sink
 from trackegress.sinks.file import FileSink
-from trackegress.sinks.naming import TemplateVars, output_path
+from trackegress.sinks.naming import MAX_KEY, TemplateVars, check_path_limits, output_path
 from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
-from trackegress.storage.base import UploadError
+from trackegress.storage.base import UploadError, object_key
 from trackegress.storage.local import LocalStorage
 from trackegress.storage.settings import Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
@@ -236,7 +236,7 @@ class Egress:
         try:
             subscriber = await joined
         except SignalError as exc:
-            raise EgressFailure("unavailable", f"connection to room failed: {exc}") from exc
+            raise EgressFailure("unavailable", f"connection to room failed: {_with_cause(exc)}") from exc
         self._subscriber = subscriber
         self.info.room_id = subscriber.room.sid
         if not self._ended.is_set():
@@ -290,6 +290,9 @@ class Egress:
         self._upload_to = self._destination()
         local = f"{self.egress_id}/{posixpath.basename(relative)}" if self._upload_to else relative
         try:
+            check_path_limits(relative)
+            if self._upload_to is not None:
+                check_path_limits(object_key(self._upload_to.prefix, relative), MAX_KEY)
             path = self._storage.path_for(local)
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
@@ -480,7 +483,10 @@ class Egress:
         if ended:
             self.info.ended_at = now
         log.info("egress %s %s", self.egress_id, egress.EgressStatus.Name(status))
-        self._on_update(copy_info(self.info))
+        try:
+            self._on_update(copy_info(self.info))
+        except Exception:  # a broken listener must not stop the egress from ending
+            log.exception("egress %s: update callback failed", self.egress_id)
 
 
 def _remove_empty_dir(path: Path) -> None:
@@ -490,3 +496,13 @@ def _remove_empty_dir(path: Path) -> None:
     except OSError:
         log.warning("local directory %s is not empty after the upload; kept", path)
 
+
+def _with_cause(exc: BaseException) -> str:
+    """``str(exc)``, completed with its cause's class when it ends without one (``...: ``)."""
+    text = str(exc).rstrip()
+    if text.endswith(":") or not text:
+        cause = exc.__cause__ or exc.__context__
+        text = f"{text} {type(cause).__name__ if cause else type(exc).__name__}".strip()
+        if cause is not None and str(cause):
+            text += f" ({cause})"
+    return text

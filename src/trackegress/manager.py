@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from livekit.protocol import egress, models
 
+from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import ServiceConfig
 from trackegress.egress import Egress
 from trackegress.errors import RequestError
@@ -30,6 +31,7 @@ Listener = Callable[[egress.EgressInfo], None]
 TrackCheck = Callable[[str, str], Awaitable[None]]
 Tasks = list[asyncio.Task[object]]
 PROCESS_KILLED = "Process killed"
+STATUS_LOST = "Process stopped before the final status was stored; the output was finalised"
 SIZE_CHECK_INTERVAL = 1.0  # seconds between file_output_max_size checks
 STOP_WAIT = 5.0  # seconds StopEgress waits for the egress to leave STARTING/ACTIVE
 
@@ -53,8 +55,10 @@ class EgressManager:
         check_track: TrackCheck,
         webhooks: WebhookSender | None = None,
         on_delay: Callable[[float], None] | None = None,
+        admission: CpuAdmission | None = None,
     ) -> None:
         self._config = config
+        self._admission = admission
         self._on_delay = on_delay
         self._store = store
         self._check_track = check_track
@@ -86,8 +90,8 @@ class EgressManager:
         recovered = []
         for info in await self._store.unfinished():
             await _finish_killed(info)
-            log.warning("egress %s was running when the service stopped: FAILED", info.egress_id)
-            await self._store.put(info)
+            log.warning("egress %s was running when the service stopped: FAILED (%s)", info.egress_id, info.error)
+            self._store.save(info)
             self._announce(info, tuple(info.track.webhooks))
             recovered.append(info)
         return recovered
@@ -100,11 +104,19 @@ class EgressManager:
         self._check_webhooks(request)
         if egress_id in self._jobs:
             raise RequestError("already_exists", f"egress {egress_id} is already running")
+        if self._admission is not None and not self._admission.admits(len(self._jobs)):
+            raise RequestError("resource_exhausted", f"at capacity: {len(self._jobs)} egresses running "
+                               f"(cpu_cost: {self._admission.track_cpu_cost:g} each, "
+                               f"budget {self._admission.budget:g} CPUs)")
         await self._check_track(request.room_name, request.track_id)
         egress_id = egress_id or new_egress_id()
         job = Egress(request, self._config.egress, egress_id=egress_id,
                      on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
-        await self._store.put(job.info)
+        try:
+            await self._store.put(job.info)
+        except Exception as exc:
+            log.error("egress %s not started: the store cannot be written: %s", egress_id, exc)
+            raise RequestError("unavailable", "the egress store cannot be written (data_dir full?)") from None
         state = _Job(job, job.info, tuple(request.webhooks))
         self._jobs[egress_id] = state
         self._announce(job.info, state.webhooks)
@@ -116,9 +128,11 @@ class EgressManager:
                  extra={"egress_id": job.egress_id})
         return copy_info(job.info)
 
-    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False) -> list[egress.EgressInfo]:
-        """Stored egresses matching the filters, with running ones as of now."""
-        infos = await self._store.query(room_name=room_name, egress_id=egress_id, active=active)
+    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False, *, limit: int = 0,
+                   after: tuple[int, str] | None = None) -> list[egress.EgressInfo]:
+        """Stored egresses matching the filters (a page: ``Store.query``), with running ones as of now."""
+        infos = await self._store.query(room_name=room_name, egress_id=egress_id, active=active, limit=limit,
+                                        after=after)
         return [copy_info(self._jobs[i.egress_id].info) if i.egress_id in self._jobs else i for i in infos]
 
     async def stop(self, egress_id: str) -> egress.EgressInfo:
@@ -175,17 +189,37 @@ class EgressManager:
         finally:
             for task in job.tasks[1:]:
                 task.cancel()
+            if not is_ended(job.info):  # its final update never got through: the runner's own info is the truth
+                self._ended_unreported(job)
             self._jobs.pop(job.runner.egress_id, None)
+
+    def _ended_unreported(self, job: _Job) -> None:
+        info = copy_info(job.runner.info)
+        if not is_ended(info):
+            info.status, info.error_code = Status.EGRESS_FAILED, 500
+            info.error = "internal error: ended without a status"
+            info.ended_at = info.updated_at = time.time_ns()
+        log.error("egress %s ended %s without its update being recorded; recording it now", info.egress_id,
+                  Status.Name(info.status))
+        job.info = info
+        job.changed.set()
+        self._store.save(info)
+        self._announce(info, job.webhooks)
 
     def _on_update(self, egress_id: str, info: egress.EgressInfo) -> None:
         """Egress status change: remember it, persist it, announce it."""
         job = self._jobs[egress_id]
-        partial = job.runner.partial_file
-        if not is_ended(info) and partial is not None and not info.file_results:
-            info.file_results.append(partial)
+        if not is_ended(info) and not info.file_results:
+            try:
+                partial = job.runner.partial_file
+            except OSError as exc:
+                log.warning("egress %s: partial file unreadable: %s", egress_id, exc)
+                partial = None
+            if partial is not None:
+                info.file_results.append(partial)
         job.info = info
         job.changed.set()
-        self._store.put(info).add_done_callback(_log_store_error)
+        self._store.save(info)
         self._announce(info, job.webhooks)
 
     def _announce(self, info: egress.EgressInfo, hooks: tuple[models.WebhookConfig, ...]) -> None:
@@ -224,11 +258,14 @@ async def _watch_size(job: Egress, max_size: int) -> None:
 
 
 async def _finish_killed(info: egress.EgressInfo) -> None:
-    """Mark ``info`` FAILED "Process killed"; file results from what is on disk now (dropped if absent)."""
+    """Mark ``info`` FAILED "Process killed" (or ``STATUS_LOST`` when its manifest shows the file was finalised:
+    only the final status write was lost); file results from what is on disk now (dropped if absent)."""
     now = time.time_ns()
+    finalised = any([await asyncio.to_thread(_has_manifest, f, info.egress_id) for f in info.file_results])
+    cause = STATUS_LOST if finalised else PROCESS_KILLED
     info.status = Status.EGRESS_FAILED
-    info.error, info.error_code = PROCESS_KILLED, 500
-    info.details = f"End reason: {PROCESS_KILLED}"
+    info.error, info.error_code = cause, 500
+    info.details = f"End reason: {cause}"
     info.updated_at = info.ended_at = now
     kept = [f for f in info.file_results if await asyncio.to_thread(_refresh_from_disk, f)]
     del info.file_results[:]
@@ -237,6 +274,14 @@ async def _finish_killed(info: egress.EgressInfo) -> None:
         info.file.CopyFrom(kept[0])
     else:
         info.ClearField("file")
+
+
+def _has_manifest(file: egress.FileInfo, egress_id: str) -> bool:
+    """Whether the manifest (written once the file is finalised) lies beside the file."""
+    try:
+        return os.path.exists(os.path.join(os.path.dirname(file.location), f"{egress_id}.json"))
+    except (OSError, ValueError):
+        return False
 
 
 def _refresh_from_disk(file: egress.FileInfo) -> bool:
@@ -257,11 +302,6 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _log_store_error(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("store write failed: %s", future.exception())
 
 
 def _cannot_stop(info: egress.EgressInfo) -> RequestError:

@@ -7,7 +7,7 @@ from pathlib import Path
 from livekit.protocol import egress
 
 from trackegress.errors import ConfigError, RequestError
-from trackegress.sinks.naming import validate_template
+from trackegress.sinks.naming import MAX_KEY, MAX_PATH, check_template_limits, validate_template
 from trackegress.sinks.websocket import validate_websocket_url
 from trackegress.storage.local import resolve_under
 from trackegress.storage.settings import from_request
@@ -33,11 +33,12 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
 
 def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
     try:
-        from_request(file)
+        upload = from_request(file)
     except ConfigError as exc:
         raise RequestError(exc.code, exc.message) from None
     try:
         validate_template(file.filepath)
+        check_template_limits(file.filepath, MAX_KEY if upload is not None else MAX_PATH)
         # An empty path or a directory ("dir/") gets the default file name ({track_id}-{time}.ext) appended.
         default_name = not file.filepath or file.filepath.endswith("/")
         resolve_under(local_dir, file.filepath + "{track_id}" if default_name else file.filepath)

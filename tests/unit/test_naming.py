@@ -170,7 +170,7 @@ def test_resolve_under_refuses_escapes(tmp_path: Path, relative: str) -> None:
 
 
 def test_resolve_under_refuses_the_base_itself(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"base directory .* itself"):
+    with pytest.raises(ValueError, match=r"base directory itself"):
         resolve_under(tmp_path, "a/..")
 
 

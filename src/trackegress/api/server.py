@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 
 from trackegress.api.auth import Authenticator
-from trackegress.api.twirp import TwirpServer
+from trackegress.api.twirp import TwirpRunner, TwirpServer
 from trackegress.config import ServiceConfig
 from trackegress.dispatcher import Dispatcher
 from trackegress.ops.metrics import Metrics
@@ -26,7 +26,7 @@ async def serve_api(config: ServiceConfig, dispatcher: Dispatcher, metrics: Metr
     runners: list[web.AppRunner] = []
     try:
         api = TwirpServer(dispatcher, Authenticator(config.egress.api_key, config.egress.api_secret))
-        runners.append(await listen(api.app(), config.bind, config.api_port))
+        runners.append(await listen(api.app(), config.bind, config.api_port, runner_class=TwirpRunner))
         runners.extend(await serve_ops(config, dispatcher, metrics))
         log.info("serving livekit.Egress on http://%s:%d", config.bind, config.api_port)
         await stop.wait()

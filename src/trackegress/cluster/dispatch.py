@@ -87,8 +87,10 @@ class ClusterDispatcher:
         log.info("egress %s dispatched for track %s in room %s", info.egress_id, request.track_id, request.room_name)
         return info
 
-    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False) -> list[egress.EgressInfo]:
-        return await self._store.query(room_name=room_name, egress_id=egress_id, active=active)
+    async def list(self, room_name: str = "", egress_id: str = "", active: bool = False, *, limit: int = 0,
+                   after: tuple[int, str] | None = None) -> list[egress.EgressInfo]:
+        return await self._store.query(room_name=room_name, egress_id=egress_id, active=active, limit=limit,
+                                       after=after)
 
     async def stop(self, egress_id: str) -> egress.EgressInfo:
         """``StopEgress`` to the worker running ``egress_id``; its info once it has left ACTIVE."""

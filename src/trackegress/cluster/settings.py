@@ -49,6 +49,30 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class CpuAdmission:
+    """egress.yaml's ``cpu_cost``: an egress is admitted while ``running * track_cpu_cost`` plus its own cost fits in
+    ``cpu_count * max_cpu_utilization`` (the worker's claim rule, also applied by ``serve``)."""
+
+    track_cpu_cost: float = DEFAULT_TRACK_CPU_COST
+    max_cpu_utilization: float = DEFAULT_MAX_CPU_UTILIZATION
+    cpu_count: int = 1
+
+    @property
+    def budget(self) -> float:
+        return self.cpu_count * self.max_cpu_utilization
+
+    def admits(self, running: int) -> bool:
+        return (running + 1) * self.track_cpu_cost <= self.budget + 1e-9
+
+
+def cpu_admission(raw: Section) -> CpuAdmission:
+    """``cpu_cost`` of egress.yaml (as ``load_worker_config`` reads it); raises ``ConfigError``."""
+    cpu = raw.section("cpu_cost")
+    return CpuAdmission(_positive(cpu, "track_cpu_cost", DEFAULT_TRACK_CPU_COST), _utilization(cpu),
+                        os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Everything ``trackegress worker`` needs."""
 

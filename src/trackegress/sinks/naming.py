@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from trackegress.media.formats import KNOWN_EXTENSIONS, output_format
 from trackegress.media.frames import Codec
 
+MAX_COMPONENT = 255  # bytes in one path component (NAME_MAX of Linux filesystems)
+MAX_PATH = 4095  # bytes in a whole path (PATH_MAX less the NUL)
+MAX_KEY = 1024  # bytes in an object key (S3, GCS, Azure blob names)
 _VARIABLE = re.compile(r"\{([a-z_]+)\}")
 _UNSAFE = str.maketrans({"/": "_", "\\": "_", "\0": "_"})
 
@@ -33,6 +36,23 @@ def validate_template(template: str) -> None:
         raise ValueError("filepath template must not contain NUL bytes")
     if ".." in template.split("/"):
         raise ValueError(f"filepath template {template!r} must not contain '..' components")
+
+
+def check_template_limits(template: str, max_total: int = MAX_PATH) -> None:
+    """ValueError if a component of ``template`` (or the whole) is too long even with every ``{variable}`` empty."""
+    shortest = _VARIABLE.sub("", template)
+    check_path_limits(shortest, max_total)
+
+
+def check_path_limits(path: str, max_total: int = MAX_PATH) -> None:
+    """ValueError if ``path`` has a component over ``MAX_COMPONENT`` bytes, is over ``max_total`` bytes or has NUL."""
+    if "\0" in path:
+        raise ValueError("path must not contain NUL bytes")
+    for component in path.split("/"):
+        if len(component.encode()) > MAX_COMPONENT:
+            raise ValueError(f"a path component is {len(component.encode())} bytes long (at most {MAX_COMPONENT})")
+    if len(path.encode()) > max_total:
+        raise ValueError(f"the path is {len(path.encode())} bytes long (at most {max_total})")
 
 
 def output_path(template: str, codec: Codec, vars: TemplateVars) -> str:

@@ -10,9 +10,9 @@ def resolve_under(base_dir: Path, relative: str) -> Path:
     base = base_dir.resolve()
     target = (base / relative).resolve()
     if target == base:
-        raise ValueError(f"{relative!r} names the base directory {base} itself, not a file in it")
+        raise ValueError(f"{relative!r} names the base directory itself, not a file in it")
     if not target.is_relative_to(base):
-        raise ValueError(f"{relative!r} escapes the base directory {base}")
+        raise ValueError(f"{relative!r} escapes the base directory")
     return target
 
 
