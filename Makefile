@@ -10,8 +10,13 @@ lint: install
 	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/mypy
 
+# Parallel workers (pytest-xdist, one test file per worker: its module fixtures start once), then the tests that
+# assert wall-clock timing on their own. `make test PYTEST_WORKERS=0` runs everything in one process.
+PYTEST_WORKERS ?= 4
+
 test: install-test lint
-	.venv/bin/pytest -q --durations=10
+	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not timing" --durations=10
+	.venv/bin/pytest -q -m timing --durations=5
 
 demo: install
 	.venv/bin/python scripts/demo.py

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +16,7 @@ import av
 
 FFMPEG = "ffmpeg"
 H264_DEFAULT_FPS = 30
+MEDIA_CACHE = Path(os.environ.get("TRACKEGRESS_MEDIA_CACHE", Path.home() / ".cache" / "trackegress" / "test-media"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +29,27 @@ class Frame:
 
 
 def _ffmpeg(*args: str) -> None:
-    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True)
+    """Run ffmpeg with ``args`` (the output path last), or copy what the same arguments made before.
+
+    The sample files are deterministic for one ffmpeg build: each is made once per machine into ``MEDIA_CACHE``
+    (written to a temporary name, then renamed, so parallel test workers never see half a file).
+    """
+    *options, output = args
+    suffix = Path(output).suffix
+    key = hashlib.sha256("\0".join((_ffmpeg_version(), *options, suffix)).encode()).hexdigest()[:24]
+    cached = MEDIA_CACHE / f"{key}{suffix}"
+    if not cached.exists():
+        MEDIA_CACHE.mkdir(parents=True, exist_ok=True)
+        partial = MEDIA_CACHE / f"{key}.{os.getpid()}.partial{suffix}"
+        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *options, str(partial)],
+                       check=True)
+        os.replace(partial, cached)
+    shutil.copyfile(cached, output)
+
+
+@functools.cache
+def _ffmpeg_version() -> str:
+    return subprocess.run([FFMPEG, "-version"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
 
 
 def _testsrc(seconds: float, fps: int, size: tuple[int, int]) -> list[str]:

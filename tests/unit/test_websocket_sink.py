@@ -25,6 +25,7 @@ from trackegress.sinks.websocket import (
     validate_websocket_url,
 )
 
+pytestmark = pytest.mark.timing  # asserts latency and deadlines: make test runs it on its own
 FRAME = 0.02  # 20 ms Opus packets
 FIRST_TS = 3_000_000_000  # near the 32-bit wrap; the sink gets unwrapped timestamps
 
