@@ -384,6 +384,7 @@ def psrpc_lock_key(payload: bytes) -> str:
     return base64.b64encode(hashlib.sha256(payload).digest()).decode()
 
 
+@pytest.mark.timing  # asserts outage and reconnect times
 async def test_recording_survives_a_redis_restart_and_the_worker_reconnects_by_itself(
     sample_media: dict[str, Path], tmp_path: Path,
 ) -> None:
