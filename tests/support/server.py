@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import subprocess
 import uuid
@@ -19,13 +21,27 @@ DEV_KEY = "devkey"
 DEV_SECRET = "secret"
 
 RoomFactory = Callable[[], Awaitable[str]]
+_PORTS_FROM, _PORT_BLOCK, _PORT_BLOCKS = 12000, 1000, 20  # 12000-31999
+_port_turn = itertools.count(random.randrange(_PORT_BLOCK))
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port the OS considers free on 127.0.0.1 right now (TCP or UDP)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 right now (TCP or UDP), for a server a test starts.
+
+    Taken below the ephemeral range (32768+), where no outgoing connection can take it before the server binds it,
+    from a block of its own per pytest-xdist worker (``PYTEST_XDIST_WORKER=gw<N>``), in turn from a random start.
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    base = _PORTS_FROM + (worker % _PORT_BLOCKS) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_port_turn) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BLOCK - 1}")
 
 
 def config_body(

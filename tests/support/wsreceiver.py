@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,10 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+
+from .server import free_port
+
+__all__ = ["free_port"]
 
 RATE = 48_000
 LEFT_HZ, RIGHT_HZ = 441.0, 661.0  # not a whole number of cycles per 10 ms: phase tells position
@@ -108,11 +111,5 @@ def steps(messages: list[bytes]) -> list[int]:
 
 def is_silent(message: bytes) -> bool:
     return not any(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 

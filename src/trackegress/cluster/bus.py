@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from trackegress.backoff import Backoff
 from trackegress.cluster import psrpc
 from trackegress.cluster.psrpc import ClaimRequest, ClaimResponse, PsrpcError, Request, Response, SelectionOpts
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], Awaitable[None]]
 T = TypeVar("T")
 Reply = TypeVar("Reply", ClaimRequest, Response)  # what a client receives
-_RETRY_MAX = 1.0
+_RECEIVE_BACKOFF = Backoff(0.1, cap=1.0)  # reading the Redis pub/sub connection again
 FIRST_AVAILABLE = SelectionOpts(accept_first_available=True)  # psrpc's choice for methods without affinity
 
 
@@ -120,7 +121,7 @@ class RedisBus:
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = 0.1
+        failures = 0
         while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -128,11 +129,12 @@ class RedisBus:
                 if not self._lost:
                     log.warning("psrpc: lost the Redis connection (%s); reconnecting", exc)
                 self._lost = True
+                failures += 1
+                delay = _RECEIVE_BACKOFF.delay(failures)
                 log.debug("psrpc: redis receive failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
                 continue
-            delay = 0.1
+            failures = 0
             self._last_read = loop.time()
             if message is None or message.get("type") != "message":
                 continue

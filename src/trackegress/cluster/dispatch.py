@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
+from trackegress.backoff import Backoff
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RedisBus, RPCClient
 from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
@@ -37,6 +37,7 @@ Status = egress.EgressStatus
 START_SELECTION = SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5)  # livekit's
 START_TIMEOUT = 8.0  # a worker answers once its CreateEgress is through (track check + CREATE_WAIT, about 6 s)
 START_ATTEMPTS = 3  # as livekit-server: retried while no worker claims, backoff 1 s * 2^n * [1, 2)
+_START_BACKOFF = Backoff(1.0, jitter=True)
 HANDLER_TIMEOUT = 5.0  # a worker answers StopEgress within 2 s
 _RETRYABLE = (psrpc.UNAVAILABLE, "resource_exhausted")
 
@@ -115,7 +116,7 @@ class ClusterDispatcher:
             except PsrpcError as exc:
                 if exc.code not in _RETRYABLE or attempt == START_ATTEMPTS:
                     raise request_error(exc) from None
-                delay = 2 ** (attempt - 1) * (1 + random.random())
+                delay = _START_BACKOFF.delay(attempt)
                 log.info("egress %s: StartEgress: %s; retrying in %.1fs", start.egress_id, exc.message, delay)
             await asyncio.sleep(delay)
             attempt += 1

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
+from trackegress.backoff import Backoff
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RPCClient
 from trackegress.info import is_ended
@@ -20,6 +21,7 @@ CALL_TIMEOUT = 5.0
 RETRY_FOR = 60.0  # seconds an update is retried while livekit-server does not answer (upstream: 1 min)
 _RETRYABLE = (psrpc.DEADLINE_EXCEEDED, psrpc.UNAVAILABLE)
 CREATE, UPDATE = "CreateEgress", "UpdateEgress"
+_BACKOFF = Backoff(0.5, cap=8.0)
 
 
 def retry_until(give_up: float, now: float, exc: Exception, redis_up: bool) -> float | None:
@@ -104,7 +106,7 @@ class IOInfoReporter:
     async def _send(self, method: str, info: egress.EgressInfo) -> None:
         status = egress.EgressStatus.Name(info.status)
         loop = asyncio.get_running_loop()
-        give_up, delay, failures = loop.time() + RETRY_FOR, 0.5, 0
+        give_up, failures = loop.time() + RETRY_FOR, 0
         while True:
             try:
                 await self._client.call(method, info.SerializeToString(), timeout=CALL_TIMEOUT)
@@ -114,6 +116,7 @@ class IOInfoReporter:
                 return
             except (psrpc.PsrpcError, RedisError, OSError) as exc:
                 until = retry_until(give_up, loop.time(), exc, self._redis_up())
+                delay = _BACKOFF.delay(failures + 1)
                 if until is None or loop.time() + delay > until:
                     log.error("egress %s: IOInfo.%s %s failed: %s", info.egress_id, method, status, exc)
                     return
@@ -121,4 +124,3 @@ class IOInfoReporter:
                 log.warning("egress %s: IOInfo.%s %s: %s; retrying in %.1fs", info.egress_id, method, status,
                             exc or type(exc).__name__, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 8.0)

@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import egress, models, webhook
 
+from trackegress.backoff import Backoff
 from trackegress.info import is_ended, new_egress_id
 from trackegress.redact import redact_url
 
@@ -78,7 +79,7 @@ class WebhookSender:
     ) -> None:
         self._key, self._secret = api_key, api_secret
         self._urls = tuple(urls)
-        self._attempts, self._backoff = attempts, backoff
+        self._attempts, self._backoff = attempts, Backoff(backoff)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._queue_size = queue_size
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
@@ -133,7 +134,7 @@ class WebhookSender:
             if problem is None:
                 return
             if attempt < self._attempts:
-                delay = self._backoff * 2 ** (attempt - 1)
+                delay = self._backoff.delay(attempt)
                 log.info("webhook %s: %s; retry %d in %.1fs", redact_url(url), problem, attempt, delay)
                 await asyncio.sleep(delay)
             else:

@@ -14,6 +14,8 @@ import websockets
 from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection
 
+from trackegress.backoff import Backoff
+
 PROTOCOL_VERSION = 17
 SDK_VERSION = "1.2.1"
 
@@ -59,7 +61,7 @@ def rtc_url(ws_url: str, token: str, resume: Resume | None = None) -> str:
 
 def backoff(attempt: int, first: float = 0.25, cap: float = 4.0) -> float:
     """Seconds to wait before resume attempt ``attempt`` (0-based): none, then doubling from ``first`` to ``cap``."""
-    return 0.0 if attempt == 0 else min(cap, first * 2 ** (attempt - 1))
+    return Backoff(first, cap).delay(attempt)
 
 
 class SignalClient:

@@ -31,6 +31,7 @@ from websockets.protocol import State
 from websockets.speedups import apply_mask
 from websockets.uri import parse_uri
 
+from trackegress.backoff import Backoff
 from trackegress.media.frames import EncodedFrame
 from trackegress.media.opus import OpusDecoder
 from trackegress.redact import redact_url
@@ -43,8 +44,7 @@ MUTED = '{"muted":true}'
 UNMUTED = '{"muted":false}'
 MESSAGES_PER_SECOND = 100  # 10 ms each
 WRITE_BATCH = 16  # messages per transport write: ~30 KB, about websockets' default write limit (32 KiB)
-BACKOFF_MIN = 0.1
-BACKOFF_MAX = 2.0
+REDIAL = Backoff(0.1, cap=2.0)  # at once, then 0.1 s doubling to 2 s
 TICK_MIN = 0.002
 TICK_MAX = 0.05
 ACK_INTERVAL = 0.25  # seconds between the pings that confirm delivery
@@ -192,7 +192,7 @@ class WebSocketSink:
         self._delivered_before = 0  # PCM bytes confirmed on earlier connections
         self._progress_at = 0.0  # monotonic: last time delivery advanced (or nothing was waiting)
         self._last_problem = "receiver not reading"
-        self._backoff = 0.0  # the next redial's delay; grows over one outage, reset once delivery advances
+        self._redials = 0  # redials in this outage: the next one's delay (REDIAL); reset once delivery advances
         self._reconnects = self._retries = self._decode_errors = 0
 
     # Sink protocol
@@ -480,7 +480,7 @@ class WebSocketSink:
         if self._status == ACTIVE and self._conn is conn and mark > self._conn_acked:
             self._conn_acked = mark
             self._progress_at = time.monotonic()
-            self._backoff = 0.0
+            self._redials = 0
 
     def _detach_lost(self) -> None:
         """The current connection is gone: what it did not confirm is lost."""
@@ -584,11 +584,11 @@ class WebSocketSink:
             self._reconnect_deadline,
         )
         while (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(self._backoff, remaining))
+            await asyncio.sleep(min(REDIAL.delay(self._redials), remaining))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._backoff = min(max(2 * self._backoff, BACKOFF_MIN), BACKOFF_MAX)
+            self._redials += 1
             self._retries += 1
             self._last_retry_at = time.time_ns()
             try:

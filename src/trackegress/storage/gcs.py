@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from gcloud.aio.auth import Token
 from gcloud.aio.storage import Blob
 from gcloud.aio.storage import Storage as GCSClient
 
+from trackegress.backoff import Backoff
 from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, proxy_note, redact, url_path
 from trackegress.storage.settings import GCP, Retry
 
@@ -153,8 +153,7 @@ class GCSStorage:
                     message = redact(_describe(exc), self._secrets)
                     raise UploadError(f"GCP {what} failed: {message}{self._via}") from None
                 attempt += 1
-                ceiling = min(self._retry.max_delay, self._retry.min_delay * 2**attempt)
-                delay = random.uniform(self._retry.min_delay, ceiling)
+                delay = Backoff(self._retry.min_delay, self._retry.max_delay, jitter=True).delay(attempt)
                 log.info("GCP %s failed (%s), retry %d in %.2fs", what, type(exc).__name__, attempt, delay)
                 await asyncio.sleep(delay)
 
