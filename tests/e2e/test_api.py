@@ -314,7 +314,7 @@ async def test_js_client_start_list_stop(
     service: EgressService, livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path]
 ) -> None:
     if not (JS_CLIENT.parent / "node_modules" / "livekit-server-sdk").is_dir():
-        pytest.skip("livekit-server-sdk not installed in tests/js (run scripts/install.sh)")
+        pytest.skip("livekit-server-sdk not installed in tests/js (run scripts/install-test.sh)")
     room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
     async with Publisher(livekit_server.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
         proc = await asyncio.create_subprocess_exec(

@@ -62,7 +62,7 @@ S = TypeVar("S", bound=StorageServer)
 def require(binary: Path) -> None:
     """Skip the test when ``binary`` is not installed (fail in CI)."""
     if not os.access(binary, os.X_OK):
-        reason = f"{binary.name} not installed at {binary} (run scripts/install.sh)"
+        reason = f"{binary.name} not installed at {binary} (run scripts/install-test.sh)"
         if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
             pytest.fail(reason)
         pytest.skip(reason)

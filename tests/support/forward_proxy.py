@@ -1,6 +1,6 @@
 """A real HTTP forward proxy for the upload tests: tinyproxy (Debian's ``tinyproxy-bin``) on a free loopback port.
 
-``scripts/install.sh`` installs it. With ``username`` / ``password`` the proxy demands basic auth (``407`` without
+``scripts/install-test.sh`` installs it. With ``username`` / ``password`` the proxy demands basic auth (``407`` without
 it). Every request it forwards is logged as ``Request (file descriptor N): PUT http://host:port/path HTTP/1.1``;
 ``requests()`` returns those lines, so a test can prove its uploads went through the proxy.
 """

@@ -20,7 +20,7 @@ class RedisServer:
     def __init__(self, startup_timeout: float = 10.0) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed (run scripts/install.sh)")
+            raise RuntimeError("redis-server is not installed (run scripts/install-test.sh)")
         self._binary = binary
         self._startup_timeout = startup_timeout
         self.port = free_port()

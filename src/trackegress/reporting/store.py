@@ -17,7 +17,7 @@ from typing import Any
 
 from livekit.protocol import egress
 
-from trackegress.info import UNFINISHED
+from trackegress.info import UNFINISHED, copy_info
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ class Store:
 
     def save(self, info: egress.EgressInfo) -> None:
         """Make ``info`` its egress's stored status, retrying until the write succeeds (see the module docstring)."""
-        copy = egress.EgressInfo()
-        copy.CopyFrom(info)
-        self._unsaved[info.egress_id] = copy
+        self._unsaved[info.egress_id] = copy_info(info)
         self._saved.clear()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_unsaved(), name="store writer")
@@ -109,9 +107,7 @@ class Store:
         unsaved = self._unsaved.get(info.egress_id)
         if unsaved is None:
             return info
-        copy = egress.EgressInfo()
-        copy.CopyFrom(unsaved)
-        return copy
+        return copy_info(unsaved)
 
     async def query(
         self, room_name: str = "", egress_id: str = "", active: bool = False, *, limit: int = 0,
