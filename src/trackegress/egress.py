@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import posixpath
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from trackegress.sinks.file import FileSink
 from trackegress.sinks.naming import MAX_KEY, TemplateVars, check_path_limits, output_path
 from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
 from trackegress.storage.base import UploadError, object_key
+from trackegress.storage.claims import OutputTaken, claim_file, claim_key
 from trackegress.storage.local import LocalStorage
 from trackegress.storage.settings import Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
@@ -296,6 +298,7 @@ class Egress:
             path = self._storage.path_for(local)
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
+        self._claim(path, relative)
         self._file = self._parts.file_sink(path, codec, self._request_keyframe)
         self._filename = relative
         return self._file
@@ -303,6 +306,18 @@ class Egress:
     def _request_keyframe(self) -> None:
         if self._subscriber is not None:
             self._subscriber.request_keyframe()
+
+    def _claim(self, path: Path, relative: str) -> None:
+        """Own the output before writing (see ``storage/claims.py``); ``already_exists`` if another egress does."""
+        try:
+            if self._upload_to is not None:
+                key = object_key(self._upload_to.prefix, relative)
+                claim_key(self._storage.base_dir, self._upload_to.backend, key, self.egress_id)
+            claim_file(path, self.egress_id)
+        except OutputTaken as exc:
+            raise EgressFailure("already_exists", f"output {relative!r} is taken: {exc}") from None
+        except OSError as exc:
+            raise EgressFailure("unavailable", f"output {relative!r} cannot be created: {exc.strerror}") from None
 
     def _destination(self) -> Destination | None:
         """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
@@ -444,7 +459,11 @@ class Egress:
             track_kind="audio" if track.type == models.TrackType.AUDIO else "video",
             track_source=models.TrackSource.Name(track.source).lower(),
         )
-        await asyncio.to_thread(path.write_bytes, body)
+        try:
+            await asyncio.to_thread(_write_whole, path, body)
+        except OSError as exc:
+            log.error("egress %s: manifest not written: %s", self.egress_id, exc)
+            return f"manifest not written: {exc.strerror or exc}"
         self.info.manifest_location = self._storage.location(path)
         if uploader is None:
             return None
@@ -487,6 +506,17 @@ class Egress:
             self._on_update(copy_info(self.info))
         except Exception:  # a broken listener must not stop the egress from ending
             log.exception("egress %s: update callback failed", self.egress_id)
+
+
+def _write_whole(path: Path, body: bytes) -> None:
+    """Write ``path`` all or nothing (a temporary file renamed into place): a full disk leaves no stub."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_bytes(body)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _remove_empty_dir(path: Path) -> None:
