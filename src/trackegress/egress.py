@@ -342,6 +342,7 @@ class Egress:
     async def _finalise(self) -> None:
         if self.frames == 0:
             await self._close_sink()
+            await self._release_unused_output()
             self._stream_outcome()
             if self._end_error:
                 await self._fail(self._end_error, 500)
@@ -390,6 +391,11 @@ class Egress:
         elif stats.frames_lost:
             total = stats.frames_lost + stats.bytes_sent // max(1, self._stream.message_size)
             self.info.details += f"; websocket: {stats.frames_lost} of {total} 10 ms messages not delivered"
+
+    async def _release_unused_output(self) -> None:
+        """An output claimed but never written (no media came) is removed: nothing was recorded to protect."""
+        if self._file is not None and self._file.size == 0:
+            await asyncio.to_thread(self._file.path.unlink, True)
 
     async def _close_sink(self) -> None:
         sink, self._sink = self._sink, None
@@ -485,6 +491,8 @@ class Egress:
         log.warning("egress %s failed: %s", self.egress_id, error)
         self.info.error, self.info.error_code = error, code
         await self._close_sink()
+        if self.frames == 0:
+            await self._release_unused_output()
         if self._stream is not None and not self.info.stream_results:
             await self._write_results()
         self._set_status(Status.EGRESS_FAILED, ended=True)
