@@ -17,12 +17,13 @@ from typing import Any
 
 from livekit.protocol import egress
 
+from trackegress.backoff import Backoff
 from trackegress.info import UNFINISHED, copy_info
 
 log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
-RETRY_MIN, RETRY_MAX = 0.1, 5.0  # seconds between attempts to save a status that could not be written
+SAVE_RETRY = Backoff(0.1, cap=5.0)  # between attempts to save a status that could not be written
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS egress (
@@ -82,18 +83,19 @@ class Store:
         return True
 
     async def _write_unsaved(self) -> None:
-        delay = RETRY_MIN
+        failures = 0
         while self._unsaved:
             egress_id, info = next(iter(self._unsaved.items()))
             try:
                 await self.put(info)
             except Exception as exc:
+                failures += 1
+                delay = SAVE_RETRY.delay(failures)
                 log.error("store write failed for egress %s (%s), retrying in %.1fs: %s", egress_id,
                           Status.Name(info.status), delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, RETRY_MAX)
                 continue
-            delay = RETRY_MIN
+            failures = 0
             if self._unsaved.get(egress_id) is info:
                 del self._unsaved[egress_id]
         self._saved.set()
