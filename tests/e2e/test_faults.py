@@ -99,6 +99,7 @@ async def _oversized(ws: ServerConnection) -> None:
     await ws.wait_closed()
 
 
+@pytest.mark.timing  # the budget is asserted in wall-clock time
 @pytest.mark.parametrize(("receiver", "error"), [(_dead, "nothing delivered for 3s: receiver not reading"),
                                                  (_oversized, "nothing delivered for 3s (")])
 async def test_a_websocket_receiver_that_gets_nothing_fails_the_egress_within_the_budget(
@@ -144,6 +145,7 @@ async def test_a_300_byte_path_component_is_refused_before_anything_starts(
 # 5. exhaustion: half-open connections
 
 
+@pytest.mark.timing
 async def test_half_open_connections_are_closed_and_the_api_keeps_answering(
     service: EgressService, client: api.LiveKitAPI,
 ) -> None:

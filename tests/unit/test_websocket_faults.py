@@ -6,11 +6,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 from livekit.protocol import egress
 from test_websocket_sink import feed
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from trackegress.sinks.websocket import WebSocketSink
+
+pytestmark = pytest.mark.timing  # asserts deadlines: make test runs it on its own
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
