@@ -418,7 +418,8 @@ async def test_recording_survives_a_redis_restart_and_the_worker_reconnects_by_i
                 # the WebSocket egress reaches its limit with Redis down: its first report fails
                 failed = re.compile(rf"{limited.egress_id}: IOInfo\.UpdateEgress EGRESS_ENDING(:| failed)")
                 await until(lambda: failed.search(worker.log_text()), timeout=8, interval=0.05)
-                assert f"egress {limited.egress_id} EGRESS_LIMIT_REACHED" in worker.log_text()
+                limit_line = f"egress {limited.egress_id} EGRESS_LIMIT_REACHED"  # once its stream is closed
+                await until(lambda: limit_line in worker.log_text(), timeout=5, interval=0.05)
                 redis.start()
                 restarted = time.monotonic()
                 await until(lambda: "reconnected to Redis" in worker.log_text(), timeout=10, interval=0.05)
