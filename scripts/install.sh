@@ -19,6 +19,8 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+# The native media core (native/, Rust): built once per source hash, cached in ~/.cache/trackegress/.
+bash scripts/build-native.sh
 # livekit-server v1.13.5 from its Go module, cached outside the clone.
 cache="$HOME/.cache/trackegress/livekit-server-v1.13.5"
 if [ ! -x "$cache/server" ]; then

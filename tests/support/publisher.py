@@ -26,7 +26,7 @@ from av.stream import Stream
 from livekit import api
 from livekit.protocol import models, rtc
 
-from trackegress.room.icerestart import ice_credentials, restart_ice
+from .icerestart import ice_credentials, restart_ice
 from trackegress.room.signal import Resume, SignalClient
 
 from .media import Frame, codec_name, h264_canonical, read_frames, video_size

@@ -1,6 +1,6 @@
 """Reading the ICE credentials of the server's offers (an ICE restart changes them)."""
 
-from trackegress.room.icerestart import ice_credentials
+from support.icerestart import ice_credentials
 
 OFFER = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"

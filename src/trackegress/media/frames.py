@@ -1,4 +1,4 @@
-"""Encoded frames as they leave the jitter buffer, and the codecs we record."""
+"""Encoded frames as the media transport hands them over, and the codecs we record."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ class Codec(enum.Enum):
 class EncodedFrame:
     """One complete encoded frame (an Annex B access unit for H.264).
 
-    ``timestamp`` is the RTP timestamp with 32-bit wraps unwrapped (monotonic in codec clock units);
-    ``arrival`` is ``time.monotonic()`` when the frame left the jitter buffer. ``contiguous`` is False when
+    ``timestamp`` is the RTP timestamp extended to 64 bits across its 32-bit wraps (codec clock units, as sent);
+    ``arrival`` is ``time.monotonic()`` when the datagram completing the frame was read. ``contiguous`` is False when
     media was lost since the previous frame (a delta frame after it may not decode until the next keyframe);
     ``spatial_layer`` / ``temporal_layer`` are the SVC / simulcast layer ids where the codec carries them
     (VP8 temporal, VP9 spatial and temporal), 0 otherwise.
@@ -49,22 +49,3 @@ class EncodedFrame:
     contiguous: bool = True
     spatial_layer: int = 0
     temporal_layer: int = 0
-
-
-class TimestampUnwrapper:
-    """Turns 32-bit RTP timestamps into a monotonic 64-bit count (handles wrap and small reordering)."""
-
-    __slots__ = ("_last",)
-
-    def __init__(self) -> None:
-        self._last: int | None = None
-
-    def unwrap(self, ts: int) -> int:
-        if self._last is None:
-            self._last = ts
-            return ts
-        delta = (ts - self._last) & 0xFFFFFFFF
-        if delta >= 0x80000000:
-            delta -= 0x1_0000_0000
-        self._last += delta
-        return self._last

@@ -1,44 +1,35 @@
-"""Joins a LiveKit room as a hidden recorder and taps one track's encoded frames out of aiortc."""
+"""Joins a LiveKit room as a hidden recorder and follows one track's encoded frames (through ``room.transport``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import queue
-import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCRtpCodecParameters,
-    RTCSessionDescription,
-)
-from aiortc.codecs import CODECS
-from aiortc.rtcrtpparameters import RTCRtcpFeedback
-from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
-from trackegress.media import h264, vp8
-from trackegress.media.frames import Codec, EncodedFrame, TimestampUnwrapper
+from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.room.blank import is_blank
-from trackegress.room.fastpath import AudioFastPath
-from trackegress.room.icerestart import ice_credentials, restart_ice
-from trackegress.room.reorder import AudioReorderBuffer
+from trackegress.room.native import NativeTransport
 from trackegress.room.signal import Resume, SignalClient, SignalError
+from trackegress.room.transport import (
+    IceCandidate,
+    IceServer,
+    MediaTrack,
+    MediaTransport,
+    TransportEvents,
+    TransportFactory,
+    TransportState,
+)
 
 log = logging.getLogger(__name__)
 
 # Reasons an egress ends, in upstream's words (``details = "End reason: <reason>"``).
 SOURCE_CLOSED = "Source closed"
 
-_ABS_SEND_TIME = re.compile(r"^a=extmap:\d+(/\w+)? http://www\.webrtc\.org/experiments/rtp-hdrext/abs-send-time\r?\n",
-                            re.MULTILINE)
-_KEYFRAME_REQUEST_INTERVAL = 0.5
 RESUME_TIMEOUT = 30.0
 
 
@@ -69,131 +60,21 @@ class RoomEvents(Protocol):
     def on_ended(self, reason: str, error: str | None) -> None: ...
 
 
-def allow_all_h264_profiles() -> None:
-    """Let aiortc accept every H.264 profile LiveKit offers: we never decode, only depacketize."""
-    known = {c.parameters.get("profile-level-id") for c in CODECS["video"] if c.mimeType == "video/H264"}
-    next_pt = max(c.payloadType or 0 for c in CODECS["video"]) + 1
-    for profile_level_id in ("4d001f", "640c1f", "64001f", "f4001f"):
-        if profile_level_id in known:
-            continue
-        CODECS["video"] += [
-            RTCRtpCodecParameters(
-                mimeType="video/H264",
-                clockRate=90_000,
-                payloadType=next_pt,
-                rtcpFeedback=[RTCRtcpFeedback(type="nack"), RTCRtcpFeedback(type="nack", parameter="pli")],
-                parameters={
-                    "level-asymmetry-allowed": "1",
-                    "packetization-mode": "1",
-                    "profile-level-id": profile_level_id,
-                },
-            ),
-            RTCRtpCodecParameters(
-                mimeType="video/rtx", clockRate=90_000, payloadType=next_pt + 1, parameters={"apt": next_pt}
-            ),
-        ]
-        next_pt += 2
-
-
-allow_all_h264_profiles()
-
-
-class _IdentityMapper:
-    """Keeps RTP timestamps as sent (aiortc would rebase them to zero)."""
-
-    def map(self, timestamp: int) -> int:
-        return timestamp
-
-
-class _TapQueue(queue.Queue[Any]):
-    """Stands in for aiortc's decoder queue: frames go to us, not to a decoder thread."""
-
-    def __init__(self, tap: TrackTap) -> None:
-        super().__init__()
-        self._tap = tap
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if item is None:  # aiortc stopping its (idle) decoder thread
-            super().put(None)
-        else:
-            self._tap.push(item[1].data, item[1].timestamp)
-
-
-class TrackTap:
-    """Turns aiortc jitter-buffer output into ``EncodedFrame``s, and asks for keyframes."""
-
-    def __init__(self, codec: Codec, events: RoomEvents) -> None:
-        self.codec = codec
-        self._events = events
-        self._unwrapper = TimestampUnwrapper()
-        self._receiver: Any = None
-        self._audio: AudioReorderBuffer | None = None
-        self._fastpath: AudioFastPath | None = None
-        self.keyframes = 0
-
-    def attach(self, receiver: Any) -> None:
-        """Replace the receiver's decoder queue and timestamp mapper (before its first packet)."""
-        receiver._RTCRtpReceiver__decoder_queue = _TapQueue(self)
-        receiver._RTCRtpReceiver__timestamp_mapper = _IdentityMapper()
-        if not self.codec.is_video:
-            receiver._RTCRtpReceiver__jitter_buffer = self._audio = AudioReorderBuffer(self.push)
-            self._fastpath = AudioFastPath(receiver, self._audio.add)
-        self._receiver = receiver
-
-    def push(self, data: bytes, timestamp: int) -> None:
-        if is_blank(self.codec, data):
-            return
-        keyframe = self._is_keyframe(data)
-        self.keyframes += keyframe
-        frame = EncodedFrame(data, self._unwrapper.unwrap(timestamp), keyframe, time.monotonic())
-        self._events.on_frame(frame)
-
-    def flush(self) -> None:
-        """Hand over the last frame: the jitter buffer only releases a frame when the next one starts."""
-        if self._audio is not None:
-            self._audio.flush()
-            return
-        buffer = self._receiver._RTCRtpReceiver__jitter_buffer if self._receiver is not None else None
-        if buffer is None or buffer._origin is None:
-            return
-        packets: list[Any] = []
-        for count in range(buffer.capacity):
-            packet = buffer._packets[(buffer._origin + count) % buffer.capacity]
-            if packet is None or (packets and packet.timestamp != packets[0].timestamp):
-                break
-            packets.append(packet)
-        if packets and packets[-1].marker:
-            buffer.remove(len(packets))
-            self.push(b"".join(p._data for p in packets), packets[0].timestamp)
-
-    @property
-    def packets_lost(self) -> int:
-        """RTP packets never received (from aiortc's per-SSRC receive statistics)."""
-        if self._receiver is None:
-            return 0
-        streams = self._receiver._RTCRtpReceiver__remote_streams
-        return sum(int(stream.packets_lost) for stream in streams.values())
-
-    async def request_keyframe(self) -> None:
-        """Send a PLI to every SSRC we hear (video only)."""
-        if self._receiver is None or not self.codec.is_video:
-            return
-        for source in self._receiver.getSynchronizationSources():
-            await self._receiver._send_rtcp_pli(source.source)
-
-    def _is_keyframe(self, data: bytes) -> bool:
-        if self.codec is Codec.H264:
-            return h264.is_keyframe(data)
-        if self.codec is Codec.VP8:
-            return vp8.is_keyframe(data)
-        return True
+def default_transport(ice_servers: Sequence[IceServer], events: TransportEvents) -> MediaTransport:
+    """The native media core's transport."""
+    return NativeTransport(ice_servers, events)
 
 
 class TrackSubscriber:
-    """A hidden recorder in one room, following one track until it ends."""
+    """A hidden recorder in one room, following one track until it ends.
+
+    It answers the SFU's offers through its media transport and hands the track's frames to ``events``
+    (the transport's events come to the ``on_*`` methods below).
+    """
 
     def __init__(
-        self, signal: SignalClient, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT
+        self, signal: SignalClient, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT,
+        transport: TransportFactory = default_transport,
     ) -> None:
         self._signal = signal
         self._track_sid = track_sid
@@ -203,13 +84,10 @@ class TrackSubscriber:
         self._participants = {p.sid: p for p in signal.join.other_participants}
         self._found = asyncio.Event()
         self._source: TrackSource | None = None
-        self._tap: TrackTap | None = None
-        self._tapped: set[str] = set()
-        self._pending_candidates: list[str] = []
+        self._codec: Codec | None = None
+        self._mid_to_track: dict[str, str] = {}
         self._ended = False
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(signal.join)))
-        self._pc.on("connectionstatechange", self._on_connection_state)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._transport = transport(_ice_servers(signal.join), self)
         self._reader = asyncio.create_task(self._read())
         self._find_track()
 
@@ -219,7 +97,7 @@ class TrackSubscriber:
 
     @property
     def packets_lost(self) -> int:
-        return self._tap.packets_lost if self._tap is not None else 0
+        return sum(stats.packets_lost for stats in self._transport.stats())
 
     async def find_track(self, timeout: float) -> TrackSource:
         """Wait until the track is published; TimeoutError otherwise."""
@@ -228,9 +106,12 @@ class TrackSubscriber:
         return self._source
 
     async def subscribe(self, codec: Codec) -> None:
-        """Subscribe to the track at the top quality; frames then flow to ``events.on_frame``."""
+        """Subscribe to the track at the top quality; frames then flow to ``events.on_frame``.
+
+        The transport asks for keyframes itself until a video track's first one (and after a loss).
+        """
         assert self._source is not None
-        self._tap = TrackTap(codec, self._events)
+        self._codec = codec
         sid, publisher = self._track_sid, self._source.participant.sid
         await self._signal.send(
             rtc.SignalRequest(
@@ -248,8 +129,6 @@ class TrackSubscriber:
                 )
             )
         )
-        if codec.is_video:
-            self._spawn(self._request_first_keyframe())
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe (PLI), e.g. when the file sink lost continuity (issue 15)."""
@@ -257,12 +136,32 @@ class TrackSubscriber:
             self._spawn(self._tap.request_keyframe())
 
     async def close(self) -> None:
-        """Leave the room and tear the peer connection down."""
+        """Leave the room and tear the media connection down."""
         self._ended = True
-        for task in (*self._tasks, self._reader):
-            task.cancel()
+        self._reader.cancel()
         await self._signal.close()
-        await self._pc.close()
+        await self._transport.close()
+
+    # media transport events
+
+    def on_state(self, state: TransportState) -> None:
+        log.info("media connection %s", state.value)
+
+    def on_local_candidate(self, candidate: IceCandidate) -> None:
+        """Our host candidates travel in the answer SDP; nothing to trickle."""
+
+    def on_track(self, track: MediaTrack) -> None:
+        log.info("media track %s: %s %s (%s)", track.mid, track.kind, track.mime,
+                 self._mid_to_track.get(track.mid, "unknown track"))
+
+    def on_frames(self, mid: str, frames: Sequence[EncodedFrame]) -> None:
+        codec = self._codec
+        if codec is None or self._ended or self._mid_to_track.get(mid) != self._track_sid:
+            return
+        on_frame = self._events.on_frame
+        for frame in frames:
+            if not is_blank(codec, frame.data):
+                on_frame(frame)
 
     # signal handling
 
@@ -292,7 +191,7 @@ class TrackSubscriber:
         return models.ReconnectReason.RR_SIGNAL_DISCONNECTED
 
     async def _resume(self, reason: int) -> None:
-        """Resume the signal session as the same participant; the peer connection carries on."""
+        """Resume the signal session as the same participant; the media connection carries on."""
         sid = self._signal.join.participant.sid
         log.warning("signal connection lost: resuming participant %s (for up to %gs)", sid, self._resume_timeout)
         started = time.monotonic()
@@ -302,13 +201,13 @@ class TrackSubscriber:
         await self._send_sync_state()
 
     async def _send_sync_state(self) -> None:
-        """What we have, as the JS SDK sends it after a resume: the subscriber PC's SDPs and our subscription."""
+        """What we have, as the JS SDK sends it after a resume: the subscriber connection's SDPs and subscription."""
         sync = rtc.SyncState(subscription=rtc.UpdateSubscription(
-            track_sids=[self._track_sid] if self._tap is not None else [], subscribe=True))
-        if (offer := self._pc.remoteDescription) is not None:
-            sync.offer.CopyFrom(rtc.SessionDescription(type=offer.type, sdp=offer.sdp))
-        if (answer := self._pc.localDescription) is not None:
-            sync.answer.CopyFrom(rtc.SessionDescription(type=answer.type, sdp=answer.sdp))
+            track_sids=[self._track_sid] if self._codec is not None else [], subscribe=True))
+        if (offer := self._transport.remote_description) is not None:
+            sync.offer.CopyFrom(rtc.SessionDescription(type="offer", sdp=offer))
+        if (answer := self._transport.local_description) is not None:
+            sync.answer.CopyFrom(rtc.SessionDescription(type="answer", sdp=answer))
         await self._signal.send(rtc.SignalRequest(sync_state=sync))
 
     async def _handle(self, response: rtc.SignalResponse) -> None:
@@ -333,60 +232,23 @@ class TrackSubscriber:
                 self._end(SOURCE_CLOSED, "subscription permission denied")
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
-        # Without abs-send-time aiortc sends no REMB, so the SFU's allocator keeps us on the top layer,
-        # the same feedback state LiveKit's own egress runs in.
-        sdp = _ABS_SEND_TIME.sub("", offer.sdp)
-        credentials = ice_credentials(sdp)
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        self._tap_receivers(dict(offer.mid_to_track_id))  # before any await: no packet has been handled yet
-        await self._pc.setLocalDescription(await self._pc.createAnswer())
-        local = self._pc.localDescription
+        """Answer the SFU's offer (a new track, or an ICE restart after a resume: new credentials)."""
+        self._mid_to_track.update(offer.mid_to_track_id)
+        log.debug("subscriber offer %d:\n%s", offer.id, offer.sdp)
+        answer = await self._transport.accept_offer(offer.sdp)
         await self._signal.send(
-            rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=offer.id))
+            rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id))
         )
-        pending, self._pending_candidates = self._pending_candidates, []
-        for candidate in pending:
-            await self._add_candidate(candidate)
-        self._on_connection_state()
-        if credentials is not None:  # after a resume the server restarts ICE: new credentials
-            self._spawn(restart_ice(self._pc, credentials))
-
-    def _on_connection_state(self) -> None:
-        """Start receivers aiortc skipped: an offer answered during the DTLS handshake is never started.
-
-        aiortc's ``__connect`` only starts a receiver if DTLS is already connected when it runs, so a track
-        whose offer lands mid-handshake would get packets that are all dropped. Running it again once
-        connected is safe: every step in it is idempotent.
-        """
-        if self._pc.connectionState == "connected" and not self._ended:
-            self._spawn(self._pc._RTCPeerConnection__connect())  # type: ignore[attr-defined]
-
-    def _tap_receivers(self, mid_to_track: dict[str, str]) -> None:
-        for transceiver in self._pc.getTransceivers():
-            mid = transceiver.mid
-            if mid is None or mid in self._tapped or mid_to_track.get(mid) != self._track_sid:
-                continue
-            if self._tap is not None:
-                self._tap.attach(transceiver.receiver)
-                self._tapped.add(mid)
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         if trickle.target != rtc.SignalTarget.SUBSCRIBER or trickle.final:
             return
-        if self._pc.remoteDescription is None:
-            self._pending_candidates.append(trickle.candidateInit)
-        else:
-            await self._add_candidate(trickle.candidateInit)
-
-    async def _add_candidate(self, init: str) -> None:
-        data = json.loads(init)
-        text = str(data.get("candidate", ""))
-        if not text:
+        try:
+            candidate = IceCandidate.from_json(trickle.candidateInit)
+        except ValueError:
+            log.warning("ignoring a malformed candidate: %r", trickle.candidateInit)
             return
-        candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-        candidate.sdpMid = data.get("sdpMid")
-        candidate.sdpMLineIndex = data.get("sdpMLineIndex")
-        await self._pc.addIceCandidate(candidate)
+        await self._transport.add_remote_candidate(candidate)
 
     def _on_update(self, participants: Any) -> None:
         for participant in participants:
@@ -423,30 +285,11 @@ class TrackSubscriber:
     def _end(self, reason: str, error: str | None) -> None:
         if not self._ended:
             self._ended = True
-            if self._tap is not None:
-                self._tap.flush()
             self._events.on_ended(reason, error)
 
-    async def _request_first_keyframe(self) -> None:
-        while self._tap is not None and self._tap.keyframes == 0:
-            await self._tap.request_keyframe()
-            await asyncio.sleep(_KEYFRAME_REQUEST_INTERVAL)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-def _ice_servers(join: rtc.JoinResponse) -> list[RTCIceServer]:
-    servers = []
-    for server in join.ice_servers:
-        urls = [u for u in server.urls if not u.startswith("turns:")]
-        if urls:
-            servers.append(
-                RTCIceServer(urls=urls, username=server.username or None, credential=server.credential or None)
-            )
-    return servers
+def _ice_servers(join: rtc.JoinResponse) -> list[IceServer]:
+    return [IceServer(tuple(s.urls), s.username, s.credential) for s in join.ice_servers]
 
 
 async def join_room(
@@ -455,5 +298,3 @@ async def join_room(
     """Connect the signal channel and return a subscriber that already follows the room."""
     signal = await SignalClient.connect(ws_url, token)
     return TrackSubscriber(signal, track_sid, events, resume_timeout)
-
-

@@ -1,4 +1,4 @@
-"""ICE restarts for aiortc, which ignores new remote ICE credentials once its ICE transport has started.
+"""ICE restarts for aiortc (the tests' publisher): it ignores new remote ICE credentials once ICE has started.
 
 After a signal resume livekit-server restarts ICE on the subscriber peer connection: it offers new credentials
 and its ICE agent (pion) drops the pair in use until a check with the new credentials arrives. aiortc would

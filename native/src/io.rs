@@ -1,0 +1,299 @@
+//! The process's one I/O thread: every peer's sockets in one poll set, their timers in one heap.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use str0m::config::DtlsCert;
+
+use crate::out::{Out, TrackStats};
+use crate::peer::{build_rtc, Peer, RECV_BUFFER};
+
+/// The waker's token; socket tokens are `peer << SOCKET_BITS | index`.
+pub const WAKER: Token = Token(usize::MAX);
+const SOCKET_BITS: usize = 4;
+/// How often the counters Python reads are refreshed.
+const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A request from Python.
+pub enum Cmd {
+    Open {
+        peer: u64,
+        sockets: Vec<std::net::UdpSocket>,
+    },
+    Offer {
+        peer: u64,
+        req: u64,
+        sdp: String,
+    },
+    Candidate {
+        peer: u64,
+        candidate: String,
+        ufrag: Option<String>,
+    },
+    Keyframe {
+        peer: u64,
+        mid: String,
+    },
+    Close {
+        peer: u64,
+    },
+    Shutdown,
+}
+
+/// What the I/O thread and Python share.
+pub struct Shared {
+    pub events: Mutex<Vec<Out>>,
+    pub stats: Mutex<HashMap<u64, Vec<TrackStats>>>,
+    pub notified: AtomicBool,
+    pub event_fd: OwnedFd,
+}
+
+impl Shared {
+    /// Hand a batch to Python, waking its event loop once per batch.
+    fn publish(&self, out: &mut Vec<Out>) {
+        if out.is_empty() {
+            return;
+        }
+        {
+            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            events.append(out);
+        }
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
+            unsafe {
+                libc::write(
+                    self.event_fd.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                );
+            }
+        }
+    }
+}
+
+/// The I/O thread's state.
+pub struct IoLoop {
+    poll: Poll,
+    commands: Receiver<Cmd>,
+    shared: Arc<Shared>,
+    peers: HashMap<u64, Peer>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    scheduled: HashMap<u64, Instant>,
+    cert: Option<DtlsCert>,
+    last_stats: Instant,
+}
+
+impl IoLoop {
+    pub fn new(poll: Poll, commands: Receiver<Cmd>, shared: Arc<Shared>) -> Self {
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        IoLoop {
+            poll,
+            commands,
+            shared,
+            peers: HashMap::new(),
+            timers: BinaryHeap::new(),
+            scheduled: HashMap::new(),
+            cert,
+            last_stats: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut out = Vec::new();
+        let mut touched = Vec::new();
+        loop {
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("poll: {e}");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            let mut commands = false;
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    commands = true;
+                    continue;
+                }
+                let peer = (event.token().0 >> SOCKET_BITS) as u64;
+                let index = event.token().0 & ((1 << SOCKET_BITS) - 1);
+                self.with_peer(peer, &mut out, |p, out| p.readable(index, &mut buf, now, out));
+                touched.push(peer);
+            }
+            if commands {
+                while let Ok(cmd) = self.commands.try_recv() {
+                    match cmd {
+                        Cmd::Shutdown => {
+                            self.shutdown(now, &mut out);
+                            return;
+                        }
+                        cmd => touched.push(self.command(cmd, now, &mut out)),
+                    }
+                }
+            }
+            while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop();
+                if self.scheduled.get(&peer) == Some(&at) {
+                    self.scheduled.remove(&peer);
+                    self.with_peer(peer, &mut out, |p, out| p.timeout(now, out));
+                    touched.push(peer);
+                }
+            }
+            for peer in touched.drain(..) {
+                self.reschedule(peer);
+            }
+            if now >= self.last_stats + STATS_INTERVAL {
+                self.last_stats = now;
+                self.publish_stats();
+            }
+            self.shared.publish(&mut out);
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd, now: Instant, out: &mut Vec<Out>) -> u64 {
+        match cmd {
+            Cmd::Open { peer, sockets } => {
+                self.open(peer, sockets, now, out);
+                peer
+            }
+            Cmd::Offer { peer, req, sdp } => {
+                if !self.peers.contains_key(&peer) {
+                    out.push(Out::Answer {
+                        peer,
+                        req,
+                        result: Err("peer connection is closed".into()),
+                    });
+                }
+                self.with_peer(peer, out, |p, out| p.accept_offer(req, &sdp, now, out));
+                peer
+            }
+            Cmd::Candidate {
+                peer,
+                candidate,
+                ufrag,
+            } => {
+                self.with_peer(peer, out, |p, out| {
+                    p.add_remote_candidate(&candidate, ufrag.as_deref(), now, out)
+                });
+                peer
+            }
+            Cmd::Keyframe { peer, mid } => {
+                self.with_peer(peer, out, |p, out| p.request_keyframe(&mid, now, out));
+                peer
+            }
+            Cmd::Close { peer } => {
+                self.with_peer(peer, out, |p, out| p.close(now, out));
+                peer
+            }
+            Cmd::Shutdown => 0,
+        }
+    }
+
+    fn open(&mut self, id: u64, sockets: Vec<std::net::UdpSocket>, now: Instant, out: &mut Vec<Out>) {
+        let mut registered = Vec::new();
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let local = match socket.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let mut socket = UdpSocket::from_std(socket);
+            let token = Token(((id as usize) << SOCKET_BITS) | index);
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut socket, token, Interest::READABLE)
+            {
+                log::warn!("peer {id}: register {local}: {e}");
+                continue;
+            }
+            registered.push((socket, local));
+        }
+        let rtc = build_rtc(now, self.cert.clone());
+        let mut peer = Peer::new(id, rtc, registered, now);
+        let result = catch_unwind(AssertUnwindSafe(|| peer.start(now, out)));
+        if result.is_err() {
+            out.push(Out::Closed {
+                peer: id,
+                error: Some("media core panicked while opening".into()),
+            });
+            return;
+        }
+        self.peers.insert(id, peer);
+    }
+
+    /// Run `f` on a live peer; a panic inside str0m ends that peer only.
+    fn with_peer(&mut self, id: u64, out: &mut Vec<Out>, f: impl FnOnce(&mut Peer, &mut Vec<Out>)) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| f(peer, out)));
+        if result.is_err() {
+            out.push(Out::Closed {
+                peer: id,
+                error: Some("media core panicked".into()),
+            });
+            self.remove(id);
+            return;
+        }
+        if peer.done {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(mut peer) = self.peers.remove(&id) {
+            let stats = peer.stats();
+            for socket in peer.sockets_mut() {
+                let _ = self.poll.registry().deregister(socket);
+            }
+            self.scheduled.remove(&id);
+            let mut map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(id, stats);
+        }
+    }
+
+    fn reschedule(&mut self, id: u64) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        if self.scheduled.get(&id) != Some(&peer.deadline) {
+            self.scheduled.insert(id, peer.deadline);
+            self.timers.push(Reverse((peer.deadline, id)));
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, peer) in &self.peers {
+            map.insert(*id, peer.stats());
+        }
+    }
+
+    fn shutdown(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.with_peer(id, out, |p, out| p.close(now, out));
+        }
+        self.shared.publish(out);
+    }
+}

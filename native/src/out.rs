@@ -1,0 +1,57 @@
+//! What the I/O thread hands to Python: events in batches, and per-track counters.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Receive counters of one track.
+#[derive(Clone, Debug, Default)]
+pub struct TrackStats {
+    pub mid: String,
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub nacks_sent: u64,
+    pub packets_recovered: u64,
+    pub jitter: f64,
+    pub frames_received: u64,
+    pub frames_dropped: u64,
+    pub keyframe_requests: u64,
+}
+
+/// One event for Python.
+pub enum Out {
+    Answer {
+        peer: u64,
+        req: u64,
+        result: Result<String, String>,
+    },
+    State {
+        peer: u64,
+        state: &'static str,
+    },
+    Candidate {
+        peer: u64,
+        candidate: String,
+    },
+    Media {
+        peer: u64,
+        mid: String,
+        kind: &'static str,
+        mime: &'static str,
+    },
+    Frame {
+        peer: u64,
+        mid: String,
+        pt_mime: &'static str,
+        time: u64,
+        keyframe: bool,
+        contiguous: bool,
+        spatial: u8,
+        temporal: u8,
+        arrival: Instant,
+        data: Arc<[u8]>,
+    },
+    Closed {
+        peer: u64,
+        error: Option<String>,
+    },
+}

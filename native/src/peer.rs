@@ -1,0 +1,503 @@
+//! One receive-only WebRTC peer (a str0m `Rtc`) with its UDP sockets, driven by the I/O thread.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, CodecExtra, FormatParams};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+
+use crate::out::{Out, TrackStats};
+
+/// How often a video track without a usable picture asks for a keyframe.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// str0m's ICE agent retries forever; after this long `Disconnected` we report `failed`.
+const DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(15);
+/// A closing peer gets this long to flush its BYE / close_notify.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Largest datagram we read.
+pub const RECV_BUFFER: usize = 2048;
+
+/// Per-track state: codec, keyframe wanted, counters.
+struct Track {
+    video: bool,
+    announced: bool,
+    keyframe_wanted: bool,
+    last_keyframe_request: Option<Instant>,
+    last_seq: Option<u64>,
+    stats: TrackStats,
+}
+
+/// A receive-only peer and its sockets (one per local address).
+pub struct Peer {
+    pub id: u64,
+    rtc: Rtc,
+    sockets: Vec<(UdpSocket, SocketAddr)>,
+    tracks: HashMap<Mid, Track>,
+    pub deadline: Instant,
+    disconnected_since: Option<Instant>,
+    failed: bool,
+    closing: Option<Instant>,
+    pub done: bool,
+}
+
+/// The str0m configuration every peer uses: the codecs LiveKit offers that we can record, short reordering waits.
+pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
+    let mut config = Rtc::builder()
+        .enable_opus(true, true)
+        .enable_pcmu(true, false)
+        .enable_pcma(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        .enable_h265(true)
+        .enable_vp9(true)
+        .enable_av1(true)
+        .set_reordering_size_audio(4)
+        .set_reordering_timeout_audio(Some(Duration::from_millis(80)))
+        .set_reordering_size_video(250)
+        .set_reordering_timeout_video(Some(Duration::from_millis(400)))
+        .set_stats_interval(Some(Duration::from_secs(1)));
+    if let Some(cert) = cert {
+        config = config.set_dtls_cert(cert);
+    }
+    let codecs = config.codec_config();
+    // VP9 profile 1 (LiveKit registers it; str0m configures 0 and 2) and H.264 high profile in mode 0.
+    codecs.add_config(
+        92.into(),
+        Some(93.into()),
+        Codec::Vp9,
+        Frequency::NINETY_KHZ,
+        None,
+        FormatParams {
+            profile_id: Some(1),
+            ..Default::default()
+        },
+    );
+    codecs.add_h264(116.into(), Some(117.into()), false, 0x64001f);
+    config.build(now)
+}
+
+impl Peer {
+    pub fn new(id: u64, rtc: Rtc, sockets: Vec<(UdpSocket, SocketAddr)>, now: Instant) -> Self {
+        Peer {
+            id,
+            rtc,
+            sockets,
+            tracks: HashMap::new(),
+            deadline: now,
+            disconnected_since: None,
+            failed: false,
+            closing: None,
+            done: false,
+        }
+    }
+
+    pub fn sockets_mut(&mut self) -> impl Iterator<Item = &mut UdpSocket> {
+        self.sockets.iter_mut().map(|(s, _)| s)
+    }
+
+    /// Add our host candidates (the sockets' addresses) and report them.
+    pub fn start(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let addrs: Vec<SocketAddr> = self.sockets.iter().map(|(_, a)| *a).collect();
+        for addr in addrs {
+            match Candidate::host(addr, "udp") {
+                Ok(c) => {
+                    if let Some(c) = self.rtc.add_local_candidate(c) {
+                        out.push(Out::Candidate {
+                            peer: self.id,
+                            candidate: c.to_sdp_string(),
+                        });
+                    }
+                }
+                Err(e) => log::warn!("peer {}: no candidate for {addr}: {e}", self.id),
+            }
+        }
+        self.drive(now, out);
+    }
+
+    /// Read every datagram waiting on socket `index` and feed it to the peer.
+    pub fn readable(&mut self, index: usize, buf: &mut [u8], now: Instant, out: &mut Vec<Out>) {
+        loop {
+            let Some((socket, local)) = self.sockets.get(index) else {
+                return;
+            };
+            let local = *local;
+            let (len, source) = match socket.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors (port unreachable) surface here; the next read goes on.
+                    log::debug!("peer {}: recv on {local}: {e}", self.id);
+                    continue;
+                }
+            };
+            if self.done {
+                continue;
+            }
+            let Ok(receive) = Receive::new(Protocol::Udp, source, local, &buf[..len]) else {
+                continue; // not STUN, DTLS, RTP or RTCP
+            };
+            if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
+                self.fail(format!("input: {e}"), out);
+                return;
+            }
+            self.drain(now, out);
+        }
+    }
+
+    /// Run timers that are due.
+    pub fn timeout(&mut self, now: Instant, out: &mut Vec<Out>) {
+        if self.done {
+            return;
+        }
+        if let Some(since) = self.closing {
+            if now >= since + CLOSE_TIMEOUT {
+                self.finish(None, out);
+                return;
+            }
+        }
+        self.drive(now, out);
+    }
+
+    pub fn accept_offer(&mut self, req: u64, sdp: &str, now: Instant, out: &mut Vec<Out>) {
+        let result = SdpOffer::from_sdp_string(sdp)
+            .map_err(|e| format!("bad offer: {e}"))
+            .and_then(|offer| {
+                self.rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .map_err(|e| format!("offer refused: {e}"))
+            })
+            .map(|answer| answer.to_sdp_string());
+        out.push(Out::Answer {
+            peer: self.id,
+            req,
+            result,
+        });
+        self.drive(now, out);
+    }
+
+    pub fn add_remote_candidate(
+        &mut self,
+        candidate: &str,
+        ufrag: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) {
+        match Candidate::from_sdp_string(candidate) {
+            Ok(mut c) if c.proto() == Protocol::Udp => {
+                if let Some(ufrag) = ufrag {
+                    c.set_ufrag(ufrag);
+                }
+                self.rtc.add_remote_candidate(c);
+            }
+            Ok(_) => {} // TCP candidates would need RFC 4571 framing of our own
+            Err(e) => log::debug!("peer {}: candidate {candidate:?}: {e}", self.id),
+        }
+        self.drive(now, out);
+    }
+
+    pub fn request_keyframe(&mut self, mid: &str, now: Instant, out: &mut Vec<Out>) {
+        let mid = Mid::from(mid);
+        if let Some(track) = self.tracks.get_mut(&mid) {
+            if track.video {
+                track.keyframe_wanted = true;
+                track.last_keyframe_request = None;
+            }
+        }
+        self.drive(now, out);
+    }
+
+    pub fn close(&mut self, now: Instant, out: &mut Vec<Out>) {
+        if self.done || self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(now);
+        if self.rtc.close().is_err() {
+            self.rtc.disconnect();
+        }
+        self.drain(now, out);
+        if !self.rtc.is_alive() {
+            self.finish(None, out);
+        } else {
+            self.deadline = self.deadline.min(now + CLOSE_TIMEOUT);
+        }
+    }
+
+    /// Counters of every track (copied out for `stats()`).
+    pub fn stats(&self) -> Vec<TrackStats> {
+        self.tracks.values().map(|t| t.stats.clone()).collect()
+    }
+
+    /// Keyframe requests and the disconnected watchdog, then str0m's own timers.
+    fn drive(&mut self, now: Instant, out: &mut Vec<Out>) {
+        if self.done {
+            return;
+        }
+        if self.closing.is_none() {
+            self.request_keyframes(now);
+            if let Some(since) = self.disconnected_since {
+                if !self.failed && now >= since + DISCONNECTED_TIMEOUT {
+                    self.failed = true;
+                    out.push(Out::State {
+                        peer: self.id,
+                        state: "failed",
+                    });
+                }
+            }
+        }
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            self.fail(format!("timeout: {e}"), out);
+            return;
+        }
+        self.drain(now, out);
+    }
+
+    fn request_keyframes(&mut self, now: Instant) {
+        let mids: Vec<Mid> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| {
+                t.keyframe_wanted
+                    && t.last_keyframe_request
+                        .is_none_or(|last| now >= last + KEYFRAME_INTERVAL)
+            })
+            .map(|(mid, _)| *mid)
+            .collect();
+        for mid in mids {
+            let sent = self
+                .rtc
+                .writer(mid)
+                .map(|mut w| w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok())
+                .unwrap_or(false);
+            if let Some(track) = self.tracks.get_mut(&mid) {
+                track.last_keyframe_request = Some(now);
+                track.stats.keyframe_requests += u64::from(sent);
+            }
+        }
+    }
+
+    /// Poll str0m until it only has a timeout left: send, report, remember the deadline.
+    fn drain(&mut self, now: Instant, out: &mut Vec<Out>) {
+        loop {
+            if !self.rtc.is_alive() {
+                if self.closing.is_some() {
+                    self.finish(None, out);
+                } else {
+                    self.finish(Some("peer connection closed".into()), out);
+                }
+                return;
+            }
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.deadline = self.next_deadline(t, now);
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    if let Some((socket, _)) = self.sockets.iter().find(|(_, a)| *a == t.source) {
+                        if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                            log::debug!("peer {}: send to {}: {e}", self.id, t.destination);
+                        }
+                    }
+                }
+                Ok(Output::Event(e)) => self.event(e, now, out),
+                Err(RtcError::Packet(mid, pt, e)) => {
+                    log::debug!("peer {}: bad frame on {mid} (pt {pt}): {e}", self.id);
+                    if let Some(track) = self.tracks.get_mut(&mid) {
+                        track.stats.frames_dropped += 1;
+                    }
+                }
+                Err(e) => {
+                    self.fail(format!("{e}"), out);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self, rtc: Instant, now: Instant) -> Instant {
+        let mut deadline = rtc;
+        if self.closing.is_none() {
+            for t in self.tracks.values().filter(|t| t.keyframe_wanted) {
+                let at = t
+                    .last_keyframe_request
+                    .map_or(now, |last| last + KEYFRAME_INTERVAL);
+                deadline = deadline.min(at.max(now + Duration::from_millis(1)));
+            }
+            if let (Some(since), false) = (self.disconnected_since, self.failed) {
+                deadline = deadline.min(since + DISCONNECTED_TIMEOUT);
+            }
+        } else if let Some(since) = self.closing {
+            deadline = deadline.min(since + CLOSE_TIMEOUT);
+        }
+        deadline
+    }
+
+    fn event(&mut self, event: Event, now: Instant, out: &mut Vec<Out>) {
+        let peer = self.id;
+        match event {
+            Event::IceConnectionStateChange(state) => {
+                let name = match state {
+                    IceConnectionState::New => "new",
+                    IceConnectionState::Checking => "connecting",
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        if self.rtc.is_connected() {
+                            "connected"
+                        } else {
+                            "connecting"
+                        }
+                    }
+                    IceConnectionState::Disconnected => "disconnected",
+                };
+                if state == IceConnectionState::Disconnected {
+                    self.disconnected_since.get_or_insert(now);
+                } else {
+                    self.disconnected_since = None;
+                    self.failed = false;
+                }
+                out.push(Out::State { peer, state: name });
+            }
+            Event::Connected => out.push(Out::State {
+                peer,
+                state: "connected",
+            }),
+            Event::MediaAdded(added) => {
+                let video = added.kind == MediaKind::Video;
+                self.tracks.insert(
+                    added.mid,
+                    Track {
+                        video,
+                        announced: false,
+                        keyframe_wanted: video,
+                        last_keyframe_request: None,
+                        last_seq: None,
+                        stats: TrackStats {
+                            mid: added.mid.to_string(),
+                            ..Default::default()
+                        },
+                    },
+                );
+            }
+            Event::MediaData(data) => self.frame(data, now, out),
+            Event::MediaIngressStats(s) => {
+                if let Some(track) = self.tracks.get_mut(&s.mid) {
+                    track.stats.packets_received = s.packets;
+                    track.stats.nacks_sent = s.nacks;
+                    track.stats.jitter = f64::from(s.jitter) / if track.video { 90_000.0 } else { 48_000.0 };
+                }
+            }
+            Event::Closed => {
+                if self.closing.is_none() {
+                    self.closing = Some(now);
+                    let _ = self.rtc.close();
+                }
+            }
+            _ => {} // data channels (the SFU's _reliable/_lossy: dropped), stats of the peer, pauses
+        }
+    }
+
+    fn frame(&mut self, data: MediaData, now: Instant, out: &mut Vec<Out>) {
+        let Some(track) = self.tracks.get_mut(&data.mid) else {
+            return;
+        };
+        let keyframe = data.is_keyframe();
+        let pt_mime = mime(Some(data.params.spec().codec), track.video);
+        if !track.announced {
+            // Announced with its first frame: only then is the codec in use known.
+            track.announced = true;
+            out.push(Out::Media {
+                peer: self.id,
+                mid: data.mid.to_string(),
+                kind: if track.video { "video" } else { "audio" },
+                mime: pt_mime,
+            });
+        }
+        let (spatial, temporal) = layers(&data.codec_extra);
+        let first = *data.seq_range.start();
+        let last = *data.seq_range.end();
+        if let Some(prev) = track.last_seq {
+            let first = *first;
+            if first > prev + 1 {
+                track.stats.packets_lost += first - prev - 1;
+            }
+        }
+        track.last_seq = Some(*last);
+        track.stats.frames_received += 1;
+        if !data.contiguous {
+            track.stats.frames_dropped += 1;
+        }
+        if track.video {
+            if keyframe {
+                track.keyframe_wanted = false;
+            } else if !data.contiguous && !track.keyframe_wanted {
+                track.keyframe_wanted = true;
+            }
+        }
+        out.push(Out::Frame {
+            peer: self.id,
+            mid: data.mid.to_string(),
+            pt_mime,
+            time: data.time.numer(),
+            keyframe: if track.video { keyframe } else { true },
+            contiguous: data.contiguous,
+            spatial,
+            temporal,
+            arrival: now,
+            data: Arc::clone(&data.data),
+        });
+    }
+
+    fn fail(&mut self, error: String, out: &mut Vec<Out>) {
+        log::warn!("peer {}: {error}", self.id);
+        self.rtc.disconnect();
+        self.finish(Some(error), out);
+    }
+
+    fn finish(&mut self, error: Option<String>, out: &mut Vec<Out>) {
+        if !self.done {
+            self.done = true;
+            self.rtc.disconnect();
+            out.push(Out::Closed {
+                peer: self.id,
+                error,
+            });
+        }
+    }
+}
+
+/// The lower-case MIME type of a str0m codec.
+fn mime(codec: Option<Codec>, video: bool) -> &'static str {
+    match codec {
+        Some(Codec::Opus) => "audio/opus",
+        Some(Codec::PCMU) => "audio/pcmu",
+        Some(Codec::PCMA) => "audio/pcma",
+        Some(Codec::G722) => "audio/g722",
+        Some(Codec::H264) => "video/h264",
+        Some(Codec::H265) => "video/h265",
+        Some(Codec::Vp8) => "video/vp8",
+        Some(Codec::Vp9) => "video/vp9",
+        Some(Codec::Av1) => "video/av1",
+        _ if video => "video/unknown",
+        _ => "audio/unknown",
+    }
+}
+
+/// (spatial, temporal) layer ids where the codec carries them.
+fn layers(extra: &CodecExtra) -> (u8, u8) {
+    match extra {
+        CodecExtra::Vp8(e) => (0, e.layer_index),
+        CodecExtra::Vp9(e) => {
+            let spatial = e.layers_scheme.iter().filter(|l| l.is_some()).count();
+            (spatial.saturating_sub(1) as u8, e.tid.unwrap_or(0))
+        }
+        _ => (0, 0),
+    }
+}
