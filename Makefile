@@ -1,4 +1,7 @@
-.PHONY: install install-test lint test demo bench
+.PHONY: install install-test lint lint-native test demo bench
+
+# The Rust toolchain (rustup) that builds and lints native/.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 install:  ## what the demo runs: ffmpeg, .venv, livekit-server
 	bash scripts/install.sh
@@ -6,9 +9,14 @@ install:  ## what the demo runs: ffmpeg, .venv, livekit-server
 install-test:  ## install + the servers and clients only the tests use
 	bash scripts/install-test.sh
 
-lint: install
+lint: install lint-native
 	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/mypy
+
+lint-native: install  ## rustfmt + clippy on the native media core (target directory shared with its build)
+	cargo fmt --manifest-path native/Cargo.toml --check
+	PYO3_PYTHON=$(CURDIR)/.venv/bin/python CARGO_TARGET_DIR=$(HOME)/.cache/trackegress/native-target \
+		nice -n 10 cargo clippy --manifest-path native/Cargo.toml --locked --release --quiet -- -D warnings
 
 # Parallel workers (pytest-xdist, one test file per worker: its module fixtures start once), then the tests that
 # assert wall-clock timing on their own. `make test PYTEST_WORKERS=0` runs everything in one process.

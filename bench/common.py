@@ -338,27 +338,15 @@ _LOOP = "asyncio + selectors (event loop)"
 
 # The per-packet receive path up to the egress, outermost first: (label, module, function); shares are cumulative.
 RECEIVE_STAGES = (
-    ("audio short path: our hook in aioice's datagram callback (SRTP, parse, stats, reorder, tap: all below)",
-     "trackegress/room/fastpath.py", "datagram_received"),
-    ("↳ SRTP unprotect (libsrtp through cffi, `SrtpReader`)", "trackegress/room/fastpath.py", "unprotect"),
-    ("↳ RTP header parse (`parse_rtp`)", "trackegress/room/fastpath.py", "parse_rtp"),
-    ("aiortc DTLS transport loop, per packet: ICE queue get, SRTP, RTP parse/route, receiver (video; all below)",
-     "aiortc/rtcdtlstransport.py", "__run"),
-    ("↳ SRTP unprotect (pylibsrtp, incl. its cffi wrapper)", "pylibsrtp/__init__.py", "unprotect"),
-    ("↳ RTP parse + route + receiver", "aiortc/rtcdtlstransport.py", "_handle_rtp_data"),
-    ("↳↳ `RTCRtpReceiver._handle_rtp_packet` (stats, NACK, depayload, buffer, tap)", "aiortc/rtcrtpreceiver.py",
-     "_handle_rtp_packet"),
-    ("↳↳↳ aiortc `JitterBuffer.add` (video)", "aiortc/jitterbuffer.py", "add"),
-    ("↳↳↳ our `AudioReorderBuffer.add` (audio; includes the tap)", "trackegress/room/reorder.py", "add"),
-    ("↳↳↳ our `TrackTap.push` (blank filter, keyframe check; includes below)", "trackegress/room/subscriber.py",
-     "push"),
-    ("↳↳↳↳ `Egress.on_frame`", "trackegress/egress.py", "on_frame"),
+    ("media core batch: drain the native core's events, build frames, dispatch (all below)",
+     "trackegress/room/native.py", "drain"),
+    ("↳ `Core.drain` (Rust: take the batch, one tuple + bytes per frame)", "~",
+     "<method 'drain' of 'builtins.Core' objects>"),
+    ("↳ `NativeTransport.queue_frame` (one `EncodedFrame` per frame)", "trackegress/room/native.py", "queue_frame"),
+    ("↳ `TrackSubscriber.on_frames` (blank filter; includes below)", "trackegress/room/subscriber.py", "on_frames"),
+    ("↳↳ `Egress.on_frame`", "trackegress/egress.py", "on_frame"),
 )  # fmt: skip
 BACKGROUND_STAGES = (
-    ("datagram in (all but our audio): aioice `datagram_received` (STUN check, queue put)", "aioice/ice.py",
-     "datagram_received"),
-    ("RTCP receiver reports (aiortc `_run_rtcp`)", "aiortc/rtcrtpreceiver.py", "_run_rtcp"),
-    ("ICE consent checks (aioice `query_consent`)", "aioice/ice.py", "query_consent"),
     ("signal WebSocket pings (`_ping_loop`)", "trackegress/room/signal.py", "_ping_loop"),
 )  # fmt: skip
 

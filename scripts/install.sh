@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make demo` runs on a fresh Debian machine: ffmpeg, the .venv with the package, livekit-server
-# (and the native media core once scripts/build-native.sh exists). Test-only servers: scripts/install-test.sh.
+# and the native media core (scripts/build-native.sh). Test-only servers: scripts/install-test.sh.
 # Fast when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +19,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
-# The native media core (native/, Rust): built once per source hash, cached in ~/.cache/trackegress/.
-bash scripts/build-native.sh
 # livekit-server v1.13.5 from its Go module, cached outside the clone.
 cache="$HOME/.cache/trackegress/livekit-server-v1.13.5"
 if [ ! -x "$cache/server" ]; then
@@ -29,7 +27,6 @@ if [ ! -x "$cache/server" ]; then
   CGO_ENABLED=0 GOBIN="$cache" go install github.com/livekit/livekit-server/cmd/server@v1.13.5
 fi
 mkdir -p .bin && ln -sf "$cache/server" .bin/livekit-server
-if [ -f scripts/build-native.sh ]; then
-  bash scripts/build-native.sh
-fi
+# The native media core (native/, Rust: str0m + PyO3): built once per source hash, cached in ~/.cache/trackegress/.
+bash scripts/build-native.sh
 echo "install: ok"

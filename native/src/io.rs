@@ -134,7 +134,9 @@ impl IoLoop {
                 }
                 let peer = (event.token().0 >> SOCKET_BITS) as u64;
                 let index = event.token().0 & ((1 << SOCKET_BITS) - 1);
-                self.with_peer(peer, &mut out, |p, out| p.readable(index, &mut buf, now, out));
+                self.with_peer(peer, &mut out, |p, out| {
+                    p.readable(index, &mut buf, now, out)
+                });
                 touched.push(peer);
             }
             if commands {
@@ -209,7 +211,13 @@ impl IoLoop {
         }
     }
 
-    fn open(&mut self, id: u64, sockets: Vec<std::net::UdpSocket>, now: Instant, out: &mut Vec<Out>) {
+    fn open(
+        &mut self,
+        id: u64,
+        sockets: Vec<std::net::UdpSocket>,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) {
         let mut registered = Vec::new();
         for (index, socket) in sockets.into_iter().enumerate() {
             let local = match socket.local_addr() {

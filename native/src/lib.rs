@@ -63,12 +63,15 @@ impl Core {
         // SAFETY: plain eventfd(2); the descriptor is owned right away.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
-            return Err(PyOSError::new_err(std::io::Error::last_os_error().to_string()));
+            return Err(PyOSError::new_err(
+                std::io::Error::last_os_error().to_string(),
+            ));
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let event_fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let poll = Poll::new().map_err(|e| PyOSError::new_err(e.to_string()))?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let waker =
+            Waker::new(poll.registry(), WAKER).map_err(|e| PyOSError::new_err(e.to_string()))?;
         let (tx, rx) = channel();
         let shared = Arc::new(Shared {
             events: Mutex::new(Vec::new()),
@@ -108,7 +111,9 @@ impl Core {
             socket
                 .set_nonblocking(true)
                 .map_err(|e| PyOSError::new_err(e.to_string()))?;
-            let local = socket.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let local = socket
+                .local_addr()
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
             bound.push(local.to_string());
             sockets.push(socket);
         }
@@ -127,7 +132,12 @@ impl Core {
 
     /// Add a trickled remote candidate (`candidate:...`), tied to an ICE generation by `ufrag`.
     #[pyo3(signature = (peer, candidate, ufrag=None))]
-    fn add_remote_candidate(&self, peer: u64, candidate: String, ufrag: Option<String>) -> PyResult<()> {
+    fn add_remote_candidate(
+        &self,
+        peer: u64,
+        candidate: String,
+        ufrag: Option<String>,
+    ) -> PyResult<()> {
         self.send(Cmd::Candidate {
             peer,
             candidate,
@@ -204,18 +214,22 @@ impl Core {
                         Ok(sdp) => (true, sdp),
                         Err(e) => (false, e),
                     };
-                    (EV_ANSWER, peer, req, ok, text).into_pyobject(py)?.into_any()
+                    (EV_ANSWER, peer, req, ok, text)
+                        .into_pyobject(py)?
+                        .into_any()
                 }
                 Out::State { peer, state } => (EV_STATE, peer, state).into_pyobject(py)?.into_any(),
-                Out::Candidate { peer, candidate } => {
-                    (EV_CANDIDATE, peer, candidate).into_pyobject(py)?.into_any()
-                }
+                Out::Candidate { peer, candidate } => (EV_CANDIDATE, peer, candidate)
+                    .into_pyobject(py)?
+                    .into_any(),
                 Out::Media {
                     peer,
                     mid,
                     kind,
                     mime,
-                } => (EV_MEDIA, peer, mid, kind, mime).into_pyobject(py)?.into_any(),
+                } => (EV_MEDIA, peer, mid, kind, mime)
+                    .into_pyobject(py)?
+                    .into_any(),
                 Out::Frame {
                     peer,
                     mid,
@@ -231,12 +245,15 @@ impl Core {
                     let arrival = monotonic - now.saturating_duration_since(arrival).as_secs_f64();
                     let data = PyBytes::new(py, &data);
                     (
-                        EV_FRAME, peer, mid, pt_mime, time, keyframe, contiguous, spatial, temporal, arrival, data,
+                        EV_FRAME, peer, mid, pt_mime, time, keyframe, contiguous, spatial,
+                        temporal, arrival, data,
                     )
                         .into_pyobject(py)?
                         .into_any()
                 }
-                Out::Closed { peer, error } => (EV_CLOSED, peer, error).into_pyobject(py)?.into_any(),
+                Out::Closed { peer, error } => {
+                    (EV_CLOSED, peer, error).into_pyobject(py)?.into_any()
+                }
             };
             result.push(item.unbind());
         }
@@ -278,13 +295,18 @@ fn host_addresses() -> PyResult<Vec<String>> {
     // SAFETY: getifaddrs fills `head` with a list we walk read-only and free once.
     unsafe {
         if libc::getifaddrs(&mut head) != 0 {
-            return Err(PyOSError::new_err(std::io::Error::last_os_error().to_string()));
+            return Err(PyOSError::new_err(
+                std::io::Error::last_os_error().to_string(),
+            ));
         }
         let mut cursor = head;
         while !cursor.is_null() {
             let entry = &*cursor;
             let up = entry.ifa_flags & (libc::IFF_UP as u32) != 0;
-            if up && !entry.ifa_addr.is_null() && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET {
+            if up
+                && !entry.ifa_addr.is_null()
+                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET
+            {
                 let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
                 let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
                 if !addresses.contains(&ip.to_string()) {

@@ -391,14 +391,13 @@ impl Peer {
                 if let Some(track) = self.tracks.get_mut(&s.mid) {
                     track.stats.packets_received = s.packets;
                     track.stats.nacks_sent = s.nacks;
-                    track.stats.jitter = f64::from(s.jitter) / if track.video { 90_000.0 } else { 48_000.0 };
+                    track.stats.jitter =
+                        f64::from(s.jitter) / if track.video { 90_000.0 } else { 48_000.0 };
                 }
             }
-            Event::Closed => {
-                if self.closing.is_none() {
-                    self.closing = Some(now);
-                    let _ = self.rtc.close();
-                }
+            Event::Closed if self.closing.is_none() => {
+                self.closing = Some(now);
+                let _ = self.rtc.close();
             }
             _ => {} // data channels (the SFU's _reliable/_lossy: dropped), stats of the peer, pauses
         }

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-# Set by ``Egress.run``: every task it starts (subscriber, aiortc, sinks) inherits it, so their lines carry it too.
+# Set by ``Egress.run``: every task it starts (subscriber, transport, sinks) inherits it, so their lines carry it too.
 current_egress_id: contextvars.ContextVar[str] = contextvars.ContextVar("egress_id", default="")
 
 

@@ -26,9 +26,9 @@ from av.stream import Stream
 from livekit import api
 from livekit.protocol import models, rtc
 
-from .icerestart import ice_credentials, restart_ice
 from trackegress.room.signal import Resume, SignalClient
 
+from .icerestart import ice_credentials, restart_ice
 from .media import Frame, codec_name, h264_canonical, read_frames, video_size
 
 log = logging.getLogger(__name__)

@@ -124,7 +124,8 @@ class NativeTransport:
         if self._closed.done():
             raise TransportError("peer connection is closed")
         request = next(self._requests)
-        answer = self._answers[request] = self._loop.create_future()
+        answer: asyncio.Future[str] = self._loop.create_future()
+        self._answers[request] = answer
         self._core.native.accept_offer(self._id, request, sdp)
         if (ufrag := _UFRAG.search(sdp)) is not None:
             self._remote_ufrag = ufrag.group(1)
