@@ -33,7 +33,9 @@ if ! compgen -G "$cache/*.whl" >/dev/null; then
   tmp=$(mktemp -d "$root/native-build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   # One cargo target directory for every clone: compiled dependencies are reused (cargo locks it while building).
+  # A wheel for this machine (plain `linux` tag): it links the system's libssl.so.3 instead of bundling it.
   CARGO_TARGET_DIR="$root/native-target" nice -n 10 .venv/bin/maturin build --release --locked \
+    --compatibility linux --auditwheel skip \
     --manifest-path native/Cargo.toml --interpreter "$py" --out "$tmp/wheel" --quiet
   mv -T "$tmp/wheel" "$cache" 2>/dev/null || true  # another install may have finished first: keep that one
 fi
