@@ -132,8 +132,9 @@ class TrackSubscriber:
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe (PLI), e.g. when the file sink lost continuity (issue 15)."""
-        if self._tap is not None:
-            self._spawn(self._tap.request_keyframe())
+        for mid, sid in self._mid_to_track.items():
+            if sid == self._track_sid:
+                self._transport.request_keyframe(mid)
 
     async def close(self) -> None:
         """Leave the room and tear the media connection down."""
