@@ -133,6 +133,7 @@ async def test_trickled_candidates_and_keyframe_requests_are_accepted_before_and
         await transport.add_remote_candidate(IceCandidate("candidate:2 1 tcp 1 127.0.0.1 9 typ host tcptype passive"))
         await transport.add_remote_candidate(IceCandidate("not a candidate"))
         transport.request_keyframe("0")
+        transport.flush()
         assert transport.stats() == []
     finally:
         await transport.close()

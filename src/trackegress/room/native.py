@@ -47,6 +47,7 @@ class _Core:
         self.native = trackegress_native.Core()
         self.peers: dict[int, NativeTransport] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
 
     @classmethod
     def get(cls) -> _Core:
@@ -66,8 +67,17 @@ class _Core:
 
     def drain(self) -> None:
         """Dispatch every waiting event; frames go out per peer and track in one call per batch."""
+        if self._draining:  # a flush() from inside a dispatch: the batch is already being handed out
+            return
+        self._draining = True
+        try:
+            self._dispatch(self.native.drain())
+        finally:
+            self._draining = False
+
+    def _dispatch(self, events: list[tuple[Any, ...]]) -> None:
         touched: dict[int, NativeTransport] = {}
-        for event in self.native.drain():
+        for event in events:
             transport = self.peers.get(event[1])
             if transport is None:
                 continue
@@ -153,6 +163,10 @@ class NativeTransport:
         if self._final_stats is not None:
             return self._final_stats
         return [TrackStats(*row) for row in self._core.native.stats(self._id)]
+
+    def flush(self) -> None:
+        if not self._closed.done():
+            self._core.drain()
 
     async def close(self) -> None:
         if not self._closed.done():

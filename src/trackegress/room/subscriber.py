@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SOURCE_CLOSED = "Source closed"
 
 RESUME_TIMEOUT = 30.0
+END_GRACE = 0.2
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class TrackSubscriber:
         self._codec: Codec | None = None
         self._mid_to_track: dict[str, str] = {}
         self._ended = False
+        self._ending = False
+        self._end_task: asyncio.TimerHandle | None = None
         self._transport = transport(_ice_servers(signal.join), self)
         self._reader = asyncio.create_task(self._read())
         self._find_track()
@@ -139,6 +142,8 @@ class TrackSubscriber:
     async def close(self) -> None:
         """Leave the room and tear the media connection down."""
         self._ended = True
+        if self._end_task is not None:
+            self._end_task.cancel()
         self._reader.cancel()
         await self._signal.close()
         await self._transport.close()
@@ -284,7 +289,19 @@ class TrackSubscriber:
             self._events.on_muted(track.muted)
 
     def _end(self, reason: str, error: str | None) -> None:
+        """Report the end; a source that ended normally first gets ``END_GRACE`` for its last frames in flight
+        (the SFU's news of the end can overtake them: UDP through the media core vs the signal WebSocket)."""
+        if self._ending:
+            return
+        self._ending = True
+        if error is None:
+            self._end_task = asyncio.get_running_loop().call_later(END_GRACE, self._report_end, reason, error)
+        else:
+            self._report_end(reason, error)
+
+    def _report_end(self, reason: str, error: str | None) -> None:
         if not self._ended:
+            self._transport.flush()
             self._ended = True
             self._events.on_ended(reason, error)
 

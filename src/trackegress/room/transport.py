@@ -108,7 +108,9 @@ class TransportEvents(Protocol):
 
     def on_local_candidate(self, candidate: IceCandidate) -> None: ...
 
-    def on_track(self, track: MediaTrack) -> None: ...
+    def on_track(self, track: MediaTrack) -> None:
+        """A track's media started (with its first frame: the codec in use is known then)."""
+        ...
 
     def on_frames(self, mid: str, frames: Sequence[EncodedFrame]) -> None: ...
 
@@ -147,6 +149,10 @@ class MediaTransport(Protocol):
 
     def stats(self) -> list[TrackStats]:
         """Receive statistics, one entry per track."""
+        ...
+
+    def flush(self) -> None:
+        """Deliver at once what has already been received (the subscriber is about to report the track's end)."""
         ...
 
     async def close(self) -> None:
