@@ -1,0 +1,170 @@
+"""Headless Chromium publishes camera + mic with livekit-client (simulcast, RED, DTX, dynacast): the recordings
+hold what a Chromium viewer in the same room receives. Serial (xdist_group): each test runs a browser."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit.protocol import egress
+from support.browser import BrowserClients, BrowserPublisher, BrowserViewer, installed, join_token
+from support.egress_helpers import file_request, until
+from support.server import LiveKitServer, RoomFactory
+from support.wsreceiver import Receiver
+
+from trackegress.config import Config
+from trackegress.egress import Egress
+
+pytestmark = pytest.mark.xdist_group("browser")
+WINDOW = 6.0  # seconds of media recorded per test (the machine is shared: short windows, relative tolerances)
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
+    missing = installed()
+    if missing:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"not installed: {missing} (scripts/install-clients.sh)")
+        pytest.skip(f"not installed: {missing} (scripts/install-clients.sh)")
+    async with BrowserClients(tmp_path) as clients:
+        yield clients
+
+
+def frames_of(path: Path) -> list[tuple[int, int, float]]:
+    """(width, height, pts seconds) of every decoded video frame."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=width,height,pts_time",
+         "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split(",") for line in out.split()]
+    return [(int(w), int(h), float(t)) for w, h, t in rows]
+
+
+def decode_errors(path: Path) -> str:
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                            text=True)
+    return result.stderr.strip()
+
+
+def audio_seconds(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out)
+
+
+@dataclass
+class Session:
+    """One recorded window: the egresses' final infos and what the viewer received meanwhile."""
+
+    video: egress.EgressInfo
+    audio: egress.EgressInfo
+    stream: egress.EgressInfo | None
+    viewer: dict[str, Any]  # inbound at the window's end minus at its start (video frames, audio samples)
+    viewer_seconds: float
+    wall: float  # from the recordings' first media to the unpublish
+    top: tuple[int, int]  # the largest layer the publisher was encoding when the recording started
+    pcm: bytes
+
+
+async def record_browser(
+    server: LiveKitServer, room: str, clients: BrowserClients, receiver: Receiver | None = None,
+    window: float = WINDOW, during: Any = None, **options: object,
+) -> Session:
+    """A viewer joins, Chromium publishes camera + mic with ``options``; once the top layer is encoding, record
+    both tracks (and the mic to ``receiver``) for ``window`` seconds, then unpublish."""
+    viewer = BrowserViewer(await clients.new_page())
+    await viewer.join(server.url, join_token(server.api_key, server.api_secret, room, "viewer"))
+    publisher = BrowserPublisher(await clients.new_page())
+    await publisher.publish(server.url, join_token(server.api_key, server.api_secret, room, "alice"), **options)
+    top = await top_layer(publisher)
+    config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret,
+                    local_dir=clients.files)
+    jobs = [Egress(file_request(room, publisher.video), config), Egress(file_request(room, publisher.audio), config)]
+    if receiver is not None:
+        ws = egress.TrackEgressRequest(room_name=room, track_id=publisher.audio, websocket_url=receiver.url())
+        jobs.append(Egress(ws, config))
+    runs = [asyncio.create_task(job.run()) for job in jobs]
+    await until(lambda: all(job.frames for job in jobs), timeout=20)
+    started, before = time.monotonic(), await viewer.inbound()
+    if during is not None:
+        await during(publisher)
+    else:
+        await asyncio.sleep(window)
+    after = await viewer.inbound()
+    viewer_seconds = time.monotonic() - started
+    await publisher.unpublish()
+    infos = await asyncio.wait_for(asyncio.gather(*runs), 30)
+    wall = time.monotonic() - started
+    delta = {
+        "frames": after["video"]["framesDecoded"] - before["video"]["framesDecoded"],
+        "samples": after["audio"]["totalSamplesReceived"] - before["audio"]["totalSamplesReceived"],
+        "packetsLost": after["video"]["packetsLost"] + after["audio"]["packetsLost"],
+        "sizes": {tuple(size) for size in after["frames"]},
+    }
+    pcm = b"".join(receiver.conns[0].binary) if receiver is not None and receiver.conns else b""
+    return Session(infos[0], infos[1], infos[2] if receiver else None, delta, viewer_seconds, wall, top, pcm)
+
+
+async def top_layer(publisher: BrowserPublisher, timeout: float = 20.0) -> tuple[int, int]:
+    """The largest frame size the publisher's encoders produce, once its top simulcast layer is encoding."""
+    async with asyncio.timeout(timeout):
+        while True:
+            encodings = [o for o in await publisher.outbound() if o["kind"] == "video"]
+            sizes = sorted((o["frameWidth"], o["frameHeight"]) for o in encodings if o["framesEncoded"])
+            if sizes and len(sizes) == len(encodings):
+                return sizes[-1]
+            await asyncio.sleep(0.2)
+
+
+def check_recordings(session: Session, files: Path, video_ext: str) -> list[tuple[int, int, float]]:
+    """What every codec's test asserts: complete, decodes cleanly, top layer first, counts match the viewer."""
+    for info in (session.video, session.audio):
+        assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    video = files / session.video.file_results[0].filename
+    audio = files / session.audio.file_results[0].filename
+    assert video.suffix == video_ext and audio.suffix == ".ogg"
+    assert decode_errors(video) == "" and decode_errors(audio) == ""
+    frames = frames_of(video)
+    assert frames[0][:2] == session.top, f"first frame {frames[0][:2]}, publisher's top layer {session.top}"
+    # Same rates over the same window: frames per second of media, seconds of audio per second of wall time.
+    recorded_fps = (len(frames) - 1) / (frames[-1][2] - frames[0][2])
+    viewer_fps = session.viewer["frames"] / session.viewer_seconds
+    assert recorded_fps == pytest.approx(viewer_fps, rel=0.05), (recorded_fps, viewer_fps)
+    viewer_audio = session.viewer["samples"] / 48_000 / session.viewer_seconds
+    recorded_audio = audio_seconds(audio) / session.wall
+    assert recorded_audio == pytest.approx(viewer_audio, rel=0.05), (recorded_audio, viewer_audio)
+    assert session.viewer["packetsLost"] == 0
+    return frames
+
+
+async def test_sdk_defaults_vp8_simulcast_red_dtx(
+    livekit_server: LiveKitServer, make_room: RoomFactory, browser: BrowserClients
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        session = await record_browser(livekit_server, await make_room(), browser, receiver)
+    finally:
+        await receiver.stop()
+    frames = check_recordings(session, browser.files, ".webm")
+    assert {(w, h) for w, h, _ in frames} == {session.top}
+    assert session.stream is not None
+    assert egress.EgressStatus.Name(session.stream.status) == "EGRESS_COMPLETE", session.stream.error
+    pcm_seconds = len(session.pcm) / 4 / 48_000
+    assert pcm_seconds == pytest.approx(audio_seconds(browser.files / session.audio.file_results[0].filename),
+                                        rel=0.05)
+
+
+@pytest.mark.parametrize("backup", [True, False], ids=["backup", "no-backup"])
+async def test_h264_simulcast(
+    backup: bool, livekit_server: LiveKitServer, make_room: RoomFactory, browser: BrowserClients
+) -> None:
+    session = await record_browser(livekit_server, await make_room(), browser, videoCodec="h264", backupCodec=backup)
+    check_recordings(session, browser.files, ".mp4")
