@@ -89,7 +89,7 @@ class Parts:
     """What an egress is built from: the room join, the sinks and the uploader (tests swap them)."""
 
     join_room: JoinRoom = join_room
-    file_sink: Callable[[Path, Codec, Callable[[], None] | None], FileSink] = FileSink
+    file_sink: Callable[..., FileSink] = FileSink  # (path, codec, request_keyframe, top=largest layer)
     stream_sink: Callable[..., WebSocketSink] = WebSocketSink
     uploader: Callable[[Destination, Destination | None], Uploader] = Uploader
 
@@ -165,6 +165,11 @@ class Egress:
             size=self._file.size,
             started_at=self._media_started_at,
         )
+
+    @property
+    def layer_switches(self) -> int:
+        """Times the recorded picture size changed (simulcast / SVC layer switches)."""
+        return self._file.layer_switches if self._file is not None else 0
 
     @property
     def packets_lost(self) -> int:
@@ -299,7 +304,7 @@ class Egress:
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
         self._claim(path, relative)
-        self._file = self._parts.file_sink(path, codec, self._request_keyframe)
+        self._file = self._parts.file_sink(path, codec, self._request_keyframe, top=top_layer(self._source.track))
         self._filename = relative
         return self._file
 
@@ -544,3 +549,11 @@ def _with_cause(exc: BaseException) -> str:
         if cause is not None and str(cause):
             text += f" ({cause})"
     return text
+
+
+def top_layer(track: models.TrackInfo) -> tuple[int, int] | None:
+    """The largest picture the track announces: its biggest simulcast/SVC layer, else its own size."""
+    sizes = [(layer.width, layer.height) for layer in track.layers if layer.width and layer.height]
+    if track.width and track.height:
+        sizes.append((track.width, track.height))
+    return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None

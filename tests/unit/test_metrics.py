@@ -21,6 +21,7 @@ class Job:
     packets_lost: int = 0
     bytes_out: int = 0
     stream_stats: Stats | None = None
+    layer_switches: int = 0
 
 
 @dataclass
@@ -36,7 +37,7 @@ def scrape(metrics: Metrics) -> str:
 
 
 def test_counters_sum_running_egresses_and_survive_their_end() -> None:
-    manager = Manager([Job("EG_a", packets_lost=3, bytes_out=100), Job("EG_b", 1, 50, Stats(2, 7))])
+    manager = Manager([Job("EG_a", packets_lost=3, bytes_out=100, layer_switches=2), Job("EG_b", 1, 50, Stats(2, 7))])
     metrics = Metrics()
     metrics.watch(manager)  # type: ignore[arg-type]
     text = scrape(metrics)
@@ -44,6 +45,7 @@ def test_counters_sum_running_egresses_and_survive_their_end() -> None:
     assert "trackegress_packets_lost_total 4.0" in text
     assert "trackegress_websocket_reconnects_total 2.0" in text
     assert "trackegress_websocket_frames_lost_total 7.0" in text
+    assert "trackegress_layer_switches_total 2.0" in text
     manager.jobs = []
     text = scrape(metrics)
     assert "trackegress_egress_active 0.0" in text and "trackegress_packets_lost_total 4.0" in text

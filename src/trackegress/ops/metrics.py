@@ -32,7 +32,8 @@ class Metrics(Collector):
             buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry,
         )
         self._ended_bytes = 0
-        self._seen: dict[str, tuple[int, int, int]] = {}  # per egress, last seen: packets lost, reconnects, frames lost
+        # per egress, last seen: packets lost, reconnects, frames lost, layer switches
+        self._seen: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)
 
     def watch(self, manager: EgressManager) -> None:
@@ -58,12 +59,16 @@ class Metrics(Collector):
         written = self._ended_bytes + sum(job.bytes_out for job in running)
         yield CounterMetricFamily("trackegress_bytes_written", "Bytes written to files and streams", value=written)
         self._seen.update((job.egress_id, _counts(job)) for job in running)
-        totals = [sum(column) for column in zip(*self._seen.values(), strict=True)] or [0, 0, 0]
-        packets_lost, reconnects, frames_lost = totals
+        totals = [sum(column) for column in zip(*self._seen.values(), strict=True)] or [0, 0, 0, 0]
+        packets_lost, reconnects, frames_lost, layer_switches = totals
         yield CounterMetricFamily("trackegress_packets_lost", "RTP packets never received", value=packets_lost)
         yield CounterMetricFamily("trackegress_websocket_reconnects", "WebSocket receivers redialled", value=reconnects)
         yield CounterMetricFamily(
             "trackegress_websocket_frames_lost", "10 ms PCM messages the receiver did not confirm", value=frames_lost
+        )
+        yield CounterMetricFamily(
+            "trackegress_layer_switches", "Picture size changes in recordings (simulcast/SVC layer switches)",
+            value=layer_switches,
         )
 
     def app(self) -> web.Application:
@@ -76,6 +81,8 @@ class Metrics(Collector):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_TYPE})
 
 
-def _counts(job: Egress) -> tuple[int, int, int]:
+def _counts(job: Egress) -> tuple[int, int, int, int]:
     stats = job.stream_stats
-    return job.packets_lost, stats.reconnects if stats else 0, stats.frames_lost if stats else 0
+    return (
+        job.packets_lost, stats.reconnects if stats else 0, stats.frames_lost if stats else 0, job.layer_switches
+    )

@@ -8,43 +8,81 @@ from pathlib import Path
 
 from trackegress.media.continuity import ContinuityStats, KeyframeGate
 from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.sinks.layers import LayerWatch, Size, TopLayerStart
 from trackegress.sinks.muxer import Muxer
 
 BATCH = 10  # frames muxed together (200 ms of Opus, 333 ms of 30 fps video): the muxer stays in the CPU cache
+# At a layer switch the SFU forwards the new layer's keyframe of the same captured picture as the old layer's last
+# frame, stamped a tick later: that old frame is superseded (two pictures of one instant do not fit one timeline).
+SAME_INSTANT = 0.005
 
 
 class FileSink:
     """Writes one track into ``path`` (Ogg, WebM or fragmented MP4 by codec).
 
     Video that follows a loss is dropped until the next keyframe (``KeyframeGate``), which
-    ``request_keyframe`` is asked for.
+    ``request_keyframe`` is asked for. ``top``: the largest layer the track announces (video); the file starts on
+    it and its header states it.
     """
 
-    def __init__(self, path: Path, codec: Codec, request_keyframe: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, path: Path, codec: Codec, request_keyframe: Callable[[], None] | None = None, top: Size | None = None
+    ) -> None:
         self.path = path
         self.codec = codec
-        self._muxer = Muxer(path, codec)
+        self._muxer = Muxer(path, codec, size=top)
         self._gate = KeyframeGate(codec, request_keyframe)
+        self._start = TopLayerStart(codec, top)
+        self._layers = LayerWatch(codec)
         self._pending: list[EncodedFrame] = []
+        self._last: EncodedFrame | None = None  # video: written once the next frame shows it is not superseded
+        self._same_instant = int(SAME_INSTANT * codec.clock_rate)
+        self.superseded = 0
 
     def write(self, frame: EncodedFrame) -> None:
         if not self._gate.admit(frame):
             return
-        self._pending.append(frame)
+        if self._start.started:
+            self._pending.append(frame)
+        else:
+            self._pending.extend(self._start.admit(frame))
         if len(self._pending) >= BATCH:
             self._flush()
+
+    @property
+    def layer_switches(self) -> int:
+        """Times the picture size changed in what was written."""
+        return self._layers.switches
 
     def set_muted(self, muted: bool) -> None:
         """Passthrough keeps gaps as gaps: nothing to do."""
 
     async def close(self) -> None:
+        self._pending.extend(self._start.drain())
         self._flush()
+        if self._last is not None:
+            self._write_video(self._last)
+            self._last = None
         await asyncio.to_thread(self._muxer.close)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        if not self.codec.is_video:
+            for frame in pending:
+                self._muxer.write(frame)
+            return
         for frame in pending:
-            self._muxer.write(frame)
+            last = self._last
+            if last is not None:
+                if frame.keyframe and frame.timestamp - last.timestamp < self._same_instant:
+                    self.superseded += 1
+                else:
+                    self._write_video(last)
+            self._last = frame
+
+    def _write_video(self, frame: EncodedFrame) -> None:
+        self._layers.see(frame)
+        self._muxer.write(frame)
 
     @property
     def continuity(self) -> ContinuityStats:

@@ -16,7 +16,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from trackegress.media import h264, vp8
+from trackegress.media.dimensions import keyframe_size
 from trackegress.media.formats import output_format
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.media.opus import opus_packet_samples
@@ -30,9 +30,13 @@ _OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)
 class Muxer:
     """Writes one track's frames into ``path``; the file is created at the first usable frame."""
 
-    def __init__(self, path: Path, codec: Codec) -> None:
+    def __init__(self, path: Path, codec: Codec, size: tuple[int, int] | None = None) -> None:
         self.path = path
         self.codec = codec
+        self.size = size  # the header's picture size: the largest layer, when the track announces its layers
+        # Video times stay at least 1 ms apart (WebM's resolution): the SFU stamps a layer switch's keyframe a
+        # tick after the previous layer's last frame.
+        self._min_step = codec.clock_rate // 1000 if codec.is_video else 1
         self.frames = 0
         self.dropped = 0
         self.filled = 0
@@ -65,11 +69,14 @@ class Muxer:
         ):
             self.dropped += 1
             return
+        timestamp = frame.timestamp
         if not audio:  # a video frame lasts until the next: assume the last interval again
-            duration = frame.timestamp - self._last_ts if self.frames else 0
-        elif self.frames and frame.timestamp > self._last_ts + self._last_duration:  # a gap
-            self._fill_until(frame.timestamp)
-        self._mux(frame.data, frame.timestamp, frame.keyframe, duration)
+            if self.frames:
+                timestamp = max(timestamp, self._last_ts + self._min_step)
+            duration = timestamp - self._last_ts if self.frames else 0
+        elif self.frames and timestamp > self._last_ts + self._last_duration:  # a gap
+            self._fill_until(timestamp)
+        self._mux(frame.data, timestamp, frame.keyframe, duration)
 
     def close(self) -> None:
         """Finish the file (idempotent)."""
@@ -81,9 +88,11 @@ class Muxer:
     def _open(self, frame: EncodedFrame) -> bool:
         size = None
         if self.codec.is_video:
-            size = _dimensions(self.codec, frame) if frame.keyframe else None
+            size = keyframe_size(self.codec, frame.data) if frame.keyframe else None
             if size is None:
                 return False
+            if self.size is not None:
+                size = (max(size[0], self.size[0]), max(size[1], self.size[1]))
         output = output_format(self.codec)
         options = {"flush_packets": "1", **output.mux_options}
         container = av.open(str(self.path), "w", format=output.container, options=options)
@@ -133,12 +142,6 @@ class Muxer:
         self._last_duration = duration
         self._last_toc = data[0]
         self.frames += 1
-
-
-def _dimensions(codec: Codec, frame: EncodedFrame) -> tuple[int, int] | None:
-    if codec is Codec.H264:
-        return h264.dimensions(frame.data)
-    return vp8.dimensions(frame.data)
 
 
 def _opus_samples(packet: bytes) -> int:
