@@ -1,0 +1,198 @@
+"""LiveKit's Go SDK (server-sdk-go v2.19.0, tests/go) publishes files as ``lk room join --publish`` does and drives
+the egress API from Go (StartTrackEgress, ListEgress, StopEgress): against ``trackegress serve`` and against
+livekit-server with ``trackegress worker``. The recordings hold the published frames byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+import yaml
+from support.egress_service import EgressService
+from support.media import h264_nal_units, make_h264, make_opus_ogg, make_vp8_ivf
+from support.process import LogFile, stop_process, wait_ready
+from support.redis_server import RedisServer
+from support.server import REPO, LiveKitServer, RoomFactory
+
+LKCLIENT = REPO / ".bin" / "lkclient"
+SECONDS = 4.0
+
+
+@pytest.fixture(scope="module")
+def go_media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if not os.access(LKCLIENT, os.X_OK):
+        reason = f"{LKCLIENT} not built (scripts/install-clients.sh)"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("go-media")
+    return {
+        "opus": make_opus_ogg(folder / "tone.ogg", seconds=SECONDS),
+        "vp8": make_vp8_ivf(folder / "testsrc.ivf", seconds=SECONDS),
+        "h264": make_h264(folder / "testsrc.h264", seconds=SECONDS),
+    }
+
+
+def lkclient(command: str, url: str, server: LiveKitServer, *args: str) -> dict[str, Any]:
+    """One egress call through the Go SDK's EgressClient; its protojson answer."""
+    result = subprocess.run([str(LKCLIENT), command, "-url", url, "-api-key", server.api_key, "-api-secret",
+                             server.api_secret, *args], capture_output=True, text=True, timeout=40)
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+class GoPublisher:
+    """``lkclient publish``: the files as tracks, each unpublished once written; ``tracks`` maps file → sid."""
+
+    def __init__(self, server: LiveKitServer, room: str, files: list[Path]) -> None:
+        self.server, self.room, self.files = server, room, files
+        self.tracks: dict[str, str] = {}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            str(LKCLIENT), "publish", "-url", self.server.url, "-api-key", self.server.api_key, "-api-secret",
+            self.server.api_secret, "-room", self.room, "-identity", "gopher", "-fps", "30",
+            *map(str, self.files), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        while len(self.tracks) < len(self.files):
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+            assert line, "lkclient publish exited early"
+            event = json.loads(line)
+            if event["event"] == "published":
+                self.tracks[Path(event["file"]).suffix] = event["track_sid"]
+
+    async def wait(self) -> int:
+        """Until every file was written and unpublished (the program then leaves)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        await asyncio.wait_for(self.proc.stdout.read(), 60)
+        return await self.proc.wait()
+
+
+async def wait_complete(url: str, server: LiveKitServer, egress_id: str, timeout: float = 30) -> dict[str, Any]:
+    """ListEgress (from Go) until the egress has ended; its final info."""
+    async with asyncio.timeout(timeout):
+        while True:
+            items = (await asyncio.to_thread(lkclient, "egress-list", url, server, "-id", egress_id)).get("items", [])
+            if items and items[0].get("status") in ("EGRESS_COMPLETE", "EGRESS_FAILED", "EGRESS_ABORTED"):
+                return dict(items[0])
+            await asyncio.sleep(0.3)
+
+
+def published(path: Path) -> list[bytes]:
+    """What the SDK's readers send: Ogg packets, IVF frames, or H.264 NAL units (SEI dropped, as the SDK does)."""
+    if path.suffix == ".h264":
+        return [n for n in h264_nal_units(path.read_bytes()) if n[0] & 0x1F != 6]
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux() if p.size]
+
+
+def recorded(path: Path) -> list[bytes]:
+    """The recording's frames in the same units (MP4 back to Annex B NAL units)."""
+    if path.suffix != ".mp4":
+        with av.open(str(path)) as container:
+            return [bytes(p) for p in container.demux() if p.size]
+    annexb = path.with_suffix(".h264")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c", "copy", "-bsf:v", "h264_mp4toannexb",
+                    str(annexb)], check=True)
+    return h264_nal_units(annexb.read_bytes())
+
+
+def assert_same_frames(source: Path, output: Path) -> None:
+    """The recording is the published stream from its first recorded frame on, byte for byte, to the end."""
+    sent, got = published(source), recorded(output)
+    assert len(got) >= len(sent) // 2, (len(got), len(sent))
+    assert got == sent[len(sent) - len(got):]
+
+
+async def record_from_go(url: str, server: LiveKitServer, room: str, media: dict[str, Path],
+                         stop_one: bool = False) -> dict[str, dict[str, Any]]:
+    """Publish the files with the Go SDK, StartTrackEgress each from Go, wait until ListEgress says they ended."""
+    publisher = GoPublisher(server, room, list(media.values()))
+    await publisher.start()
+    started = {
+        suffix: lkclient("egress-start", url, server, "-room", room, "-track", sid)
+        for suffix, sid in publisher.tracks.items()
+    }
+    for info in started.values():
+        assert info.get("status", "EGRESS_STARTING") == "EGRESS_STARTING"  # protojson omits the zero value
+        assert info["egressId"].startswith("EG_")
+    if stop_one:
+        stopped = lkclient("egress-start", url, server, "-room", room, "-track", publisher.tracks[".ogg"],
+                           "-filepath", "stopped.ogg")
+        await asyncio.sleep(1.5)
+        lkclient("egress-stop", url, server, "-id", stopped["egressId"])
+        started["stopped"] = stopped
+    assert await publisher.wait() == 0
+    return {key: await wait_complete(url, server, info["egressId"]) for key, info in started.items()}
+
+
+async def test_go_sdk_publish_and_egress_api_against_serve(
+    livekit_server: LiveKitServer, make_room: RoomFactory, go_media: dict[str, Path], tmp_path: Path
+) -> None:
+    service = EgressService(livekit_server, tmp_path)
+    try:
+        infos = await record_from_go(service.url, livekit_server, await make_room(), go_media, stop_one=True)
+    finally:
+        service.stop()
+    by_suffix = {media.suffix: media for media in go_media.values()}
+    for suffix, extension in ((".ogg", ".ogg"), (".ivf", ".webm"), (".h264", ".mp4")):
+        info = infos[suffix]
+        assert info["status"] == "EGRESS_COMPLETE", info
+        output = Path(info["fileResults"][0]["location"])
+        assert output.suffix == extension
+        assert_same_frames(by_suffix[suffix], output)
+    stopped = infos["stopped"]
+    assert stopped["status"] == "EGRESS_COMPLETE" and stopped["details"] == "End reason: StopEgress API"
+
+
+class WorkerProcess:
+    """``trackegress worker`` for livekit-server's psrpc egress requests over Redis."""
+
+    def __init__(self, workdir: Path, server: LiveKitServer, redis: RedisServer) -> None:
+        config = workdir / "egress.yaml"
+        config.write_text(yaml.safe_dump({
+            "api_key": server.api_key, "api_secret": server.api_secret, "ws_url": server.url,
+            "redis": {"address": redis.address}, "local_dir": str(workdir / "recordings"),
+            "data_dir": str(workdir / "data"), "track_wait_timeout": "5s",
+        }))
+        self._log = LogFile("trackegress-worker-")
+        self.proc = subprocess.Popen([sys.executable, "-m", "trackegress.cli", "worker", "--config", str(config),
+                                      "--shutdown-grace", "1"], stdout=subprocess.DEVNULL, stderr=self._log.file)
+        wait_ready(self.proc, lambda: "serving (cluster_id" in self._log.text(), 20, "trackegress worker",
+                   lambda: self._log.tail(40))
+
+    def stop(self) -> None:
+        stop_process(self.proc, 15)
+        self._log.close()
+
+
+@pytest.fixture
+def livekit_with_worker(tmp_path: Path, go_media: dict[str, Path]) -> Iterator[LiveKitServer]:
+    with RedisServer() as redis, LiveKitServer(redis_address=redis.address) as server:
+        worker = WorkerProcess(tmp_path, server, redis)
+        try:
+            yield server
+        finally:
+            worker.stop()
+
+
+async def test_go_sdk_egress_api_through_livekit_server_and_worker(
+    livekit_with_worker: LiveKitServer, go_media: dict[str, Path]
+) -> None:
+    server = livekit_with_worker
+    room = "go-worker"
+    infos = await record_from_go(server.http_url, server, room, {"vp8": go_media["vp8"]})
+    info = infos[".ivf"]
+    assert info["status"] == "EGRESS_COMPLETE", info
+    assert_same_frames(go_media["vp8"], Path(info["fileResults"][0]["location"]))
