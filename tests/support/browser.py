@@ -144,6 +144,13 @@ class BrowserViewer:
         result: dict[str, Any] = await self.page.evaluate("() => inbound()")
         return result
 
+    async def audio_log(self) -> list[tuple[float, int]]:
+        """(epoch seconds, audio samples received so far), every 100 ms until the last audio packet arrived (the
+        audio element conceals on after the publisher stops)."""
+        log: list[list[float]] = await self.page.evaluate("() => audioLog()")
+        last = next(i for i, entry in enumerate(log) if entry[2] == log[-1][2])
+        return [(t / 1000, int(n)) for t, n, _ in log[:last + 1]]
+
     async def play(self, name: str) -> dict[str, Any]:
         """Play ``files/<name>`` in a <video> element to ``ended`` (raises on a media error)."""
         result: dict[str, Any] = await self.page.evaluate("(n) => play(n)", name)
