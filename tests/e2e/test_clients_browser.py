@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from livekit.protocol import egress
 from support.browser import BrowserClients, BrowserPublisher, BrowserViewer, installed, join_token
@@ -21,6 +22,7 @@ from support.wsreceiver import Receiver
 
 from trackegress.config import Config
 from trackegress.egress import Egress
+from trackegress.media.opus import opus_packet_samples
 
 pytestmark = pytest.mark.xdist_group("browser")
 CAMERA = (1280, 720)  # the fake camera with the SDK's default capture (h720): the top simulcast layer
@@ -169,6 +171,12 @@ async def test_sdk_defaults_vp8_simulcast_red_dtx(
     finally:
         await receiver.stop()
     check_recordings(session, browser.files, ".webm")
+    # RED: what was recorded is the primary Opus encoding, one 20 ms packet each. DTX: the fake mic's silences
+    # came as DTX (a packet every 400 ms); the gaps were kept on the timeline (the duration check above).
+    with av.open(str(browser.files / session.audio.file_results[0].filename)) as container:
+        packets = [bytes(p) for p in container.demux() if p.size]
+    assert {opus_packet_samples(p) for p in packets} == {960}
+    assert sum(len(p) <= 3 for p in packets) > 0, "no DTX gap in the recording"
     assert session.stream is not None
     assert egress.EgressStatus.Name(session.stream.status) == "EGRESS_COMPLETE", session.stream.error
     # The PCM stream is real time (seconds of audio per second, as the viewer's) and holds all the Ogg file does.
