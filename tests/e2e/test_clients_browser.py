@@ -102,7 +102,7 @@ async def record_browser(
     await until(lambda: all(job.frames for job in jobs), timeout=20)
     before = await viewer.inbound()
     if during is not None:
-        await during(publisher)
+        await during(publisher, jobs[0])
     else:
         await asyncio.sleep(window)
     after = await viewer.inbound()
@@ -133,13 +133,17 @@ async def record_browser(
 async def top_layer(publisher: BrowserPublisher, timeout: float = 30.0) -> tuple[int, int]:
     """Once the publisher's top encoding sends the camera's full size (libwebrtc may start it scaled down while
     its bandwidth estimate ramps up), that size."""
-    async with asyncio.timeout(timeout):
-        while True:
-            encodings = [o for o in await publisher.outbound() if o["kind"] == "video"]
-            sizes = {(o["frameWidth"], o["frameHeight"]) for o in encodings if o["framesEncoded"]}
-            if CAMERA in sizes:
-                return CAMERA
-            await asyncio.sleep(0.2)
+    encodings: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                encodings = [o for o in await publisher.outbound() if o["kind"] == "video"]
+                sizes = {(o["frameWidth"], o["frameHeight"]) for o in encodings if o["framesEncoded"]}
+                if CAMERA in sizes:
+                    return CAMERA
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"the publisher never sent {CAMERA}: {encodings}") from None
 
 
 def check_recordings(session: Session, files: Path, video_ext: str) -> list[tuple[int, int, float]]:
@@ -190,13 +194,18 @@ async def test_sdk_defaults_vp8_simulcast_red_dtx(
 async def test_h264_simulcast(
     backup: bool, livekit_server: LiveKitServer, make_room: RoomFactory, browser: BrowserClients
 ) -> None:
-    session = await record_browser(livekit_server, await make_room(), browser, videoCodec="h264", backupCodec=backup)
+    # Three OpenH264 encoders on this shared machine: keep the resolution, let the frame rate give (as Chromium may
+    # otherwise scale the top layer down for CPU and never send 720p within the test).
+    session = await record_browser(livekit_server, await make_room(), browser, videoCodec="h264", backupCodec=backup,
+                                   degradationPreference="maintain-resolution")
     check_recordings(session, browser.files, ".mp4")
 
 
-async def drop_top_layer_for_a_while(publisher: BrowserPublisher) -> None:
-    """The publisher stops its top simulcast encoding for 2.5 s (as under a bandwidth cap), then resumes it."""
-    await asyncio.sleep(2)
+async def drop_top_layer_for_a_while(publisher: BrowserPublisher, video: Egress) -> None:
+    """Once the video file has started, the publisher stops its top simulcast encoding for 2.5 s (as under a
+    bandwidth cap), then resumes it."""
+    await until(lambda: video.partial_file is not None and video.partial_file.size > 0, timeout=15)
+    await asyncio.sleep(1.5)
     await publisher.set_layer_active("f", False)
     await asyncio.sleep(2.5)
     await publisher.set_layer_active("f", True)
@@ -209,7 +218,7 @@ async def test_layer_switch_mid_recording_plays_in_ffmpeg_and_chromium(
 ) -> None:
     # dynacast off: the SDK would otherwise manage the encodings itself.
     session = await record_browser(livekit_server, await make_room(), browser, during=drop_top_layer_for_a_while,
-                                   videoCodec=codec, dynacast=False)
+                                   videoCodec=codec, dynacast=False, degradationPreference="maintain-resolution")
     assert egress.EgressStatus.Name(session.video.status) == "EGRESS_COMPLETE", session.video.error
     name = session.video.file_results[0].filename
     video = browser.files / name

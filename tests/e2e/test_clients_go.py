@@ -140,7 +140,7 @@ async def record_from_go(url: str, server: LiveKitServer, room: str, media: dict
 async def test_go_sdk_publish_and_egress_api_against_serve(
     livekit_server: LiveKitServer, make_room: RoomFactory, go_media: dict[str, Path], tmp_path: Path
 ) -> None:
-    service = EgressService(livekit_server, tmp_path)
+    service = EgressService(livekit_server, tmp_path, cpu_cost={"track_cpu_cost": 0.1})  # 4 egresses at once
     try:
         infos = await record_from_go(service.url, livekit_server, await make_room(), go_media, stop_one=True)
     finally:

@@ -111,7 +111,8 @@ class BrowserPublisher:
         self.audio = ""
 
     async def publish(self, url: str, token: str, **options: object) -> None:
-        """Connect and publish camera + mic; ``options``: videoCodec, backupCodec, simulcast, dynacast, red, dtx."""
+        """Connect and publish camera + mic; ``options``: videoCodec, backupCodec, simulcast, dynacast, red, dtx,
+        degradationPreference."""
         sids = await self.page.evaluate("(a) => publish(a)", {"url": url, "token": token, "options": options})
         self.video, self.audio = sids["video"], sids["audio"]
 
@@ -145,8 +146,8 @@ class BrowserViewer:
         return result
 
     async def audio_log(self) -> list[tuple[float, int]]:
-        """(epoch seconds, audio samples received so far), every 100 ms until the last audio packet arrived (the
-        audio element conceals on after the publisher stops)."""
+        """(epoch seconds, audio samples received in packets so far: not the ones the viewer concealed), every
+        100 ms until the last audio packet arrived."""
         log: list[list[float]] = await self.page.evaluate("() => audioLog()")
         last = next(i for i, entry in enumerate(log) if entry[2] == log[-1][2])
         return [(t / 1000, int(n)) for t, n, _ in log[:last + 1]]

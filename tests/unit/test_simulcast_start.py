@@ -18,7 +18,7 @@ TOP, LOW = (1280, 720), (320, 180)
 STEP = 3000  # 90 kHz ticks per frame at 30 fps
 
 
-def layer(codec: Codec, folder: Path, size: tuple[int, int], seconds: float = 4.0) -> list[bytes]:
+def layer(codec: Codec, folder: Path, size: tuple[int, int], seconds: float = 6.0) -> list[bytes]:
     """Frames of one layer: a keyframe every 10 frames, 30 fps."""
     if codec is Codec.VP8:
         path = make_vp8_ivf(folder / f"{size[0]}.ivf", seconds=seconds, size=size, gop=10)
@@ -104,9 +104,9 @@ async def test_without_the_top_layer_the_recording_starts_after_the_wait(
 ) -> None:
     codec, _, low = layers
     out = tmp_path / f"out.{ext(codec)}"
-    await record(codec, out, sfu(codec, [(low, 0, 120)]), TOP)  # 4 s of the low layer only
+    await record(codec, out, sfu(codec, [(low, 0, 180)]), TOP)  # 6 s of the low layer only
     sizes = probe(out, "frame=width,height")
-    assert sizes == ["320,180"] * 120  # held from the first keyframe, written at the 3 s fallback
+    assert sizes == ["320,180"] * 180  # held from the first keyframe, written at the 5 s fallback
     assert header_size(out) == TOP  # the header states the largest announced size
     assert decode_errors(out) == ""
 

@@ -18,7 +18,7 @@ from trackegress.media.frames import Codec, EncodedFrame
 log = logging.getLogger(__name__)
 
 Size = tuple[int, int]
-TOP_LAYER_WAIT = 3.0  # seconds of media the recording waits for the top layer before starting on a lower one
+TOP_LAYER_WAIT = 5.0  # seconds of media the recording waits for the top layer before starting on a lower one
 
 
 def covers(size: Size, top: Size) -> bool:
