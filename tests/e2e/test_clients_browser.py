@@ -24,7 +24,8 @@ from trackegress.config import Config
 from trackegress.egress import Egress
 from trackegress.media.opus import opus_packet_samples
 
-pytestmark = pytest.mark.xdist_group("browser")
+# timing: run after the parallel run, on their own (rates compared with the viewer; a browser is CPU-heavy)
+pytestmark = [pytest.mark.xdist_group("browser"), pytest.mark.timing]
 CAMERA = (1280, 720)  # the fake camera with the SDK's default capture (h720): the top simulcast layer
 WINDOW = 6.0  # seconds of media recorded per test (the machine is shared: short windows, relative tolerances)
 
