@@ -27,7 +27,7 @@ from trackegress.reporting.manifest import build_manifest
 from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
 from trackegress.sinks.base import Sink
-from trackegress.sinks.file import FileSink
+from trackegress.sinks.file import FileSink, write_error
 from trackegress.sinks.naming import MAX_KEY, TemplateVars, check_path_limits, output_path
 from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
 from trackegress.storage.base import UploadError, object_key
@@ -218,8 +218,7 @@ class Egress:
         try:
             self._sink.write(frame)
         except (OSError, av.FFmpegError) as exc:
-            log.error("egress %s: writing failed: %s", self.egress_id, exc)
-            self._finish(SOURCE_CLOSED, f"writing output failed: {exc}")
+            self._write_failed(exc)
 
     def on_muted(self, muted: bool) -> None:
         if self._sink is not None:
@@ -404,8 +403,22 @@ class Egress:
 
     async def _close_sink(self) -> None:
         sink, self._sink = self._sink, None
-        if sink is not None:
+        if sink is None:
+            return
+        try:
             await sink.close()
+        except (OSError, av.FFmpegError) as exc:  # the file's last frames or trailer: what is on disk stays
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: OSError | av.FFmpegError) -> None:
+        """End with the write error (kept as the egress's error when it was already ending)."""
+        log.error("egress %s: writing failed: %s", self.egress_id, exc)
+        directory = self._file.path.parent if self._file is not None else self._storage.base_dir
+        message = f"writing output failed: {write_error(exc, directory)}"
+        if self._ended.is_set():
+            self._end_error = self._end_error or message
+        else:
+            self._finish(SOURCE_CLOSED, message)
 
     async def _write_results(self) -> str | None:
         """Fill in the results, uploading the file and its manifest if configured; returns the upload error."""

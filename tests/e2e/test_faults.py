@@ -193,6 +193,7 @@ async def test_a_full_local_dir_fails_the_egress_and_keeps_the_decodable_partial
                 started = await lk.egress.start_track_egress(file_request(room, pub.track_sid, "full"))
                 info = await wait_status(lk, started.egress_id, *ENDED, timeout=60)
             assert info.status == Status.EGRESS_FAILED and "No space left on device" in info.error, info.error
+            assert str(tmp_path) not in info.error  # no server paths in what callers see
             (result,) = info.file_results
             partial = Path(result.location)
             assert result.size == partial.stat().st_size > 100_000

@@ -13,7 +13,8 @@ from trackegress.config import Config
 from trackegress.egress import Egress, Parts
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.room.subscriber import RoomEvents, TrackSource
-from trackegress.sinks.file import FileSink
+from trackegress.sinks import file as file_sink
+from trackegress.sinks.file import FileSink, write_error
 from trackegress.storage.base import UploadError
 from trackegress.storage.settings import S3, Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
@@ -141,8 +142,31 @@ async def test_write_failure_is_failed(tmp_path: Path) -> None:
     room.feed(3)
     info = await run.result()
     assert info.status == Status.EGRESS_FAILED and info.error_code == 500
-    assert info.error == "writing output failed: [Errno 28] No space left on device"
+    assert info.error == "writing output failed: No space left on device"
     assert run.statuses == [Status.EGRESS_ACTIVE, Status.EGRESS_ENDING, Status.EGRESS_FAILED]
+
+
+class TrailerFailsSink(FileSink):
+    async def close(self) -> None:
+        await super().close()
+        raise OSError(22, "Invalid argument", str(self.path))
+
+
+async def test_a_failed_trailer_fails_the_egress_without_its_path_and_keeps_the_file(tmp_path: Path) -> None:
+    run = Harness(tmp_path, file_sink=TrailerFailsSink)
+    room = await run.subscribed()
+    room.feed(3)
+    run.egress.stop()
+    info = await run.result()
+    assert (info.status, info.error) == (Status.EGRESS_FAILED, "writing output failed: Invalid argument")
+    assert info.file_results[0].size > 0 and str(tmp_path) not in info.error
+
+
+def test_a_write_error_on_a_full_disk_is_named_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert write_error(OSError(22, "Invalid argument", "/x"), tmp_path) == "Invalid argument"
+    assert write_error(OSError(28, "No space left on device", "/x"), tmp_path) == "No space left on device"
+    monkeypatch.setattr(file_sink, "NEARLY_FULL", 1 << 62)  # any disk is "nearly full" below 4 EiB
+    assert write_error(OSError(22, "Invalid argument", "/x"), tmp_path) == "No space left on device"
 
 
 @pytest.mark.parametrize("stop_at", ["join", "track"])

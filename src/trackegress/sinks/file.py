@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.layers import LayerWatch, Size, TopLayerStart
 from trackegress.sinks.muxer import Muxer
 
+# Free space under which a failed write is put down to a full disk: FFmpeg may report a short write as EINVAL.
+NEARLY_FULL = 1 << 20
 BATCH = 10  # frames muxed together (200 ms of Opus, 333 ms of 30 fps video): the muxer stays in the CPU cache
 # At a layer switch the SFU forwards the new layer's keyframe of the same captured picture as the old layer's last
 # frame, stamped a tick later: that old frame is superseded (two pictures of one instant do not fit one timeline).
@@ -109,3 +113,19 @@ class FileSink:
             return self.path.stat().st_size
         except FileNotFoundError:
             return 0
+
+
+def write_error(exc: OSError | Exception, directory: Path) -> str:
+    """Why writing the output failed, without its path; a full disk is named as such whatever FFmpeg made of it."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or _nearly_full(directory):
+        return os.strerror(errno.ENOSPC)
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        usage = os.statvfs(directory)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize < NEARLY_FULL
