@@ -33,7 +33,7 @@ from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkE
 from trackegress.storage.base import UploadError, object_key
 from trackegress.storage.claims import OutputTaken, claim_file, claim_key
 from trackegress.storage.local import LocalStorage
-from trackegress.storage.settings import Destination, StorageSettings
+from trackegress.storage.settings import SECRET_FIELDS, Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Egress:
             status=Status.EGRESS_STARTING,
             started_at=now,
             updated_at=now,
-            track=redact_request(request),
+            track=redact_request(request, SECRET_FIELDS),
         )
         self._storage = LocalStorage(config.local_dir)
         self._upload_to: Destination | None = None

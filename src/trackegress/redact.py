@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
 from livekit.protocol import egress
 
 
@@ -24,30 +27,34 @@ def redact_url(url: str) -> str:
     return f"{base}?{'&'.join(params)}"
 
 
-def redact_request(request: egress.TrackEgressRequest) -> egress.TrackEgressRequest:
-    """A copy of the request with credentials replaced by placeholders, like upstream."""
+def redact_request(
+    request: egress.TrackEgressRequest, secret_fields: Mapping[str, Mapping[str, str]]
+) -> egress.TrackEgressRequest:
+    """A copy of the request with credentials replaced by placeholders, like upstream.
+
+    ``secret_fields``: per ``DirectFileOutput`` upload field, its credential fields (dotted) → placeholder; an empty
+    placeholder redacts a URL's password only.
+    """
     copy = egress.TrackEgressRequest()
     copy.CopyFrom(request)
     if copy.websocket_url:
         copy.websocket_url = redact_url(copy.websocket_url)
-    file = copy.file
-    if file.HasField("s3"):
-        for field in ("access_key", "secret", "session_token", "assume_role_external_id"):
-            if getattr(file.s3, field):
-                setattr(file.s3, field, "{" + ("external_id" if field.startswith("assume") else field) + "}")
-    if file.HasField("gcp") and file.gcp.credentials:
-        file.gcp.credentials = "{credentials}"
-    for upload in (file.s3, file.gcp):
-        if upload.proxy.password:
-            upload.proxy.password = "{proxy_password}"
-        if "@" in upload.proxy.url:
-            upload.proxy.url = redact_url(upload.proxy.url)
-    if file.HasField("azure") and file.azure.account_key:
-        file.azure.account_key = "{account_key}"
-    if file.HasField("aliOSS") and file.aliOSS.secret:
-        file.aliOSS.access_key = "{access_key}"
-        file.aliOSS.secret = "{secret}"
+    for upload, fields in secret_fields.items():
+        if copy.file.HasField(upload):
+            for field, placeholder in fields.items():
+                _redact_field(getattr(copy.file, upload), field, placeholder)
     for hook in copy.webhooks:
         if hook.signing_key:
             hook.signing_key = "{signing_key}"
     return copy
+
+
+def _redact_field(message: Message, dotted: str, placeholder: str) -> None:
+    *path, name = dotted.split(".")
+    for part in path:
+        message = getattr(message, part)
+    value = getattr(message, name)
+    if value and placeholder:
+        setattr(message, name, placeholder)
+    elif "@" in value:
+        setattr(message, name, redact_url(value))

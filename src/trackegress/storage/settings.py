@@ -292,11 +292,23 @@ class Parsers:
 
     config: Callable[[Section], Backend]
     request: Callable[[egress.DirectFileOutput], Backend]
+    secrets: Mapping[str, str]  # the request fields that are credentials (dotted path) → their placeholder
 
+
+_PROXY_SECRETS = {"proxy.password": "{proxy_password}", "proxy.url": ""}  # "": the URL's userinfo password only
 
 # The backends, by config key and request field (their clients: ``uploader.OPENERS``).
 PARSERS: dict[str, Parsers] = {
-    "s3": Parsers(_s3, _s3_request),
-    "gcp": Parsers(_gcp, _gcp_request),
-    "azure": Parsers(_azure, _azure_request),
+    "s3": Parsers(_s3, _s3_request, {
+        "access_key": "{access_key}", "secret": "{secret}", "session_token": "{session_token}",
+        "assume_role_external_id": "{external_id}", **_PROXY_SECRETS,
+    }),
+    "gcp": Parsers(_gcp, _gcp_request, {"credentials": "{credentials}", **_PROXY_SECRETS}),
+    "azure": Parsers(_azure, _azure_request, {"account_key": "{account_key}"}),
+}
+# What ``redact.redact_request`` hides, per ``DirectFileOutput`` field: every backend's, and AliOSS's (refused, but
+# a request naming it is still reported).
+SECRET_FIELDS: dict[str, Mapping[str, str]] = {
+    **{key: parsers.secrets for key, parsers in PARSERS.items()},
+    "aliOSS": {"access_key": "{access_key}", "secret": "{secret}"},
 }
