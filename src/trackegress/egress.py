@@ -199,7 +199,7 @@ class Egress:
             await self._fail(exc.message, HTTP_STATUS[exc.code])
         except Exception as exc:
             log.exception("egress %s crashed", self.egress_id)
-            await self._fail(f"internal error: {exc}", 500)
+            await self._fail(f"internal error: {_without_paths(exc)}", 500)
         finally:
             if self._subscriber is not None:  # also when the track was not found
                 await self._subscriber.close()
@@ -551,6 +551,13 @@ def _remove_empty_dir(path: Path) -> None:
         path.rmdir()
     except OSError:
         log.warning("local directory %s is not empty after the upload; kept", path)
+
+
+def _without_paths(exc: Exception) -> str:
+    """An error for callers: a file error's cause without the server's path it names."""
+    if isinstance(exc, (OSError, av.FFmpegError)) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc)
 
 
 def _with_cause(exc: BaseException) -> str:

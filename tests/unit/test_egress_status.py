@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import pytest
 from livekit.protocol import egress, models
 
@@ -67,7 +68,7 @@ class Harness:
         request = egress.TrackEgressRequest(room_name="room", track_id="TR_1",
                                             file=egress.DirectFileOutput(filepath="out.ogg"))
         self.egress = Egress(request, config, on_update=lambda info: self.statuses.append(info.status),
-                             parts=Parts(join_room=self._join, **parts))
+                             parts=Parts(**{"join_room": self._join, **parts}))
         self.task = asyncio.create_task(self.egress.run())
 
     async def _join(self, url: str, token: str, track: str, events: RoomEvents, resume: float) -> FakeRoom:
@@ -160,6 +161,15 @@ async def test_a_failed_trailer_fails_the_egress_without_its_path_and_keeps_the_
     info = await run.result()
     assert (info.status, info.error) == (Status.EGRESS_FAILED, "writing output failed: Invalid argument")
     assert info.file_results[0].size > 0 and str(tmp_path) not in info.error
+
+
+async def test_an_unexpected_file_error_is_failed_without_the_servers_path(tmp_path: Path) -> None:
+    async def join(*_: object) -> FakeRoom:
+        raise av.error.PermissionError(13, "Permission denied", "/srv/egress/secret-dir/out.ogg")
+
+    run = Harness(tmp_path, join_room=join)
+    info = await asyncio.wait_for(run.task, 10)
+    assert (info.status, info.error) == (Status.EGRESS_FAILED, "internal error: Permission denied")
 
 
 def test_a_write_error_on_a_full_disk_is_named_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
