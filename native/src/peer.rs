@@ -450,7 +450,11 @@ impl Peer {
             spatial,
             temporal,
             arrival: now,
-            data: Arc::clone(&data.data),
+            data: match &data.codec_extra {
+                CodecExtra::Vp9(e) => vp9_superframe(&data.data, &e.layers_scheme),
+                _ => None,
+            }
+            .map_or_else(|| Arc::clone(&data.data), Arc::from),
         });
     }
 
@@ -487,6 +491,34 @@ fn mime(codec: Option<Codec>, video: bool) -> &'static str {
         _ if video => "video/unknown",
         _ => "audio/unknown",
     }
+}
+
+/// A VP9 picture of several spatial layers as a superframe (VP9 spec Annex B): str0m concatenates the layers'
+/// frames (`layers_ends`: where each ends) without the index that decoders need to split them again.
+fn vp9_superframe(data: &[u8], layer_ends: &[Option<usize>]) -> Option<Vec<u8>> {
+    let mut sizes = Vec::new();
+    let mut start = 0;
+    for &end in layer_ends.iter().flatten() {
+        if end <= start || end > data.len() {
+            return None;
+        }
+        sizes.push(end - start);
+        start = end;
+    }
+    if sizes.len() < 2 || start != data.len() {
+        return None;
+    }
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let magnitude = (1..=4).find(|&bytes| largest < 1 << (8 * bytes))?;
+    let marker = 0xc0 | ((magnitude - 1) << 3) as u8 | (sizes.len() - 1) as u8;
+    let mut out = Vec::with_capacity(data.len() + 2 + magnitude * sizes.len());
+    out.extend_from_slice(data);
+    out.push(marker);
+    for size in sizes {
+        out.extend_from_slice(&size.to_le_bytes()[..magnitude]);
+    }
+    out.push(marker);
+    Some(out)
 }
 
 /// (spatial, temporal) layer ids where the codec carries them.

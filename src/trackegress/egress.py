@@ -279,6 +279,7 @@ class Egress:
             raise EgressFailure(INVALID_ARGUMENT, f"format websocket incompatible with codec {codec.mime}")
         self._stream = self._parts.stream_sink(
             self._request.websocket_url,
+            codec=codec,
             sample_rate=self._config.websocket_sample_rate,
             channels=self._config.websocket_channels,
             on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)),

@@ -119,6 +119,54 @@ def make_vp8_ivf(
     return path
 
 
+def make_vp9_ivf(
+    path: Path, seconds: float = 3.0, fps: int = 30, size: tuple[int, int] = (640, 360), gop: int = 30
+) -> Path:
+    """VP9 profile 0 (libvpx-vp9, realtime, no alt-ref frames: one frame per picture) in IVF."""
+    _ffmpeg(
+        *_testsrc(seconds, fps, size),
+        "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "1M",
+        "-g", str(gop), "-keyint_min", str(gop), "-auto-alt-ref", "0", "-lag-in-frames", "0",
+        "-f", "ivf", str(path),
+    )  # fmt: skip
+    return path
+
+
+def make_av1_ivf(
+    path: Path, seconds: float = 3.0, fps: int = 30, size: tuple[int, int] = (640, 360), gop: int = 30
+) -> Path:
+    """AV1 main profile (libaom-av1, realtime usage: no hidden frames) in IVF, a sequence header on every keyframe."""
+    _ffmpeg(
+        *_testsrc(seconds, fps, size),
+        "-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8", "-b:v", "1M",
+        "-g", str(gop), "-keyint_min", str(gop), "-lag-in-frames", "0",
+        "-f", "ivf", str(path),
+    )  # fmt: skip
+    return path
+
+
+def make_h265(
+    path: Path, seconds: float = 3.0, fps: int = 30, size: tuple[int, int] = (640, 360), gop: int = 30
+) -> Path:
+    """Raw Annex B H.265 (libx265 main, no B-frames), VPS/SPS/PPS on every IDR."""
+    _ffmpeg(
+        *_testsrc(seconds, fps, size),
+        "-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-x265-params", f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1:log-level=error",
+        "-f", "hevc", str(path),
+    )  # fmt: skip
+    return path
+
+
+def make_g711_wav(path: Path, codec: str = "pcm_mulaw", seconds: float = 3.0, hz: int = 440) -> Path:
+    """A mono tone as G.711 (``pcm_mulaw`` or ``pcm_alaw``), 8 kHz, in WAV."""
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"sine=frequency={hz}:sample_rate=8000:duration={seconds}",
+        "-c:a", codec, "-ar", "8000", "-ac", "1", "-f", "wav", str(path),
+    )  # fmt: skip
+    return path
+
+
 def read_frames(path: Path, h264_fps: int = H264_DEFAULT_FPS) -> list[Frame]:
     """Every encoded frame of the file's first stream, in order, with presentation time in seconds.
 

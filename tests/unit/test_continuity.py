@@ -8,7 +8,7 @@ from pathlib import Path
 
 import av
 import pytest
-from support.media import make_h264, make_vp8_ivf, read_frames
+from support.media import make_av1_ivf, make_h264, make_h265, make_vp8_ivf, make_vp9_ivf, read_frames
 
 from trackegress.media import h264
 from trackegress.media.continuity import KeyframeGate
@@ -18,7 +18,8 @@ from trackegress.sinks.muxer import Muxer
 GOP = 10
 FRAMES = 40  # keyframes at 0, 10, 20, 30
 STEP = 3000  # 90 kHz ticks per frame at 30 fps
-EXT = {Codec.H264: "mp4", Codec.VP8: "webm"}
+EXT = {Codec.H264: "mp4", Codec.VP8: "webm", Codec.VP9: "webm", Codec.AV1: "webm", Codec.H265: "mp4"}
+CODECS = list(EXT)
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 
@@ -30,6 +31,9 @@ def streams(tmp_path_factory: pytest.TempPathFactory) -> dict[Codec, list[Encode
     files = {
         Codec.H264: make_h264(folder / "a.h264", seconds=seconds, size=(320, 180), gop=GOP),
         Codec.VP8: make_vp8_ivf(folder / "a.ivf", seconds=seconds, size=(320, 180), gop=GOP),
+        Codec.VP9: make_vp9_ivf(folder / "b.ivf", seconds=seconds, size=(320, 180), gop=GOP),
+        Codec.AV1: make_av1_ivf(folder / "c.ivf", seconds=seconds, size=(320, 180), gop=GOP),
+        Codec.H265: make_h265(folder / "a.h265", seconds=seconds, size=(320, 180), gop=GOP),
     }
     return {
         codec: [EncodedFrame(f.data, i * STEP, f.keyframe) for i, f in enumerate(read_frames(path))]
@@ -89,20 +93,23 @@ def pictures(path: Path) -> list[bytes]:
 
 def same_pictures(codec: Codec, frames: list[EncodedFrame], kept: list[int], path: Path) -> bool:
     """Whether each kept frame decodes, in a file of only the kept frames, to the same picture as in the whole
-    stream: true only if no kept frame references a frame that is not there."""
+    stream: true only if no kept frame references a frame that is not there (dav1d refuses such a frame)."""
     whole = pictures(mux(codec, frames, path.with_name("whole." + EXT[codec])))
-    part = pictures(mux(codec, [frames[i] for i in kept], path))
+    try:
+        part = pictures(mux(codec, [frames[i] for i in kept], path))
+    except av.error.InvalidDataError:
+        return False
     return len(part) == len(kept) and all(picture == whole[i] for picture, i in zip(part, kept, strict=True))
 
 
-@pytest.mark.parametrize("codec", [Codec.H264, Codec.VP8])
+@pytest.mark.parametrize("codec", CODECS)
 def test_a_clean_stream_passes_whole(codec: Codec, streams: dict[Codec, list[EncodedFrame]]) -> None:
     gate = KeyframeGate(codec)
     assert feed(gate, streams[codec]) == list(range(FRAMES))
     assert gate.stats.gaps == gate.stats.dropped == 0
 
 
-@pytest.mark.parametrize("codec", [Codec.H264, Codec.VP8])
+@pytest.mark.parametrize("codec", CODECS)
 def test_a_loss_drops_until_the_next_keyframe_and_asks_for_one(
     codec: Codec, streams: dict[Codec, list[EncodedFrame]], tmp_path: Path
 ) -> None:
@@ -134,7 +141,7 @@ def test_h264_lost_reference_is_found_from_frame_num_when_the_transport_says_not
     assert same_pictures(Codec.H264, frames, admitted, tmp_path / "gated.mp4")
 
 
-@pytest.mark.parametrize("codec", [Codec.H264, Codec.VP8])
+@pytest.mark.parametrize("codec", CODECS)
 def test_the_file_starts_on_a_keyframe(codec: Codec, streams: dict[Codec, list[EncodedFrame]]) -> None:
     requests = Requests()
     gate = KeyframeGate(codec, requests, clock=requests.clock)

@@ -7,9 +7,20 @@ from pathlib import Path
 
 import av
 import pytest
-from support.media import Frame, h264_canonical, make_h264, make_opus_ogg, make_vp8_ivf, read_frames
+from support.media import (
+    Frame,
+    h264_canonical,
+    make_av1_ivf,
+    make_g711_wav,
+    make_h264,
+    make_h265,
+    make_opus_ogg,
+    make_vp8_ivf,
+    make_vp9_ivf,
+    read_frames,
+)
 
-from trackegress.media import h264, vp8
+from trackegress.media import av1, h264, h265, vp8, vp9
 from trackegress.media.formats import output_format
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.muxer import Muxer
@@ -23,29 +34,36 @@ def _feed(frames: list[Frame], codec: Codec, path: Path, skip: set[int] = frozen
         if i in skip:
             continue
         ts = RTP_START + round((frame.pts_seconds - frames[0].pts_seconds) * codec.clock_rate)
-        data = h264_canonical(frame.data) if codec is Codec.H264 else frame.data
+        data = h264_canonical(frame.data) if codec in ANNEX_B else frame.data
         muxer.write(EncodedFrame(data, ts, _key(codec, frame)))
     muxer.close()
     return muxer
 
 
+TEMPORAL_DELIMITER = b"\x12\x00"
+ANNEX_B = {Codec.H264: "h264", Codec.H265: "hevc"}
+KEYFRAME = {Codec.H264: h264.is_keyframe, Codec.H265: h265.is_keyframe, Codec.VP8: vp8.is_keyframe,
+            Codec.VP9: vp9.is_keyframe, Codec.AV1: av1.is_keyframe}
+
+
 def _key(codec: Codec, frame: Frame) -> bool:
-    if codec is Codec.H264:
-        return h264.is_keyframe(frame.data)
-    return vp8.is_keyframe(frame.data) if codec.is_video else True
+    return KEYFRAME[codec](frame.data) if codec.is_video else True
 
 
 def _packets(path: Path) -> list[bytes]:
-    """The file's packets; MP4 converted back to Annex B as a depacketizer would deliver them."""
-    if path.suffix == ".mp4":
-        raw = subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", str(path), "-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264", "-"],
-            check=True, capture_output=True,
-        ).stdout
-        with av.open(__import__("io").BytesIO(raw), format="h264") as container:
-            return [h264_canonical(bytes(p)) for p in container.demux() if p.size]
+    """The file's packets; MP4 samples (4-byte lengths) back to Annex B as a depacketizer would deliver them."""
     with av.open(str(path)) as container:
-        return [bytes(p) for p in container.demux() if p.size]
+        packets = [bytes(p) for p in container.demux() if p.size]
+    return [_annex_b(p) for p in packets] if path.suffix == ".mp4" else packets
+
+
+def _annex_b(sample: bytes) -> bytes:
+    units, pos = [], 0
+    while pos < len(sample):
+        size = int.from_bytes(sample[pos:pos + 4], "big")
+        units.append(b"\x00\x00\x00\x01" + sample[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    return b"".join(units)
 
 
 def _decode_errors(path: Path) -> str:
@@ -68,27 +86,37 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[Codec, Path]:
         Codec.OPUS: make_opus_ogg(folder / "a.ogg", seconds=2),
         Codec.VP8: make_vp8_ivf(folder / "v.ivf", seconds=2, size=(320, 240)),
         Codec.H264: make_h264(folder / "v.h264", seconds=2, size=(322, 242)),
+        Codec.VP9: make_vp9_ivf(folder / "v9.ivf", seconds=2, size=(320, 240)),
+        Codec.AV1: make_av1_ivf(folder / "av1.ivf", seconds=2, size=(320, 240)),
+        Codec.H265: make_h265(folder / "v.h265", seconds=2, size=(320, 240)),
+        Codec.PCMU: make_g711_wav(folder / "u.wav", "pcm_mulaw", seconds=2),
+        Codec.PCMA: make_g711_wav(folder / "a.wav", "pcm_alaw", seconds=2),
     }
 
 
-@pytest.mark.parametrize("codec", [Codec.OPUS, Codec.VP8, Codec.H264])
+@pytest.mark.parametrize("codec", list(Codec))
 def test_frames_pass_through_byte_for_byte(codec: Codec, media: dict[Codec, Path], tmp_path: Path) -> None:
     frames = read_frames(media[codec])
     out = tmp_path / f"out.{output_format(codec).extension}"
     muxer = _feed(frames, codec, out)
-    expected = [h264_canonical(f.data) if codec is Codec.H264 else f.data for f in frames]
-    assert _packets(out) == expected
+    expected = [h264_canonical(f.data) if codec in ANNEX_B else f.data for f in frames]
+    if codec is Codec.AV1:  # IVF's temporal delimiters are not in RTP (nor in WebM)
+        expected = [f.removeprefix(TEMPORAL_DELIMITER) for f in expected]
+    if codec.is_g711:  # WAV has no packets: the same samples
+        assert b"".join(_packets(out)) == b"".join(expected)
+    else:
+        assert _packets(out) == expected
     assert muxer.frames == len(frames)
     assert _decode_errors(out) == ""
     assert float(_probe(out)["duration"]) == pytest.approx(2.0, abs=0.03)
 
 
-@pytest.mark.parametrize("codec", [Codec.VP8, Codec.H264])
+@pytest.mark.parametrize("codec", [Codec.VP8, Codec.VP9, Codec.AV1, Codec.H264, Codec.H265])
 def test_dimensions_come_from_the_bitstream(codec: Codec, media: dict[Codec, Path], tmp_path: Path) -> None:
     out = tmp_path / f"out.{output_format(codec).extension}"
     _feed(read_frames(media[codec]), codec, out)
     probe = _probe(out)
-    assert (probe["width"], probe["height"]) == (("320", "240") if codec is Codec.VP8 else ("322", "242"))
+    assert (probe["width"], probe["height"]) == (("322", "242") if codec is Codec.H264 else ("320", "240"))
 
 
 def test_video_waits_for_a_keyframe(media: dict[Codec, Path], tmp_path: Path) -> None:
@@ -123,6 +151,20 @@ def test_audio_gap_is_covered_by_lost_frames(media: dict[Codec, Path], tmp_path:
                          check=True).stdout
     assert len(pcm) == len(frames) * 960 * 2 * 2
     assert _decode_errors(out) == ""
+
+
+@pytest.mark.parametrize(("codec", "silence"), [(Codec.PCMU, 0xFF), (Codec.PCMA, 0xD5)])
+def test_g711_gap_is_filled_with_silence(codec: Codec, silence: int, tmp_path: Path) -> None:
+    out = tmp_path / "out.wav"
+    muxer = Muxer(out, codec)
+    for i in (0, 1, 4, 5):  # 20 ms frames, two lost
+        muxer.write(EncodedFrame(bytes([i]) * 160, RTP_START + i * 160, True))
+    muxer.close()
+    assert b"".join(_packets(out)) == bytes([0]) * 160 + bytes([1]) * 160 + bytes([silence]) * 320 + (
+        bytes([4]) * 160 + bytes([5]) * 160
+    )
+    assert muxer.filled == 2 and muxer.duration_ns == 120_000_000
+    assert _probe(out)["codec_name"] == ("pcm_mulaw" if codec is Codec.PCMU else "pcm_alaw")
 
 
 def test_invalid_opus_packets_are_dropped(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from trackegress.media import h264, vp8
+from trackegress.media import av1, h264, h265, vp8, vp9
 from trackegress.media.frames import Codec, EncodedFrame
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,14 @@ class _H264FrameNums:
         assert bits is not None
         self._expected = (frame_num + 1) % (1 << bits) if reference else frame_num
         return ok
+
+
+# Where a decoder can start, per codec (H.264 and H.265 also need their parameter sets: KeyframeGate).
+_KEYFRAME: Mapping[Codec, Callable[[bytes], bool]] = {
+    Codec.VP8: vp8.is_keyframe,
+    Codec.VP9: vp9.is_keyframe,
+    Codec.AV1: lambda data: av1.dimensions(data) is not None,  # a KEY_FRAME unit that carries its sequence header
+}
 
 
 class KeyframeGate:
@@ -123,13 +131,15 @@ class KeyframeGate:
         return True
 
     def _recovery_point(self, frame: EncodedFrame) -> bool:
-        """A keyframe a decoder can start from, by the codec's own bitstream where we parse it."""
+        """A keyframe a decoder can start from, by the codec's own bitstream (H.264 / H.265: once the parameter
+        sets came, in band; AV1: a keyframe temporal unit carries its sequence header)."""
         if self.codec is Codec.H264:
             self._params_seen |= h264.parameter_sets(frame.data) is not None
             return self._params_seen and h264.is_keyframe(frame.data)
-        if self.codec is Codec.VP8:
-            return vp8.is_keyframe(frame.data)
-        return frame.keyframe
+        if self.codec is Codec.H265:
+            self._params_seen |= h265.dimensions(frame.data) is not None
+            return self._params_seen and h265.is_keyframe(frame.data)
+        return _KEYFRAME[self.codec](frame.data)
 
     def _ask(self) -> None:
         now = self._clock()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from trackegress.media import h264, vp8
+from trackegress.media import av1, h264, h265, vp8, vp9
 from trackegress.media.frames import Codec
 
 _PARSERS: Mapping[Codec, Callable[[bytes], tuple[int, int] | None]] = {
     Codec.H264: h264.dimensions,
+    Codec.H265: h265.dimensions,
     Codec.VP8: vp8.dimensions,
+    Codec.VP9: vp9.dimensions,
+    Codec.AV1: av1.dimensions,
 }
 
 

@@ -14,21 +14,29 @@ from trackegress.media.frames import Codec
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """How one codec is written: FFmpeg muxer ``container``, ``extension`` (no dot), ``content_type``, options."""
+    """How one codec is written: FFmpeg muxer ``container``, ``extension`` (no dot), ``content_type``, the FFmpeg
+    codec name of its stream (``ffmpeg_codec``), muxer options."""
 
     container: str
     extension: str
     content_type: str
+    ffmpeg_codec: str
     mux_options: Mapping[str, str] = field(default_factory=dict)
 
 
+# Fragment at every keyframe and at least every second; write the moov once the first packet gave avcC / hvcC.
+_FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "1000000"}
+
 FORMATS: Mapping[Codec, OutputFormat] = {
-    Codec.OPUS: OutputFormat("ogg", "ogg", "audio/ogg"),
-    Codec.VP8: OutputFormat("webm", "webm", "video/webm"),
-    # Fragment at every keyframe and at least every second; write the moov once the first packet gave avcC.
-    Codec.H264: OutputFormat("mp4", "mp4", "video/mp4", {
-        "movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "1000000",
-    }),
+    Codec.OPUS: OutputFormat("ogg", "ogg", "audio/ogg", "libopus"),
+    # G.711 as published (never transcoded): upstream re-encodes it to Opus in Ogg, which cannot hold G.711.
+    Codec.PCMU: OutputFormat("wav", "wav", "audio/wav", "pcm_mulaw"),
+    Codec.PCMA: OutputFormat("wav", "wav", "audio/wav", "pcm_alaw"),
+    Codec.VP8: OutputFormat("webm", "webm", "video/webm", "vp8"),
+    Codec.VP9: OutputFormat("webm", "webm", "video/webm", "vp9"),
+    Codec.AV1: OutputFormat("webm", "webm", "video/webm", "av1"),  # upstream refuses AV1; WebM as Chromium's own
+    Codec.H264: OutputFormat("mp4", "mp4", "video/mp4", "h264", _FRAGMENTED_MP4),
+    Codec.H265: OutputFormat("mp4", "mp4", "video/mp4", "hevc", _FRAGMENTED_MP4),  # upstream refuses H.265
 }
 MANIFEST_CONTENT_TYPE = "application/json"
 # Extensions upstream knows for any egress: a template ending in one of them gets ours instead.

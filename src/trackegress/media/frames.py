@@ -10,8 +10,13 @@ class Codec(enum.Enum):
     """A track codec we can record, with its RTP clock (its output format: ``media/formats.py``)."""
 
     OPUS = ("audio/opus", "audio", 48_000)
+    PCMU = ("audio/pcmu", "audio", 8_000)  # G.711 mu-law, mono
+    PCMA = ("audio/pcma", "audio", 8_000)  # G.711 A-law, mono
     VP8 = ("video/vp8", "video", 90_000)
+    VP9 = ("video/vp9", "video", 90_000)
+    AV1 = ("video/av1", "video", 90_000)
     H264 = ("video/h264", "video", 90_000)
+    H265 = ("video/h265", "video", 90_000)
 
     def __init__(self, mime: str, kind: str, clock_rate: int) -> None:
         self.mime = mime
@@ -21,6 +26,10 @@ class Codec(enum.Enum):
     @property
     def is_video(self) -> bool:
         return self.kind == "video"
+
+    @property
+    def is_g711(self) -> bool:
+        return self in (Codec.PCMU, Codec.PCMA)
 
     @classmethod
     def from_mime(cls, mime: str) -> Codec:
@@ -33,7 +42,8 @@ class Codec(enum.Enum):
 
 @dataclass(slots=True)
 class EncodedFrame:
-    """One complete encoded frame (an Annex B access unit for H.264).
+    """One complete encoded frame (an Annex B access unit for H.264 and H.265, a temporal unit for AV1, a picture
+    for VP9: its spatial layers as a superframe).
 
     ``timestamp`` is the RTP timestamp extended to 64 bits across its 32-bit wraps (codec clock units, as sent);
     ``arrival`` is ``time.monotonic()`` when the datagram completing the frame was read. ``contiguous`` is False when

@@ -1,8 +1,9 @@
 """Remuxing with PyAV: encoded frames in, container out, never a decoder or encoder on the media path.
 
-Opus → Ogg, VP8 → WebM, H.264 → fragmented MP4 (a fragment per keyframe or per second, the moov up
-front), so a process killed mid-way leaves a file that plays up to its last fragment. Timestamps are the
-RTP timestamps relative to the first frame: a gap in the track stays a gap in the file.
+Opus → Ogg, G.711 → WAV, VP8 / VP9 / AV1 → WebM, H.264 / H.265 → fragmented MP4 (a fragment per keyframe or
+per second, the moov up front), so a process killed mid-way leaves a file that plays up to its last fragment
+(the table: ``media/formats.py``). Timestamps are the RTP timestamps relative to the first frame: a gap in the
+track stays a gap in the file (audio: filled, as Ogg and WAV have no per-packet time).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # An OpusHead with pre-skip 0: the packets are the publisher's, no encoder delay to hide.
 _OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)
+# G.711 silence (a zero sample) fills audio gaps in WAV.
+_G711_SILENCE = {Codec.PCMU: 0xFF, Codec.PCMA: 0xD5}
 
 
 class Muxer:
@@ -62,8 +65,8 @@ class Muxer:
         """Mux one frame; video before the first keyframe, invalid Opus and out-of-order frames are dropped."""
         if self._closed:
             return
-        audio = self.codec is Codec.OPUS
-        duration = _opus_samples(frame.data) if audio else 0
+        audio = not self.codec.is_video
+        duration = self._samples(frame.data) if audio else 0
         if (audio and not duration) or (self._container is None and not self._open(frame)) or (
             frame.timestamp <= self._last_ts
         ):
@@ -96,10 +99,13 @@ class Muxer:
         output = output_format(self.codec)
         options = {"flush_packets": "1", **output.mux_options}
         container = av.open(str(self.path), "w", format=output.container, options=options)
-        if size is None:
+        if self.codec is Codec.OPUS:
             self._stream = self._opus_stream(container)
+        elif size is None:  # G.711: a stream made for an encoder (never opened), as a mux stream has no channels
+            self._stream = container.add_stream(output.ffmpeg_codec, rate=self.codec.clock_rate, layout="mono")
+            self._stream.time_base = self._time_base
         else:
-            self._stream = container.add_mux_stream(self.codec.name.lower(), width=size[0], height=size[1])
+            self._stream = container.add_mux_stream(output.ffmpeg_codec, width=size[0], height=size[1])
             self._stream.time_base = self._time_base
         self._container = container
         self._first_ts = frame.timestamp
@@ -118,11 +124,24 @@ class Muxer:
         context.extradata = _OPUS_HEAD
         return stream
 
-    def _fill_until(self, timestamp: int) -> None:
-        """Cover an audio gap (loss, DTX, mute) with TOC-only packets, which decoders treat as lost frames.
+    def _samples(self, data: bytes) -> int:
+        """Samples in an audio frame: Opus from its TOC (0 if invalid), G.711 one per byte."""
+        return _opus_samples(data) if self.codec is Codec.OPUS else len(data)
 
-        Ogg has no per-packet time: without them players would close the gap and drift out of sync.
+    def _fill_until(self, timestamp: int) -> None:
+        """Cover an audio gap (loss, DTX, mute): Opus with TOC-only packets, which decoders treat as lost frames,
+        G.711 with silence.
+
+        Ogg and WAV have no per-packet time: without them players would close the gap and drift out of sync.
         """
+        silence = _G711_SILENCE.get(self.codec)
+        if silence is not None:  # frames of the last one's length, the final one shorter
+            frame = self._last_duration
+            while (start := self._last_ts + self._last_duration) < timestamp:
+                step = min(timestamp - start, frame)
+                self._mux(bytes([silence]) * step, start, True, step)
+                self.filled += 1
+            return
         filler = bytes([self._last_toc & 0xFC])  # same mode and frame size, one frame, no payload
         step = opus_packet_samples(filler)
         while self._last_ts + self._last_duration + step <= timestamp:

@@ -32,7 +32,8 @@ from websockets.speedups import apply_mask
 from websockets.uri import parse_uri
 
 from trackegress.backoff import Backoff
-from trackegress.media.frames import EncodedFrame
+from trackegress.media import g711
+from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.media.opus import OpusDecoder
 from trackegress.redact import redact_url
 from trackegress.sinks.pcm import CHUNK_SAMPLES, ClockStats, PcmClock, PcmConverter
@@ -127,7 +128,8 @@ class SinkStats:
 
 
 class WebSocketSink:
-    """Streams one Opus track as live PCM to a WebSocket receiver (see the module docstring).
+    """Streams one audio track (Opus, or G.711 ``codec``) as live PCM to a WebSocket receiver (see the module
+    docstring).
 
     ``start()`` dials once and raises ``WebSocketSinkError`` if that fails. After that a lost
     connection is redialled (immediately, then 0.1 s doubling to 2 s) while up to ``max_buffer`` seconds
@@ -143,6 +145,7 @@ class WebSocketSink:
         self,
         url: str,
         *,
+        codec: Codec = Codec.OPUS,
         sample_rate: int = 48_000,
         channels: int = 2,
         reconnect_deadline: float = 30.0,
@@ -160,7 +163,8 @@ class WebSocketSink:
         self.url = url
         self.redacted_url = redact_url(url)
         self._converter = PcmConverter(sample_rate, channels)
-        self._decoder = OpusDecoder()
+        self._decoder = OpusDecoder() if codec is Codec.OPUS else g711.G711Decoder(codec.name.lower())
+        self._ticks = 1 if codec is Codec.OPUS else g711.RATIO  # 48 kHz timeline units per RTP timestamp unit
         self._clock = PcmClock(late_allowance=late_allowance)
         self._reconnect_deadline = reconnect_deadline
         self._max_queued = max(1, round(max_buffer * MESSAGES_PER_SECOND))
@@ -230,7 +234,7 @@ class WebSocketSink:
         if not self._started_at:
             self._started_at = time.time_ns()
         first = self._clock.emitted
-        chunks = self._clock.push(frame.timestamp, pcm, now)
+        chunks = self._clock.push(frame.timestamp * self._ticks, pcm, now)
         return chunks, max(0, (self._clock.frame_position - first) // CHUNK_SAMPLES) if chunks else 0
 
     def set_muted(self, muted: bool) -> None:
