@@ -17,12 +17,22 @@ import av
 import pytest
 import yaml
 from support.egress_service import EgressService
-from support.media import h264_nal_units, make_h264, make_opus_ogg, make_vp8_ivf
+from support.media import (
+    h264_nal_units,
+    make_av1_ivf,
+    make_g711_wav,
+    make_h264,
+    make_h265,
+    make_opus_ogg,
+    make_vp8_ivf,
+    make_vp9_ivf,
+)
 from support.process import LogFile, stop_process, wait_ready
 from support.redis_server import RedisServer
 from support.server import REPO, LiveKitServer, RoomFactory
 
 LKCLIENT = REPO / ".bin" / "lkclient"
+AV1_TEMPORAL_DELIMITER = b"\x12\x00"
 SECONDS = 4.0
 
 
@@ -38,6 +48,11 @@ def go_media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "opus": make_opus_ogg(folder / "tone.ogg", seconds=SECONDS),
         "vp8": make_vp8_ivf(folder / "testsrc.ivf", seconds=SECONDS),
         "h264": make_h264(folder / "testsrc.h264", seconds=SECONDS),
+        "h265": make_h265(folder / "testsrc.h265", seconds=SECONDS),
+        "vp9": make_vp9_ivf(folder / "testsrc-vp9.ivf", seconds=SECONDS),
+        "av1": make_av1_ivf(folder / "testsrc-av1.ivf", seconds=SECONDS),
+        "pcmu": make_g711_wav(folder / "tone-pcmu.wav", "pcm_mulaw", seconds=SECONDS),
+        "pcma": make_g711_wav(folder / "tone-pcma.wav", "pcm_alaw", seconds=SECONDS),
     }
 
 
@@ -51,7 +66,7 @@ def lkclient(command: str, url: str, server: LiveKitServer, *args: str) -> dict[
 
 
 class GoPublisher:
-    """``lkclient publish``: the files as tracks, each unpublished once written; ``tracks`` maps file → sid."""
+    """``lkclient publish``: the files as tracks, each unpublished once written; ``tracks`` maps file name → sid."""
 
     def __init__(self, server: LiveKitServer, room: str, files: list[Path]) -> None:
         self.server, self.room, self.files = server, room, files
@@ -70,7 +85,7 @@ class GoPublisher:
             assert line, "lkclient publish exited early"
             event = json.loads(line)
             if event["event"] == "published":
-                self.tracks[Path(event["file"]).suffix] = event["track_sid"]
+                self.tracks[Path(event["file"]).name] = event["track_sid"]
 
     async def wait(self) -> int:
         """Until every file was written and unpublished (the program then leaves)."""
@@ -90,27 +105,47 @@ async def wait_complete(url: str, server: LiveKitServer, egress_id: str, timeout
 
 
 def published(path: Path) -> list[bytes]:
-    """What the SDK's readers send: Ogg packets, IVF frames, or H.264 NAL units (SEI dropped, as the SDK does)."""
-    if path.suffix == ".h264":
-        return [n for n in h264_nal_units(path.read_bytes()) if n[0] & 0x1F != 6]
+    """What the SDK's readers send: Ogg packets, IVF frames (AV1 without its temporal delimiters, which RTP leaves
+    out), H.264 / H.265 NAL units (SEI dropped, as the SDK does), or WAV's G.711 bytes."""
+    if path.suffix in (".h264", ".h265"):
+        return [n for n in h264_nal_units(path.read_bytes()) if not is_sei(path.suffix, n)]
     with av.open(str(path)) as container:
-        return [bytes(p) for p in container.demux() if p.size]
+        packets = [bytes(p) for p in container.demux() if p.size]
+    if path.suffix == ".wav":
+        return [b"".join(packets)]
+    return [p.removeprefix(AV1_TEMPORAL_DELIMITER) for p in packets]
+
+
+def is_sei(suffix: str, nal: bytes) -> bool:
+    return nal[0] & 0x1F == 6 if suffix == ".h264" else (nal[0] >> 1) & 0x3F in (39, 40)
 
 
 def recorded(path: Path) -> list[bytes]:
-    """The recording's frames in the same units (MP4 back to Annex B NAL units)."""
+    """The recording's frames in the same units (MP4 samples split into NAL units)."""
+    with av.open(str(path)) as container:
+        packets = [bytes(p) for p in container.demux() if p.size]
+    if path.suffix == ".wav":
+        return [b"".join(packets)]
     if path.suffix != ".mp4":
-        with av.open(str(path)) as container:
-            return [bytes(p) for p in container.demux() if p.size]
-    annexb = path.with_suffix(".h264")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c", "copy", "-bsf:v", "h264_mp4toannexb",
-                    str(annexb)], check=True)
-    return h264_nal_units(annexb.read_bytes())
+        return packets
+    units = []
+    for sample in packets:
+        pos = 0
+        while pos < len(sample):
+            size = int.from_bytes(sample[pos:pos + 4], "big")
+            units.append(sample[pos + 4:pos + 4 + size])
+            pos += 4 + size
+    return units
 
 
 def assert_same_frames(source: Path, output: Path) -> None:
-    """The recording is the published stream from its first recorded frame on, byte for byte, to the end."""
+    """The recording is the published stream from its first recorded frame on, byte for byte, to the end (G.711:
+    measured, the first sample's sign can differ, 0 as -0, and the last ~0.4 s may not arrive before the
+    unpublish)."""
     sent, got = published(source), recorded(output)
+    if source.suffix == ".wav":  # G.711 samples as sent: half the file, from its second frame on, verbatim
+        assert got[0][160:len(sent[0]) // 2] in sent[0]
+        return
     assert len(got) >= len(sent) // 2, (len(got), len(sent))
     assert got == sent[len(sent) - len(got):]
 
@@ -128,7 +163,8 @@ async def record_from_go(url: str, server: LiveKitServer, room: str, media: dict
         assert info.get("status", "EGRESS_STARTING") == "EGRESS_STARTING"  # protojson omits the zero value
         assert info["egressId"].startswith("EG_")
     if stop_one:
-        stopped = lkclient("egress-start", url, server, "-room", room, "-track", publisher.tracks[".ogg"],
+        ogg = next(sid for name, sid in publisher.tracks.items() if name.endswith(".ogg"))
+        stopped = lkclient("egress-start", url, server, "-room", room, "-track", ogg,
                            "-filepath", "stopped.ogg")
         await asyncio.sleep(1.5)
         lkclient("egress-stop", url, server, "-id", stopped["egressId"])
@@ -141,19 +177,44 @@ async def test_go_sdk_publish_and_egress_api_against_serve(
     livekit_server: LiveKitServer, make_room: RoomFactory, go_media: dict[str, Path], tmp_path: Path
 ) -> None:
     service = EgressService(livekit_server, tmp_path, cpu_cost={"track_cpu_cost": 0.1})  # 4 egresses at once
+    media = {codec: go_media[codec] for codec in ("opus", "vp8", "h264")}
     try:
-        infos = await record_from_go(service.url, livekit_server, await make_room(), go_media, stop_one=True)
+        infos = await record_from_go(service.url, livekit_server, await make_room(), media, stop_one=True)
     finally:
         service.stop()
-    by_suffix = {media.suffix: media for media in go_media.values()}
-    for suffix, extension in ((".ogg", ".ogg"), (".ivf", ".webm"), (".h264", ".mp4")):
-        info = infos[suffix]
+    for codec, extension in (("opus", ".ogg"), ("vp8", ".webm"), ("h264", ".mp4")):
+        info = infos[media[codec].name]
         assert info["status"] == "EGRESS_COMPLETE", info
         output = Path(info["fileResults"][0]["location"])
         assert output.suffix == extension
-        assert_same_frames(by_suffix[suffix], output)
+        assert_same_frames(media[codec], output)
     stopped = infos["stopped"]
     assert stopped["status"] == "EGRESS_COMPLETE" and stopped["details"] == "End reason: StopEgress API"
+
+
+async def test_go_sdk_publishes_h265_vp9_av1_pcmu_pcma(
+    livekit_server: LiveKitServer, make_room: RoomFactory, go_media: dict[str, Path], tmp_path: Path
+) -> None:
+    # The SDK's file readers for the codecs beyond the first three: each recording is what was published.
+    service = EgressService(livekit_server, tmp_path, cpu_cost={"track_cpu_cost": 0.1})
+    media = {codec: go_media[codec] for codec in ("h265", "vp9", "av1", "pcmu", "pcma")}
+    try:
+        infos = await record_from_go(service.url, livekit_server, await make_room(), media)
+    finally:
+        service.stop()
+    for codec, extension in (("h265", ".mp4"), ("vp9", ".webm"), ("av1", ".webm"), ("pcmu", ".wav"),
+                             ("pcma", ".wav")):
+        info = infos[media[codec].name]
+        assert info["status"] == "EGRESS_COMPLETE", (codec, info)
+        output = Path(info["fileResults"][0]["location"])
+        assert output.suffix == extension
+        assert decode_errors(output) == "", codec
+        assert_same_frames(media[codec], output)
+
+
+def decode_errors(path: Path) -> str:
+    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                          text=True).stderr.strip()
 
 
 class WorkerProcess:
@@ -193,6 +254,6 @@ async def test_go_sdk_egress_api_through_livekit_server_and_worker(
     server = livekit_with_worker
     room = "go-worker"
     infos = await record_from_go(server.http_url, server, room, {"vp8": go_media["vp8"]})
-    info = infos[".ivf"]
+    info = infos[go_media["vp8"].name]
     assert info["status"] == "EGRESS_COMPLETE", info
     assert_same_frames(go_media["vp8"], Path(info["fileResults"][0]["location"]))
