@@ -41,8 +41,15 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
         yield clients
 
 
-def frames_of(path: Path) -> list[tuple[int, int, float]]:
-    """(width, height, pts seconds) of every decoded video frame."""
+def frames_of(path: Path, decoder: str | None = None) -> list[tuple[int, int, float]]:
+    """(width, height, pts seconds) of every decoded video frame (by FFmpeg's own decoder unless ``decoder``)."""
+    if decoder is not None:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            context = av.CodecContext.create(decoder, "r")
+            frames = [f for p in container.demux(stream) if p.size for f in context.decode(p)]
+            frames += context.decode(None)
+            return [(f.width, f.height, float(f.pts * stream.time_base)) for f in frames]
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=width,height,pts_time",
          "-of", "json", str(path)], capture_output=True, text=True, check=True,
@@ -50,12 +57,13 @@ def frames_of(path: Path) -> list[tuple[int, int, float]]:
     return [(f["width"], f["height"], float(f["pts_time"])) for f in json.loads(out)["frames"]]
 
 
-def decode_errors(path: Path) -> str:
+def decode_errors(path: Path, decoder: str | None = None) -> str:
     """What ``ffmpeg -v error -i f -f null -`` reports, with the null output on the file's own time base: by
     default it rounds times to 1/r_frame_rate, and a camera's frames closer than that (capture jitter) then
     collide in the *output* muxer ("non monotonically increasing dts"), though the file's DTS increase."""
-    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-enc_time_base", "-1", "-f", "null", "-"],
-                            capture_output=True, text=True)
+    chosen = ["-c:v", decoder] if decoder else []
+    result = subprocess.run(["ffmpeg", "-v", "error", *chosen, "-i", str(path), "-enc_time_base", "-1", "-f", "null",
+                             "-"], capture_output=True, text=True)
     return result.stderr.strip()
 
 
@@ -147,15 +155,17 @@ async def top_layer(publisher: BrowserPublisher, timeout: float = 30.0) -> tuple
         raise AssertionError(f"the publisher never sent {CAMERA}: {encodings}") from None
 
 
-def check_recordings(session: Session, files: Path, video_ext: str) -> list[tuple[int, int, float]]:
+def check_recordings(
+    session: Session, files: Path, video_ext: str, decoder: str | None = None
+) -> list[tuple[int, int, float]]:
     """What every codec's test asserts: complete, decodes cleanly, top layer first, counts match the viewer."""
     for info in (session.video, session.audio):
         assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
     video = files / session.video.file_results[0].filename
     audio = files / session.audio.file_results[0].filename
     assert video.suffix == video_ext and audio.suffix == ".ogg"
-    assert decode_errors(video) == "" and decode_errors(audio) == ""
-    frames = frames_of(video)
+    assert decode_errors(video, decoder) == "" and decode_errors(audio) == ""
+    frames = frames_of(video, decoder)
     assert frames[0][:2] == session.top, f"first frame {frames[0][:2]}, publisher's top layer {session.top}"
     # Same rates over the same window: frames per second of media, seconds of audio per second of wall time.
     recorded_fps = (len(frames) - 1) / (frames[-1][2] - frames[0][2])
@@ -200,6 +210,20 @@ async def test_h264_simulcast(
     session = await record_browser(livekit_server, await make_room(), browser, videoCodec="h264", backupCodec=backup,
                                    degradationPreference="maintain-resolution")
     check_recordings(session, browser.files, ".mp4")
+
+
+@pytest.mark.parametrize("backup", [True, False], ids=["backup", "no-backup"])
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+async def test_svc_vp9_av1(
+    codec: str, backup: bool, livekit_server: LiveKitServer, make_room: RoomFactory, browser: BrowserClients
+) -> None:
+    # libvpx / libaom SVC (L3T3_KEY): one RTP stream with three spatial layers; the SFU forwards a keyframe picture
+    # with all three (the upper ones predicted from the lower) and then the top layer alone. A VP9 keyframe picture
+    # is a superframe whose three frames are all shown: libvpx (browsers) outputs the last one, FFmpeg's own VP9
+    # decoder all three, so the file is checked as browsers play it.
+    session = await record_browser(livekit_server, await make_room(), browser, videoCodec=codec, backupCodec=backup,
+                                   degradationPreference="maintain-resolution")
+    check_recordings(session, browser.files, ".webm", "libvpx-vp9" if codec == "vp9" else None)
 
 
 async def drop_top_layer_for_a_while(publisher: BrowserPublisher, video: Egress) -> None:
