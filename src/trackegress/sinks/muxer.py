@@ -2,8 +2,9 @@
 
 Opus → Ogg, G.711 → WAV, VP8 / VP9 / AV1 → WebM, H.264 / H.265 → fragmented MP4 (a fragment per keyframe or
 per second, the moov up front), so a process killed mid-way leaves a file that plays up to its last fragment
-(the table: ``media/formats.py``). Timestamps are the RTP timestamps relative to the first frame: a gap in the
-track stays a gap in the file (audio: filled, as Ogg and WAV have no per-packet time).
+(the table: ``media/formats.py``); a VP9 SVC picture shows its top layer only (``vp9.show_top_layer_only``).
+Timestamps are the RTP timestamps relative to the first frame: a gap in the track stays a gap in the file
+(audio: filled, as Ogg and WAV have no per-packet time).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
+from trackegress.media import vp9
 from trackegress.media.dimensions import keyframe_size
 from trackegress.media.formats import output_format
 from trackegress.media.frames import Codec, EncodedFrame
@@ -79,7 +81,8 @@ class Muxer:
             duration = timestamp - self._last_ts if self.frames else 0
         elif self.frames and timestamp > self._last_ts + self._last_duration:  # a gap
             self._fill_until(timestamp)
-        self._mux(frame.data, timestamp, frame.keyframe, duration)
+        data = vp9.show_top_layer_only(frame.data) if self.codec is Codec.VP9 else frame.data
+        self._mux(data, timestamp, frame.keyframe, duration)
 
     def close(self) -> None:
         """Finish the file (idempotent)."""
