@@ -2,6 +2,8 @@
 
 A keyframe temporal unit's first frame header says KEY_FRAME; its size is the sequence header's
 ``max_frame_width/height``, which for an SVC stream (L3T3 as Chromium sends it) is the top spatial layer's.
+A unit that stops below the top spatial layer (the SFU forwards the layers up to a subscriber's target; each
+frame's OBU extension names its layer) is taken at half the size per missing layer, libwebrtc's L3T3 ratios.
 """
 
 from __future__ import annotations
@@ -55,14 +57,16 @@ def _leb128(data: bytes, pos: int) -> tuple[int, int]:
     raise ValueError("AV1 OBU size too long")
 
 
-def obus(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, payload) of each OBU; an OBU without a size field runs to the end of ``data``."""
+def obus(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, spatial_id, payload) of each OBU (spatial_id 0 without an extension header); an OBU without a size
+    field runs to the end of ``data``."""
     pos = 0
     while pos < len(data):
         header = data[pos]
         if header & 0x80:
             raise ValueError("AV1 OBU forbidden bit set")
         kind, extension, has_size = (header >> 3) & 0x0F, header & 0x04, header & 0x02
+        spatial_id = (data[pos + 1] >> 3) & 0x03 if extension and pos + 1 < len(data) else 0
         pos += 2 if extension else 1
         if has_size:
             size, pos = _leb128(data, pos)
@@ -70,11 +74,12 @@ def obus(data: bytes) -> Iterator[tuple[int, bytes]]:
             size = len(data) - pos
         if pos + size > len(data):
             raise ValueError("AV1 OBU truncated")
-        yield kind, data[pos:pos + size]
+        yield kind, spatial_id, data[pos:pos + size]
         pos += size
 
 
-def _skip_timing_and_operating_points(bits: _Bits) -> None:
+def _operating_points(bits: _Bits) -> int:
+    """Skips timing info and the operating points; the first operating point's idc (its layers)."""
     decoder_model = 0
     if bits.f(1):  # timing_info_present_flag
         bits.f(64)  # num_units_in_display_tick, time_scale
@@ -86,42 +91,49 @@ def _skip_timing_and_operating_points(bits: _Bits) -> None:
         delay_length = bits.f(5) + 1
         bits.f(32 + 5 + 5)
     initial_display_delay = bits.f(1)
+    idcs = []
     for _ in range(bits.f(5) + 1):  # operating points
-        bits.f(12)  # operating_point_idc
+        idcs.append(bits.f(12))  # operating_point_idc: temporal layers in bits 0-7, spatial layers in 8-11
         if bits.f(5) > 7:  # seq_level_idx
             bits.f(1)  # seq_tier
         if decoder_model and bits.f(1):
             bits.f(2 * delay_length + 1)
         if initial_display_delay and bits.f(1):
             bits.f(4)
+    return idcs[0]
 
 
-def sequence_size(header: bytes) -> tuple[tuple[int, int], bool]:
-    """(max_frame_width, max_frame_height) and reduced_still_picture_header of a sequence header OBU payload."""
+def sequence_size(header: bytes) -> tuple[tuple[int, int], bool, int]:
+    """(max_frame_width, max_frame_height), reduced_still_picture_header and the top spatial layer (0: one layer)
+    of a sequence header OBU payload."""
     bits = _Bits(header)
     bits.f(3)  # seq_profile
     bits.f(1)  # still_picture
     reduced = bool(bits.f(1))
+    idc = 0
     if reduced:
         bits.f(5)
     else:
-        _skip_timing_and_operating_points(bits)
+        idc = _operating_points(bits)
     width_bits, height_bits = bits.f(4) + 1, bits.f(4) + 1
-    return (bits.f(width_bits) + 1, bits.f(height_bits) + 1), reduced
+    return (bits.f(width_bits) + 1, bits.f(height_bits) + 1), reduced, (idc >> 8).bit_length() - 1 if idc else 0
 
 
 def _first_frame_is_key(data: bytes) -> tuple[bool, tuple[int, int] | None]:
-    size, reduced = None, False
-    for kind, payload in obus(data):
+    """Whether the unit's first frame is a KEY_FRAME, and the size of its highest spatial layer (when the unit
+    carries a sequence header)."""
+    size, reduced, top, key, highest = None, False, 0, None, 0
+    for kind, spatial_id, payload in obus(data):
         if kind == OBU_SEQUENCE_HEADER:
-            size, reduced = sequence_size(payload)
+            size, reduced, top = sequence_size(payload)
         elif kind in (OBU_FRAME, OBU_FRAME_HEADER):
-            if reduced:
-                return True, size
-            bits = _Bits(payload)
-            key = not bits.f(1) and bits.f(2) == KEY_FRAME  # show_existing_frame, frame_type
-            return key, size
-    return False, size
+            if key is None:
+                bits = _Bits(payload)
+                key = reduced or (not bits.f(1) and bits.f(2) == KEY_FRAME)  # show_existing_frame, frame_type
+            highest = max(highest, spatial_id)
+    if size is not None and highest < top:
+        size = (size[0] >> (top - highest), size[1] >> (top - highest))
+    return bool(key), size
 
 
 def is_keyframe(data: bytes) -> bool:
