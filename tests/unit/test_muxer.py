@@ -182,3 +182,14 @@ def test_no_frames_means_no_file(tmp_path: Path) -> None:
     muxer.close()
     assert not (tmp_path / "x.webm").exists()
     assert muxer.duration_ns == 0
+
+
+def test_a_long_g711_gap_is_filled_a_second_at_a_time(tmp_path: Path) -> None:
+    out = tmp_path / "long.wav"
+    muxer = Muxer(out, Codec.PCMU)
+    muxer.write(EncodedFrame(b"\x01" * 160, 0, True))
+    muxer.write(EncodedFrame(b"\x02" * 160, 160 + 60 * 8000, True))  # a minute of mute
+    muxer.close()
+    data = b"".join(_packets(out))
+    assert data == b"\x01" * 160 + b"\xff" * 60 * 8000 + b"\x02" * 160
+    assert muxer.filled == 60 * 50 and muxer.frames == 2 + 60

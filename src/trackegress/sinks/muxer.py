@@ -138,12 +138,12 @@ class Muxer:
         Ogg and WAV have no per-packet time: without them players would close the gap and drift out of sync.
         """
         silence = _G711_SILENCE.get(self.codec)
-        if silence is not None:  # frames of the last one's length, the final one shorter
+        if silence is not None:  # a second at most per packet; ``filled`` counts frames of the last one's length
             frame = self._last_duration
             while (start := self._last_ts + self._last_duration) < timestamp:
-                step = min(timestamp - start, frame)
+                step = min(timestamp - start, self.codec.clock_rate)
                 self._mux(bytes([silence]) * step, start, True, step)
-                self.filled += 1
+                self.filled += -(-step // frame)
             return
         filler = bytes([self._last_toc & 0xFC])  # same mode and frame size, one frame, no payload
         step = opus_packet_samples(filler)
