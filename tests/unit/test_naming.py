@@ -92,6 +92,11 @@ def test_empty_after_substitution_gets_default_name() -> None:
         ("x.", Codec.OPUS, "x..ogg"),
         ("dir.mp4/x", Codec.OPUS, "dir.mp4/x.ogg"),
         ("x.MP4", Codec.OPUS, "x.MP4.ogg"),
+        ("x.ogg", Codec.PCMU, "x.wav"),  # G.711 as published: WAV (upstream transcodes to Opus)
+        ("x.wav", Codec.OPUS, "x.ogg"),  # our .wav counts as a known extension
+        ("x.webm", Codec.VP9, "x.webm"),
+        ("x.mp4", Codec.AV1, "x.webm"),
+        ("x.webm", Codec.H265, "x.mp4"),
     ],
 )
 def test_extension_rules(template: str, codec: Codec, expected: str) -> None:
