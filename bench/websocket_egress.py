@@ -10,8 +10,9 @@ CPU are not counted.
 
 Delay, per PCM message sent during the window (CLOCK_MONOTONIC is system-wide, so the two processes' clocks
 compare):
-- end to end: receiver arrival - RTP arrival, where RTP arrival is ``EncodedFrame.arrival`` (when the packet left
-  our reorder buffer, which releases an in-order packet as soon as it arrives). Message k of a connection at the
+- end to end: receiver arrival - RTP arrival, where RTP arrival is ``EncodedFrame.arrival`` (when the media core's
+  I/O thread read the datagram that completed the frame; with aiortc, before 2026-12-02: when the packet left our
+  reorder buffer in the event loop, after its wait in the socket). Message k of a connection at the
   receiver is matched with the k-th message the sink sent (no reconnects, so none is lost or duplicated: checked);
 - sink side: what ``Egress(on_delay=...)`` reports (RTP arrival → ``send()`` returned).
 The sink's ``on_delay`` callback gets ``monotonic() - ready_at`` right after each send; the worker turns it back
