@@ -12,7 +12,7 @@ from livekit import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable as `support`
 
-from support.egress_service import WebhookSink
+from support.egress_service import EgressService, WebhookSink
 from support.media import make_h264, make_opus_ogg, make_vp8_ivf
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
 
@@ -86,3 +86,11 @@ def sample_media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "h264": make_h264(folder / "testsrc.h264", seconds=2),
         "vp8": make_vp8_ivf(folder / "testsrc.ivf", seconds=2),
     }
+
+
+@pytest.fixture
+async def client(service: EgressService, livekit_server: LiveKitServer) -> AsyncIterator[api.LiveKitAPI]:
+    """The Egress API of the test file's own ``service`` fixture."""
+    lk = api.LiveKitAPI(url=service.url, api_key=livekit_server.api_key, api_secret=livekit_server.api_secret)
+    yield lk
+    await lk.aclose()

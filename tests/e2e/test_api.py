@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -34,13 +34,6 @@ def service(livekit_server: LiveKitServer, hooks: WebhookSink, tmp_path: Path) -
     svc = EgressService(livekit_server, tmp_path, webhook={"urls": [hooks.url]})
     yield svc
     svc.stop()
-
-
-@pytest.fixture
-async def client(service: EgressService, livekit_server: LiveKitServer) -> AsyncIterator[api.LiveKitAPI]:
-    lk = api.LiveKitAPI(url=service.url, api_key=livekit_server.api_key, api_secret=livekit_server.api_secret)
-    yield lk
-    await lk.aclose()
 
 
 async def test_python_client_start_list_stop_with_webhooks(

@@ -9,7 +9,7 @@ import functools
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,13 +35,6 @@ def service(livekit_server: LiveKitServer, tmp_path: Path) -> Iterator[EgressSer
     svc = EgressService(livekit_server, tmp_path)
     yield svc
     svc.stop()
-
-
-@pytest.fixture
-async def client(service: EgressService, livekit_server: LiveKitServer) -> AsyncIterator[api.LiveKitAPI]:
-    lk = api.LiveKitAPI(url=service.url, api_key=livekit_server.api_key, api_secret=livekit_server.api_secret)
-    yield lk
-    await lk.aclose()
 
 
 def decode_errors(path: Path) -> str:
