@@ -13,10 +13,12 @@ lint: install lint-native
 	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/mypy
 
-lint-native: install  ## rustfmt + clippy on the native media core (target directory shared with its build)
+lint-native: install  ## rustfmt + clippy + the Rust unit tests of the native media core (target directory shared with its build)
 	cargo fmt --manifest-path native/Cargo.toml --check
 	PYO3_PYTHON=$(CURDIR)/.venv/bin/python CARGO_TARGET_DIR=$(HOME)/.cache/trackegress/native-target \
 		nice -n 10 cargo clippy --manifest-path native/Cargo.toml --locked --release --quiet -- -D warnings
+	PYO3_PYTHON=$(CURDIR)/.venv/bin/python CARGO_TARGET_DIR=$(HOME)/.cache/trackegress/native-target \
+		nice -n 10 cargo test --manifest-path native/Cargo.toml --locked --release --quiet --lib
 
 # Parallel workers (pytest-xdist, one test file per worker: its module fixtures start once), then the tests that
 # assert wall-clock timing on their own. `make test PYTEST_WORKERS=0` runs everything in one process.

@@ -3,6 +3,7 @@
 //! One I/O thread per `Core` owns every peer and its UDP sockets; Python sends commands and is woken
 //! through an eventfd once per batch of events (never once per packet), which it then `drain()`s.
 
+mod holes;
 mod io;
 mod out;
 mod peer;
@@ -31,6 +32,31 @@ const EV_CANDIDATE: u8 = 2;
 const EV_MEDIA: u8 = 3;
 const EV_FRAME: u8 = 4;
 const EV_CLOSED: u8 = 5;
+
+/// Receive buffer of each UDP socket: a burst of a few hundred ms of 720p video while the I/O thread is late
+/// (Linux's default of 208 KiB holds ~170 datagrams; the kernel doubles what is set for its bookkeeping).
+const SOCKET_RECEIVE_BUFFER: libc::c_int = 2 << 20;
+
+/// Size the socket's receive buffer for bursts: `SO_RCVBUFFORCE` (needs CAP_NET_ADMIN, ignores
+/// `net.core.rmem_max`), else `SO_RCVBUF` (capped at `rmem_max`).
+fn size_receive_buffer(socket: &std::net::UdpSocket) {
+    let size = SOCKET_RECEIVE_BUFFER;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: sets an int option on a socket we own, from a valid c_int.
+        let done = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if done == 0 {
+            return;
+        }
+    }
+}
 
 /// The media core of a process: one I/O thread multiplexing every peer.
 #[pyclass(frozen, module = "trackegress_native")]
@@ -111,6 +137,7 @@ impl Core {
             socket
                 .set_nonblocking(true)
                 .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            size_receive_buffer(&socket);
             let local = socket
                 .local_addr()
                 .map_err(|e| PyOSError::new_err(e.to_string()))?;
@@ -155,10 +182,10 @@ impl Core {
         self.send(Cmd::Close { peer })
     }
 
-    /// Receive counters per track: (mid, packets received, lost, NACKs sent, recovered, jitter s,
+    /// Receive counters per track: (mid, packets received, lost, NACKs sent, recovered, late, jitter s,
     /// frames received, frames dropped, keyframe requests).
     #[allow(clippy::type_complexity)]
-    fn stats(&self, peer: u64) -> Vec<(String, u64, u64, u64, u64, f64, u64, u64, u64)> {
+    fn stats(&self, peer: u64) -> Vec<(String, u64, u64, u64, u64, u64, f64, u64, u64, u64)> {
         let map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer)
             .map(|tracks| {
@@ -171,6 +198,7 @@ impl Core {
                             t.packets_lost,
                             t.nacks_sent,
                             t.packets_recovered,
+                            t.packets_late,
                             t.jitter,
                             t.frames_received,
                             t.frames_dropped,

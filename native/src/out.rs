@@ -11,6 +11,7 @@ pub struct TrackStats {
     pub packets_lost: u64,
     pub nacks_sent: u64,
     pub packets_recovered: u64,
+    pub packets_late: u64,
     pub jitter: f64,
     pub frames_received: u64,
     pub frames_dropped: u64,

@@ -14,9 +14,11 @@ use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
+use crate::holes::Holes;
 use crate::out::{Out, TrackStats};
 
-/// How often a video track without a usable picture asks for a keyframe.
+/// How often a video track without a usable picture asks for a keyframe (not while a packet may still be
+/// retransmitted: see `holes`).
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// str0m's ICE agent retries forever; after this long `Disconnected` we report `failed`.
 const DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(15);
@@ -29,9 +31,15 @@ pub const RECV_BUFFER: usize = 2048;
 struct Track {
     video: bool,
     announced: bool,
+    /// A keyframe has been delivered (the SFU starts a video track with one, asking its publisher itself).
+    keyframe_seen: bool,
     keyframe_wanted: bool,
+    /// NACK was negotiated for the codec in use.
+    nack: bool,
+    /// The SSRC (without RTX) str0m was told to NACK.
+    nack_ssrc: Option<u32>,
     last_keyframe_request: Option<Instant>,
-    last_seq: Option<u64>,
+    holes: Holes,
     stats: TrackStats,
 }
 
@@ -48,7 +56,8 @@ pub struct Peer {
     pub done: bool,
 }
 
-/// The str0m configuration every peer uses: the codecs LiveKit offers that we can record, short reordering waits.
+/// The str0m configuration every peer uses: the codecs LiveKit offers that we can record; a missing packet is
+/// waited for long enough for one NACK round trip (NACKs go out every 33 ms; audio: 150 ms, video: 400 ms).
 pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
     let mut config = Rtc::builder()
         .enable_opus(true, true)
@@ -59,8 +68,8 @@ pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
         .enable_h265(true)
         .enable_vp9(true)
         .enable_av1(true)
-        .set_reordering_size_audio(4)
-        .set_reordering_timeout_audio(Some(Duration::from_millis(80)))
+        .set_reordering_size_audio(10)
+        .set_reordering_timeout_audio(Some(Duration::from_millis(150)))
         .set_reordering_size_video(250)
         .set_reordering_timeout_video(Some(Duration::from_millis(400)))
         .set_stats_interval(Some(Duration::from_secs(1)));
@@ -81,6 +90,10 @@ pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
         },
     );
     codecs.add_h264(116.into(), Some(117.into()), false, 0x64001f);
+    // NACK for audio too: livekit-server offers it for Opus unless the track uses RED.
+    for params in codecs.iter_mut().filter(|p| !p.spec().codec.is_video()) {
+        params.set_fb_nack(true);
+    }
     config.build(now)
 }
 
@@ -149,8 +162,39 @@ impl Peer {
                 self.fail(format!("input: {e}"), out);
                 return;
             }
+            self.note_rtp(&buf[..len], now);
             self.drain(now, out);
         }
+    }
+
+    /// Note an RTP packet's sequence number if it is on a track's main SSRC (not RTX, not RTCP).
+    fn note_rtp(&mut self, datagram: &[u8], now: Instant) {
+        // RTP version 2 with an RTP payload type (RTCP's 200..=206 share the byte with the marker bit).
+        if datagram.len() < 12 || datagram[0] >> 6 != 2 || (192..=223).contains(&datagram[1]) {
+            return;
+        }
+        let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
+        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+        let mut api = self.rtc.direct_api();
+        let Some((mid, rtx)) = api
+            .stream_rx(&ssrc.into())
+            .filter(|s| *s.ssrc() == ssrc)
+            .map(|s| (s.mid(), s.rtx()))
+        else {
+            return; // RTX, or not ours
+        };
+        let Some(track) = self.tracks.get_mut(&mid) else {
+            return;
+        };
+        if track.nack && rtx.is_none() && track.nack_ssrc != Some(ssrc) {
+            // str0m only NACKs streams with an RTX stream; livekit-server resends Opus on its own SSRC.
+            // (Looked up by mid: that also makes str0m re-check whether any stream needs NACK timers.)
+            if let Some(stream) = api.stream_rx_by_mid(mid, None) {
+                stream.suppress_nack(false);
+                track.nack_ssrc = Some(ssrc);
+            }
+        }
+        track.holes.arrived(seq, now);
     }
 
     /// Run timers that are due.
@@ -234,7 +278,15 @@ impl Peer {
 
     /// Counters of every track (copied out for `stats()`).
     pub fn stats(&self) -> Vec<TrackStats> {
-        self.tracks.values().map(|t| t.stats.clone()).collect()
+        self.tracks
+            .values()
+            .map(|t| TrackStats {
+                packets_lost: t.holes.lost,
+                packets_recovered: t.holes.recovered,
+                packets_late: t.holes.late,
+                ..t.stats.clone()
+            })
+            .collect()
     }
 
     /// Keyframe requests and the disconnected watchdog, then str0m's own timers.
@@ -244,6 +296,9 @@ impl Peer {
         }
         if self.closing.is_none() {
             self.request_keyframes(now);
+            for track in self.tracks.values_mut() {
+                track.holes.expire(now);
+            }
             if let Some(since) = self.disconnected_since {
                 if !self.failed && now >= since + DISCONNECTED_TIMEOUT {
                     self.failed = true;
@@ -267,6 +322,7 @@ impl Peer {
             .iter()
             .filter(|(_, t)| {
                 t.keyframe_wanted
+                    && t.holes.repair_deadline().is_none()
                     && t.last_keyframe_request
                         .is_none_or(|last| now >= last + KEYFRAME_INTERVAL)
             })
@@ -329,7 +385,8 @@ impl Peer {
             for t in self.tracks.values().filter(|t| t.keyframe_wanted) {
                 let at = t
                     .last_keyframe_request
-                    .map_or(now, |last| last + KEYFRAME_INTERVAL);
+                    .map_or(now, |last| last + KEYFRAME_INTERVAL)
+                    .max(t.holes.repair_deadline().unwrap_or(now));
                 deadline = deadline.min(at.max(now + Duration::from_millis(1)));
             }
             if let (Some(since), false) = (self.disconnected_since, self.failed) {
@@ -376,9 +433,12 @@ impl Peer {
                     Track {
                         video,
                         announced: false,
-                        keyframe_wanted: video,
+                        keyframe_seen: false,
+                        keyframe_wanted: false,
+                        nack: false,
+                        nack_ssrc: None,
                         last_keyframe_request: None,
-                        last_seq: None,
+                        holes: Holes::default(),
                         stats: TrackStats {
                             mid: added.mid.to_string(),
                             ..Default::default()
@@ -419,16 +479,11 @@ impl Peer {
                 mime: pt_mime,
             });
         }
+        track.nack = data.params.fb_nack();
         let (spatial, temporal) = layers(&data.codec_extra);
-        let first = *data.seq_range.start();
-        let last = *data.seq_range.end();
-        if let Some(prev) = track.last_seq {
-            let first = *first;
-            if first > prev + 1 {
-                track.stats.packets_lost += first - prev - 1;
-            }
-        }
-        track.last_seq = Some(*last);
+        track
+            .holes
+            .delivered(**data.seq_range.start(), **data.seq_range.end());
         track.stats.frames_received += 1;
         if !data.contiguous {
             track.stats.frames_dropped += 1;
@@ -436,7 +491,8 @@ impl Peer {
         if track.video {
             if keyframe {
                 track.keyframe_wanted = false;
-            } else if !data.contiguous && !track.keyframe_wanted {
+                track.keyframe_seen = true;
+            } else if !data.contiguous || !track.keyframe_seen {
                 track.keyframe_wanted = true;
             }
         }

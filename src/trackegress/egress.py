@@ -26,6 +26,7 @@ from trackegress.redact import redact_request
 from trackegress.reporting.manifest import build_manifest
 from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
+from trackegress.room.transport import Reception
 from trackegress.sinks.base import Sink
 from trackegress.sinks.file import FileSink, write_error
 from trackegress.sinks.naming import MAX_KEY, TemplateVars, check_path_limits, output_path
@@ -70,7 +71,7 @@ class JoinedRoom(Protocol):
     def room(self) -> models.Room: ...
 
     @property
-    def packets_lost(self) -> int: ...
+    def reception(self) -> Reception: ...
 
     async def find_track(self, timeout: float) -> TrackSource: ...
 
@@ -172,9 +173,9 @@ class Egress:
         return self._file.layer_switches if self._file is not None else 0
 
     @property
-    def packets_lost(self) -> int:
-        """RTP packets of the track that never arrived."""
-        return self._subscriber.packets_lost if self._subscriber is not None else 0
+    def reception(self) -> Reception:
+        """The track's receive counters: packets lost, recovered by retransmission, incomplete frames."""
+        return self._subscriber.reception if self._subscriber is not None else Reception()
 
     def stop(self, reason: str = STOP_API) -> None:
         """Finish the egress as soon as possible (e.g. ``StopEgress``)."""
@@ -356,7 +357,7 @@ class Egress:
             else:
                 await self._abort("Start signal not received")
             return
-        self.info.details = f"End reason: {self._end_reason}" + self._loss_details()
+        self.info.details = f"End reason: {self._end_reason}" + self._reception_details() + self._loss_details()
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
         self._log_audio_gaps()
@@ -371,6 +372,14 @@ class Egress:
             self._set_status(Status.EGRESS_LIMIT_REACHED, ended=True)
         else:
             self._set_status(Status.EGRESS_COMPLETE, ended=True)
+
+    def _reception_details(self) -> str:
+        """``; received: 900 packets, 27 lost, 25 recovered (RTX/RED), ...`` when packets went missing."""
+        reception = self.reception
+        if not (reception.packets_lost or reception.packets_recovered or reception.packets_late):
+            return ""
+        log.info("egress %s: received: %s", self.egress_id, reception.summary())
+        return f"; received: {reception.summary()}"
 
     def _loss_details(self) -> str:
         """``; video: 2 losses, 14 frames dropped until a keyframe, ...`` when the file's video saw losses."""

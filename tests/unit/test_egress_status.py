@@ -14,6 +14,7 @@ from trackegress.config import Config
 from trackegress.egress import Egress, Parts
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.room.subscriber import RoomEvents, TrackSource
+from trackegress.room.transport import Reception
 from trackegress.sinks import file as file_sink
 from trackegress.sinks.file import FileSink, write_error
 from trackegress.storage.base import UploadError
@@ -39,7 +40,7 @@ class FakeRoom:
         self.subscribed = asyncio.Event()
         self.closed = False
         self.room = ROOM
-        self.packets_lost = 0
+        self.reception = Reception()
 
     async def find_track(self, timeout: float) -> TrackSource:
         await asyncio.wait_for(self.published.wait(), timeout)

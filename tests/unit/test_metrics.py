@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from prometheus_client import generate_latest
 
 from trackegress.ops.metrics import Metrics
+from trackegress.room.transport import Reception
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Stats:
 @dataclass
 class Job:
     egress_id: str
-    packets_lost: int = 0
+    reception: Reception = field(default_factory=Reception)
     bytes_out: int = 0
     stream_stats: Stats | None = None
     layer_switches: int = 0
@@ -37,12 +38,16 @@ def scrape(metrics: Metrics) -> str:
 
 
 def test_counters_sum_running_egresses_and_survive_their_end() -> None:
-    manager = Manager([Job("EG_a", packets_lost=3, bytes_out=100, layer_switches=2), Job("EG_b", 1, 50, Stats(2, 7))])
+    manager = Manager([
+        Job("EG_a", Reception(packets_lost=3, packets_recovered=5), bytes_out=100, layer_switches=2),
+        Job("EG_b", Reception(packets_lost=1), 50, Stats(2, 7)),
+    ])
     metrics = Metrics()
     metrics.watch(manager)  # type: ignore[arg-type]
     text = scrape(metrics)
     assert "trackegress_egress_active 2.0" in text
     assert "trackegress_packets_lost_total 4.0" in text
+    assert "trackegress_packets_recovered_total 5.0" in text
     assert "trackegress_websocket_reconnects_total 2.0" in text
     assert "trackegress_websocket_frames_lost_total 7.0" in text
     assert "trackegress_layer_switches_total 2.0" in text

@@ -33,7 +33,7 @@ class Metrics(Collector):
         )
         self._ended_bytes = 0
         # per egress, last seen: packets lost, reconnects, frames lost, layer switches
-        self._seen: dict[str, tuple[int, int, int, int]] = {}
+        self._seen: dict[str, tuple[int, int, int, int, int]] = {}
         self.registry.register(self)
 
     def watch(self, manager: EgressManager) -> None:
@@ -59,9 +59,13 @@ class Metrics(Collector):
         written = self._ended_bytes + sum(job.bytes_out for job in running)
         yield CounterMetricFamily("trackegress_bytes_written", "Bytes written to files and streams", value=written)
         self._seen.update((job.egress_id, _counts(job)) for job in running)
-        totals = [sum(column) for column in zip(*self._seen.values(), strict=True)] or [0, 0, 0, 0]
-        packets_lost, reconnects, frames_lost, layer_switches = totals
+        totals = [sum(column) for column in zip(*self._seen.values(), strict=True)] or [0, 0, 0, 0, 0]
+        packets_lost, packets_recovered, reconnects, frames_lost, layer_switches = totals
         yield CounterMetricFamily("trackegress_packets_lost", "RTP packets never received", value=packets_lost)
+        yield CounterMetricFamily(
+            "trackegress_packets_recovered", "RTP packets missing at first, then repaired by RTX or RED",
+            value=packets_recovered,
+        )
         yield CounterMetricFamily("trackegress_websocket_reconnects", "WebSocket receivers redialled", value=reconnects)
         yield CounterMetricFamily(
             "trackegress_websocket_frames_lost", "10 ms PCM messages the receiver did not confirm", value=frames_lost
@@ -81,8 +85,9 @@ class Metrics(Collector):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_TYPE})
 
 
-def _counts(job: Egress) -> tuple[int, int, int, int]:
-    stats = job.stream_stats
+def _counts(job: Egress) -> tuple[int, int, int, int, int]:
+    stats, reception = job.stream_stats, job.reception
     return (
-        job.packets_lost, stats.reconnects if stats else 0, stats.frames_lost if stats else 0, job.layer_switches
+        reception.packets_lost, reception.packets_recovered, stats.reconnects if stats else 0,
+        stats.frames_lost if stats else 0, job.layer_switches,
     )

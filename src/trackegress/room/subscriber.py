@@ -20,6 +20,7 @@ from trackegress.room.transport import (
     IceServer,
     MediaTrack,
     MediaTransport,
+    Reception,
     TransportEvents,
     TransportFactory,
     TransportState,
@@ -99,8 +100,9 @@ class TrackSubscriber:
         return self._room
 
     @property
-    def packets_lost(self) -> int:
-        return sum(stats.packets_lost for stats in self._transport.stats())
+    def reception(self) -> Reception:
+        """The transport's receive counters, summed over the subscribed tracks."""
+        return Reception.of(self._transport.stats())
 
     async def find_track(self, timeout: float) -> TrackSource:
         """Wait until the track is published; TimeoutError otherwise."""

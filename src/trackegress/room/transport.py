@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from trackegress.media.frames import EncodedFrame
@@ -92,13 +92,37 @@ class TrackStats:
 
     mid: str
     packets_received: int = 0
-    packets_lost: int = 0  # never received, not even through a retransmission
+    packets_lost: int = 0  # missing on the wire and never repaired (1 s later)
     nacks_sent: int = 0
-    packets_recovered: int = 0  # missing at first, then repaired (RTX or RED)
+    packets_recovered: int = 0  # missing on the wire, then delivered from an RTX retransmission or a RED block
+    packets_late: int = 0  # missing, then arrived after later ones (reordering, or a retransmission without RTX)
     jitter: float = 0.0
     frames_received: int = 0
     frames_dropped: int = 0  # incomplete frames given up (each leaves the next frame non-contiguous)
     keyframe_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reception:
+    """What a subscriber's tracks received, summed: packets and how the missing ones ended, frames given up."""
+
+    packets_received: int = 0
+    packets_lost: int = 0
+    packets_recovered: int = 0
+    packets_late: int = 0
+    nacks_sent: int = 0
+    frames_dropped: int = 0
+
+    @classmethod
+    def of(cls, tracks: Sequence[TrackStats]) -> Reception:
+        return cls(*(sum(getattr(t, f.name) for t in tracks) for f in fields(cls)))
+
+    def summary(self) -> str:
+        return (
+            f"{self.packets_received} packets, {self.packets_lost} lost, {self.packets_recovered} recovered "
+            f"(RTX/RED), {self.packets_late} late (reordered, or resent without RTX), {self.nacks_sent} NACKs, "
+            f"{self.frames_dropped} incomplete frames dropped"
+        )
 
 
 class TransportEvents(Protocol):
