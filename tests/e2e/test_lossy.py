@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from livekit import api
 from livekit.protocol import egress
-from support.egress_helpers import file_request, record_published
+from support.browser import BrowserClients, BrowserViewer, installed, join_token
+from support.egress_helpers import file_request, record_published, until
 from support.impair import GilbertElliott, Profile, UdpRelay
-from support.server import BINARY, LiveKitServer, RoomFactory
-from test_file_egress import config_for, decode_errors
+from support.media import h264_canonical, make_opus_ogg
+from support.publisher import Publisher
+from support.server import BINARY, LiveKitServer, RoomFactory, create_room
+from test_file_egress import config_for, decode_errors, packets
+
+from trackegress.egress import Egress
 
 RELAY_IP = "127.0.0.2"
 Status = egress.EgressStatus
@@ -42,9 +50,6 @@ def relayed_server(relayed: tuple[LiveKitServer, UdpRelay]) -> LiveKitServer:
 
 @pytest.fixture
 async def relayed_room(relayed_server: LiveKitServer) -> RoomFactory:
-    from livekit import api
-    from support.server import create_room
-
     async def factory() -> str:
         async with api.LiveKitAPI(relayed_server.http_url, relayed_server.api_key, relayed_server.api_secret) as c:
             return await create_room(c)
@@ -70,13 +75,20 @@ async def test_all_media_goes_through_the_relay(
     assert decode_errors(out) == ""
 
 
-@pytest.mark.parametrize(
-    "profile",
-    [
-        pytest.param(Profile(loss=0.03, jitter=0.03, reorder=0.01), id="random-3pct"),
-        pytest.param(Profile(burst=GilbertElliott.bursty(0.03, 3), jitter=0.03, reorder=0.01), id="bursty-3pct"),
-    ],
-)
+LOSSY = [
+    pytest.param(Profile(loss=0.03, jitter=0.03, reorder=0.01), id="random-3pct"),
+    pytest.param(Profile(burst=GilbertElliott.bursty(0.03, 3), jitter=0.03, reorder=0.01), id="bursty-3pct"),
+]
+
+
+def reception(info: egress.EgressInfo) -> dict[str, int]:
+    """The media core's counters the egress put in ``details`` (``received: N packets, N lost, N recovered``)."""
+    found = re.search(r"received: (\d+) packets, (\d+) lost, (\d+) recovered", info.details)
+    assert found, info.details
+    return dict(zip(("packets", "lost", "recovered"), map(int, found.groups()), strict=True))
+
+
+@pytest.mark.parametrize("profile", LOSSY)
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 async def test_video_under_loss_decodes_without_errors(
     codec: str, profile: Profile, relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory,
@@ -86,10 +98,62 @@ async def test_video_under_loss_decodes_without_errors(
     relay.set_profiles(down=profile)
     lost_before = relay.down.counters.dropped
     config = config_for(relayed_server, tmp_path)
-    info, _, _ = await record_published(
+    info, sent, _ = await record_published(
         relayed_server, room, sample_media[codec], config, lambda track: file_request(room, track)
     )
     assert relay.down.counters.dropped > lost_before  # the impairment really applied
     assert Status.Name(info.status) == "EGRESS_COMPLETE", info.error
     out = tmp_path / info.file_results[0].filename
     assert decode_errors(out) == ""
+    # NACK + RTX repaired the losses: the frames they hit are in the file, byte for byte
+    assert reception(info)["recovered"] > 0, info.details
+    recorded = packets(out)
+    skipped = len(sent) - len(recorded)
+    assert 0 <= skipped <= 30, f"at most the first GOP may be missing; {info.details}"
+    assert recorded == [h264_canonical(f) if codec == "h264" else f for f in sent[skipped:]], info.details
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
+    missing = installed()
+    if missing:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"not installed: {missing} (scripts/install-clients.sh)")
+        pytest.skip(f"not installed: {missing} (scripts/install-clients.sh)")
+    async with BrowserClients(tmp_path) as clients:
+        yield clients
+
+
+@pytest.mark.timing  # a Chromium viewer: CPU-heavy, run on its own
+@pytest.mark.parametrize("profile", LOSSY)
+async def test_audio_loses_no_more_than_a_chromium_viewer(
+    profile: Profile, relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory,
+    browser: BrowserClients, tmp_path: Path,
+) -> None:
+    """6 s of Opus (no RED: livekit-server then offers NACK for Opus) to the egress and to a Chromium viewer
+    (libwebrtc, the reference subscriber) through the same impaired downlink."""
+    server, room = relayed_server, await relayed_room()
+    media = make_opus_ogg(tmp_path / "tone.ogg", seconds=6)
+    relay.set_profiles(down=profile)
+    viewer = BrowserViewer(await browser.new_page())
+    await viewer.join(server.url, join_token(server.api_key, server.api_secret, room, "viewer"))
+    creds = (server.api_key, server.api_secret)
+    async with Publisher(server.url, creds, room, "alice", media, start_delay=None, prime=True) as pub:
+        job = Egress(file_request(room, pub.track_sid), config_for(server, tmp_path))
+        run = asyncio.create_task(job.run())
+        await until(lambda: job.info.room_id)
+        await asyncio.sleep(1.5)  # both subscriptions negotiated
+        pub.begin()
+        await asyncio.wait_for(pub.done, 15)
+        await asyncio.sleep(1.0)  # the last retransmissions
+        reference = (await viewer.inbound())["audio"]
+        sent = list(pub.sent)
+    info = await asyncio.wait_for(run, 15)
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info.error
+    recorded = [p for p in packets(tmp_path / info.file_results[0].filename) if len(p) > 2]  # not gap fillers
+    ours = (len(sent) - len(recorded)) / len(sent)
+    theirs = reference["packetsLost"] / (reference["packetsLost"] + reference["packetsReceived"])
+    print(f"audio lost: egress {len(sent) - len(recorded)} of {len(sent)}, Chromium viewer "
+          f"{reference['packetsLost']} of {reference['packetsLost'] + reference['packetsReceived']}; {info.details}")
+    assert relay.down.counters.dropped > 0
+    assert ours <= theirs + 0.01, info.details
