@@ -17,8 +17,10 @@ from support.impair import GilbertElliott, Profile, UdpRelay
 from support.media import h264_canonical, make_opus_ogg
 from support.publisher import Publisher
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
+from support.wsreceiver import LEFT_HZ, RIGHT_HZ, Receiver, is_silent, steps
 from test_file_egress import config_for, decode_errors, packets
 
+from trackegress.config import Config
 from trackegress.egress import Egress
 
 RELAY_IP = "127.0.0.2"
@@ -157,3 +159,47 @@ async def test_audio_loses_no_more_than_a_chromium_viewer(
           f"{reference['packetsLost']} of {reference['packetsLost'] + reference['packetsReceived']}; {info.details}")
     assert relay.down.counters.dropped > 0
     assert ours <= theirs + 0.01, info.details
+
+
+@pytest.mark.timing  # asserts wall-clock delays
+async def test_websocket_under_30ms_jitter_has_no_dropouts_and_little_delay(
+    relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory, tmp_path: Path
+) -> None:
+    """4 s of a two-tone Opus stream through 30 ms of downlink jitter to a WebSocket receiver: every 10 ms
+    message of the tone arrives once and in order (no zeros inside it), and a message arrives at most 60 ms
+    (p99) after its Opus frame was sent."""
+    server, room = relayed_server, await relayed_room()
+    tone = make_opus_ogg(tmp_path / "tone.ogg", 4.0, int(LEFT_HZ), int(RIGHT_HZ), "128k")
+    relay.set_profiles(down=Profile(jitter=0.03))
+    receiver = Receiver()
+    await receiver.start()
+    config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret)
+    creds = (server.api_key, server.api_secret)
+    try:
+        async with Publisher(server.url, creds, room, "speaker", tone, start_delay=None) as pub:
+            request = egress.TrackEgressRequest(room_name=room, track_id=pub.track_sid, websocket_url=receiver.url())
+            job = Egress(request, config)
+            run = asyncio.create_task(job.run())
+            await until(lambda: job.info.room_id)
+            await asyncio.sleep(1.5)
+            pub.begin()
+            await asyncio.wait_for(pub.done, 15)
+            await asyncio.sleep(0.3)
+            t0, frames = pub.t0, len(pub.sent)
+        info = await asyncio.wait_for(run, 30)
+    finally:
+        await receiver.stop()
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info.error
+    assert relay.down.counters.packets > frames and t0 is not None
+    (conn,) = receiver.conns
+    messages = [(t, m) for t, m in conn.messages if isinstance(m, bytes)][:2 * frames]  # 2 per 20 ms frame
+    loud = [i for i, (_, m) in enumerate(messages) if not is_silent(m)]
+    tone_part = [m for _, m in messages[loud[0]:loud[-1] + 1]]
+    assert len(tone_part) >= 2 * frames - 4, "the whole tone arrived"
+    assert not [m for m in tone_part if is_silent(m)], "no dropout inside the tone"
+    assert set(steps(tone_part)) == {1}, "every 10 ms once, in order"
+    delays = sorted(t - (t0 + 0.02 * (i // 2)) for i, (t, _) in enumerate(messages))
+    p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+    print(f"websocket delay under 30 ms jitter: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+          f"max {delays[-1] * 1000:.1f} ms ({len(delays)} messages)")
+    assert p99 <= 0.060

@@ -78,6 +78,11 @@ class FileTrack(MediaStreamTrack):
         self._period = _file_period(frames)
         self._prime = prime and codec.kind == "video" and bool(frames)
 
+    @property
+    def t0(self) -> float | None:
+        """The event loop time at which the file's first frame was due (frame at ``pts`` goes at ``t0 + pts``)."""
+        return self._t0
+
     def open_gate(self) -> None:
         """Allow the first frame out (until then ``recv()`` waits)."""
         self._gate.set()
@@ -196,6 +201,11 @@ class Publisher:
     def sent(self) -> list[bytes]:
         """The frames handed to the RTP sender so far, in order."""
         return self._track.sent if self._track else []
+
+    @property
+    def t0(self) -> float | None:
+        """The event loop time (``time.monotonic()``) at which the file's first frame was due; None before."""
+        return self._track.t0 if self._track else None
 
     @property
     def done(self) -> asyncio.Future[None]:
