@@ -360,7 +360,7 @@ class Egress:
         self.info.details = f"End reason: {self._end_reason}" + self._reception_details() + self._loss_details()
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
-        self._log_audio_gaps()
+        self.info.details += self._audio_gap_details()
         self._stream_outcome()
         upload_error = await self._write_results()
         if self._end_error:
@@ -389,11 +389,17 @@ class Egress:
         log.info("egress %s: video: %s", self.egress_id, stats.summary())
         return f"; video: {stats.summary()}"
 
-    def _log_audio_gaps(self) -> None:
-        """Audio frames missing from the file's timeline (kept there as gaps), once the file is closed."""
-        if self._file is not None and not self._file.codec.is_video and self._file.gap_frames:
-            log.info("egress %s: audio: %d frames missing on the timeline (loss, DTX or mute), %d losses seen",
-                     self.egress_id, self._file.gap_frames, self._file.continuity.gaps)
+    def _audio_gap_details(self) -> str:
+        """``; audio: 12 of 750 frames missing ...``: frames missing from the file's timeline (kept there as gaps),
+        once the file is closed."""
+        if self._file is None or self._file.codec.is_video or not self._file.gap_frames:
+            return ""
+        file = self._file
+        total = file.frames + file.gap_frames
+        summary = f"{file.gap_frames} of {total} frames missing on the timeline (loss, DTX or mute)"
+        log.info("egress %s: audio: %s", self.egress_id, summary)
+        return f"; audio: {summary}"
+
 
     def _stream_outcome(self) -> None:
         """A WebSocket sink that failed fails the egress; audio it lost but survived is told in ``details``."""
