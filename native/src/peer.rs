@@ -14,7 +14,7 @@ use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
-use crate::holes::Holes;
+use crate::holes::{Holes, HOLE_LIFETIME};
 use crate::out::{Out, TrackStats};
 
 /// How often a video track without a usable picture asks for a keyframe (not while a packet may still be
@@ -33,7 +33,8 @@ struct Track {
     announced: bool,
     /// A keyframe has been delivered (the SFU starts a video track with one, asking its publisher itself).
     keyframe_seen: bool,
-    keyframe_wanted: bool,
+    /// Since when a keyframe is wanted.
+    keyframe_wanted: Option<Instant>,
     /// NACK was negotiated for the codec in use.
     nack: bool,
     /// The SSRC (without RTX) str0m was told to NACK.
@@ -41,6 +42,23 @@ struct Track {
     last_keyframe_request: Option<Instant>,
     holes: Holes,
     stats: TrackStats,
+}
+
+impl Track {
+    /// When the next keyframe request may go out, if one is wanted: not sooner than `KEYFRAME_INTERVAL` after
+    /// the last, and not while a hole may still be repaired, for at most `HOLE_LIFETIME` (under steady loss
+    /// some hole is nearly always open).
+    fn keyframe_request_at(&self) -> Option<Instant> {
+        let since = self.keyframe_wanted?;
+        let repeat = self
+            .last_keyframe_request
+            .map_or(since, |last| last + KEYFRAME_INTERVAL);
+        let repaired = self
+            .holes
+            .repair_deadline()
+            .map_or(since, |at| at.min(since + HOLE_LIFETIME));
+        Some(repeat.max(repaired))
+    }
 }
 
 /// A receive-only peer and its sockets (one per local address).
@@ -253,7 +271,7 @@ impl Peer {
         let mid = Mid::from(mid);
         if let Some(track) = self.tracks.get_mut(&mid) {
             if track.video {
-                track.keyframe_wanted = true;
+                track.keyframe_wanted.get_or_insert(now);
                 track.last_keyframe_request = None;
             }
         }
@@ -320,12 +338,7 @@ impl Peer {
         let mids: Vec<Mid> = self
             .tracks
             .iter()
-            .filter(|(_, t)| {
-                t.keyframe_wanted
-                    && t.holes.repair_deadline().is_none()
-                    && t.last_keyframe_request
-                        .is_none_or(|last| now >= last + KEYFRAME_INTERVAL)
-            })
+            .filter(|(_, t)| t.keyframe_request_at().is_some_and(|at| now >= at))
             .map(|(mid, _)| *mid)
             .collect();
         for mid in mids {
@@ -382,11 +395,7 @@ impl Peer {
     fn next_deadline(&self, rtc: Instant, now: Instant) -> Instant {
         let mut deadline = rtc;
         if self.closing.is_none() {
-            for t in self.tracks.values().filter(|t| t.keyframe_wanted) {
-                let at = t
-                    .last_keyframe_request
-                    .map_or(now, |last| last + KEYFRAME_INTERVAL)
-                    .max(t.holes.repair_deadline().unwrap_or(now));
+            for at in self.tracks.values().filter_map(Track::keyframe_request_at) {
                 deadline = deadline.min(at.max(now + Duration::from_millis(1)));
             }
             if let (Some(since), false) = (self.disconnected_since, self.failed) {
@@ -434,7 +443,7 @@ impl Peer {
                         video,
                         announced: false,
                         keyframe_seen: false,
-                        keyframe_wanted: false,
+                        keyframe_wanted: None,
                         nack: false,
                         nack_ssrc: None,
                         last_keyframe_request: None,
@@ -490,10 +499,10 @@ impl Peer {
         }
         if track.video {
             if keyframe {
-                track.keyframe_wanted = false;
+                track.keyframe_wanted = None;
                 track.keyframe_seen = true;
             } else if !data.contiguous || !track.keyframe_seen {
-                track.keyframe_wanted = true;
+                track.keyframe_wanted.get_or_insert(now);
             }
         }
         out.push(Out::Frame {

@@ -107,12 +107,25 @@ async def test_video_under_loss_decodes_without_errors(
     assert Status.Name(info.status) == "EGRESS_COMPLETE", info.error
     out = tmp_path / info.file_results[0].filename
     assert decode_errors(out) == ""
-    # NACK + RTX repaired the losses: the frames they hit are in the file, byte for byte
-    assert reception(info)["recovered"] > 0, info.details
+    # NACK + RTX repaired losses, and the frames they completed are in the file, byte for byte: all of them when
+    # every loss was repaired. A retransmission the relay drops as well may not be resent (str0m NACKs a packet
+    # at most 5 times in ~165 ms; livekit-server ignores a repeat within 100 ms or 2 RTT): then only the frames
+    # the keyframe gate reports dropped are missing.
+    received = reception(info)
+    assert received["recovered"] > 0, info.details
     recorded = packets(out)
-    skipped = len(sent) - len(recorded)
-    assert 0 <= skipped <= 30, f"at most the first GOP may be missing; {info.details}"
-    assert recorded == [h264_canonical(f) if codec == "h264" else f for f in sent[skipped:]], info.details
+    expected = [h264_canonical(f) if codec == "h264" else f for f in sent]
+    if len(recorded) > len(expected) and recorded[:2] == [expected[0], expected[0]]:
+        recorded = recorded[1:]  # the publisher's priming copy of the first frame, kept (seen once with VP8)
+    gate = re.search(r"(\d+) frames dropped until a keyframe", info.details)
+    dropped = int(gate.group(1)) if gate else 0
+    assert (dropped > 0) == (received["lost"] > 0), info.details
+    assert len(recorded) >= len(expected) - 30 - dropped, f"at most the first GOP may be missing; {info.details}"
+    if not received["lost"]:
+        assert recorded == expected[len(expected) - len(recorded):], info.details
+    else:
+        frames = iter(expected)
+        assert all(frame in frames for frame in recorded), "the recorded frames are sent frames, in order"
 
 
 @pytest.fixture
