@@ -16,6 +16,8 @@ from livekit.protocol import egress, models
 
 from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import ServiceConfig
+from trackegress.cpuload import WINDOW as MEASURE_WINDOW
+from trackegress.cpuload import CpuMeter
 from trackegress.egress import Egress
 from trackegress.errors import RequestError
 from trackegress.info import copy_info, is_ended, new_egress_id
@@ -43,6 +45,7 @@ class _Job:
     webhooks: tuple[models.WebhookConfig, ...]
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: Tasks = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 class EgressManager:
@@ -59,6 +62,7 @@ class EgressManager:
     ) -> None:
         self._config = config
         self._admission = admission
+        self._meter = CpuMeter()
         self._on_delay = on_delay
         self._store = store
         self._check_track = check_track
@@ -104,10 +108,8 @@ class EgressManager:
         self._check_webhooks(request)
         if egress_id in self._jobs:
             raise RequestError("already_exists", f"egress {egress_id} is already running")
-        if self._admission is not None and not self._admission.admits(len(self._jobs)):
-            raise RequestError("resource_exhausted", f"at capacity: {len(self._jobs)} egresses running "
-                               f"(cpu_cost: {self._admission.track_cpu_cost:g} each, "
-                               f"budget {self._admission.budget:g} CPUs)")
+        if self._admission is not None:
+            self._admit(self._admission)
         await self._check_track(request.room_name, request.track_id)
         egress_id = egress_id or new_egress_id()
         job = Egress(request, self._config.egress, egress_id=egress_id,
@@ -162,6 +164,7 @@ class EgressManager:
     async def close(self) -> None:
         """Stop accepting, stop every running egress (``End reason: Process killed``) and wait for them."""
         self._accepting = False
+        self._meter.stop()
         for job in list(self._jobs.values()):
             job.runner.stop(PROCESS_KILLED)
         runs = [job.tasks[0] for job in self._jobs.values()]
@@ -169,6 +172,17 @@ class EgressManager:
             await asyncio.gather(*runs, return_exceptions=True)
 
     # internals
+
+    def _admit(self, admission: CpuAdmission) -> None:
+        """``resource_exhausted`` unless one more egress fits (``CpuAdmission``)."""
+        self._meter.start()
+        now = time.monotonic()
+        young = sum(1 for job in self._jobs.values() if now - job.started < MEASURE_WINDOW)
+        measured = self._meter.used + young * admission.track_cpu_cost
+        if not admission.admits(len(self._jobs), measured):
+            raise RequestError("resource_exhausted", f"at capacity: {len(self._jobs)} egresses running, "
+                               f"{measured:.2f} CPUs measured (cpu_cost: {admission.track_cpu_cost:g} each, "
+                               f"budget {admission.budget:g} CPUs)")
 
     def _check_webhooks(self, request: egress.TrackEgressRequest) -> None:
         for hook in request.webhooks:

@@ -342,6 +342,37 @@ async def test_repeated_egress_id_records_once_and_malformed_payloads_are_ignore
     assert worker.log_text().count("ignored a malformed message") >= 3
 
 
+async def test_a_worker_whose_process_uses_its_cpu_budget_claims_nothing_until_it_has_room(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], sample_media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Measured admission: reservations here are nearly free (track_cpu_cost 0.0001), so only the CPU the worker
+    really uses can refuse. Its budget (0.006 CPUs on 2 cores) lies between an idle worker (~0.001) and one recording
+    an H.264 track (~0.01, measured with /proc/<pid>/stat)."""
+    cpus = os.cpu_count() or 1
+    worker = Worker(tmp_path / "w", lk_redis, redis_server,
+                    cpu_cost={"max_cpu_utilization": 0.006 / cpus, "track_cpu_cost": 0.0001})
+    workers.append(worker.start())
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    async with livekit(lk_redis) as (client, room), bus_client(redis_server, "EgressInternal") as internal, \
+            Publisher(lk_redis.url, creds, room, "dave", sample_media["h264"], loop=True) as pub:
+        first = await client.egress.start_track_egress(file_request(room, pub.track_sid, "first.mp4"))
+        await wait_status(client, first.egress_id, Status.EGRESS_ACTIVE)
+        await asyncio.sleep(3)  # the 2 s measurement now holds the recording
+        second = StartEgressRequest(psrpc.new_id("EG_"), "track", file_request(room, pub.track_sid, "second.mp4"))
+        with pytest.raises(PsrpcError, match="no response from servers"):
+            await internal.call("StartEgress", second.encode(), timeout=5, selection=LIVEKIT_SELECTION)
+        assert re.search(rf"egress {second.egress_id}: not claimed, at capacity .* measured", worker.log_text())
+        await client.egress.stop_egress(api.StopEgressRequest(egress_id=first.egress_id))
+        await wait_status(client, first.egress_id, Status.EGRESS_COMPLETE)
+        await asyncio.sleep(3)  # idle again in the measurement
+        raw = await internal.call("StartEgress", second.encode(), timeout=10, selection=LIVEKIT_SELECTION)
+        assert egress.EgressInfo.FromString(raw).egress_id == second.egress_id
+        await wait_status(client, second.egress_id, Status.EGRESS_ACTIVE)
+        await client.egress.stop_egress(api.StopEgressRequest(egress_id=second.egress_id))
+        await wait_status(client, second.egress_id, Status.EGRESS_COMPLETE)
+
+
 async def _send_garbage(internal: RPCClient, worker: Worker) -> None:
     """Junk on the worker's channels, and a valid envelope whose request body is junk."""
     for channel in ("EgressInternal|StartEgress|REQ", "EgressInternal|StartEgress|RCLAIM",

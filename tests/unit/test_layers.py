@@ -12,7 +12,7 @@ PACKAGE = "trackegress"
 # A module may import modules of its own rank or lower ones. The longest matching prefix names the rank.
 RANKS = {
     "trackegress.errors": 0, "trackegress.info": 0, "trackegress.logs": 0, "trackegress.redact": 0,
-    "trackegress.configfile": 0, "trackegress.backoff": 0,
+    "trackegress.configfile": 0, "trackegress.backoff": 0, "trackegress.cpuload": 0,
     "trackegress.media": 1,
     "trackegress.sinks": 2, "trackegress.storage": 2, "trackegress.room": 2, "trackegress.cluster.psrpc": 2,
     "trackegress.cluster.bus": 2,

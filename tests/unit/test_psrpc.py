@@ -149,12 +149,15 @@ def test_minimum_affinity_and_first_available() -> None:
 
 
 def test_affinity_is_the_free_share_of_the_cpu_budget() -> None:
-    assert affinity(budget=1.6, used=0.0, cost=0.5) == 1.0
-    assert affinity(budget=1.6, used=0.8, cost=0.5) == pytest.approx(0.5)
-    assert affinity(budget=1.6, used=1.5, cost=0.5) == -1.0  # would exceed the budget: no claim
-    assert affinity(budget=1.0, used=0.0, cost=1.0) == 1.0
-    assert affinity(budget=1.0, used=1.0, cost=1.0) == -1.0
-    assert affinity(budget=0.0, used=0.0, cost=0.5) == -1.0
+    assert affinity(budget=1.6, reserved=0.0, measured=0.01, cost=0.5) == 1.0
+    assert affinity(budget=1.6, reserved=0.8, measured=0.01, cost=0.5) == pytest.approx(0.5)
+    assert affinity(budget=1.6, reserved=1.5, measured=0.01, cost=0.5) == -1.0  # would exceed the budget: no claim
+    assert affinity(budget=1.0, reserved=0.0, measured=0.0, cost=1.0) == 1.0
+    assert affinity(budget=1.0, reserved=1.0, measured=0.0, cost=1.0) == -1.0
+    assert affinity(budget=0.0, reserved=0.0, measured=0.0, cost=0.5) == -1.0
+    # a process that really uses its budget claims nothing, whatever its egresses were reserved at
+    assert affinity(budget=1.6, reserved=0.1, measured=1.2, cost=0.5) == -1.0
+    assert affinity(budget=1.6, reserved=0.1, measured=1.0, cost=0.5) == pytest.approx(0.9375)
 
 
 # the server's claim protocol over an in-memory bus

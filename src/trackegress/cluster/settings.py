@@ -50,8 +50,9 @@ class ClusterSettings:
 
 @dataclass(frozen=True)
 class CpuAdmission:
-    """egress.yaml's ``cpu_cost``: an egress is admitted while ``running * track_cpu_cost`` plus its own cost fits in
-    ``cpu_count * max_cpu_utilization`` (the worker's claim rule, also applied by ``serve``)."""
+    """egress.yaml's ``cpu_cost``: an egress is admitted while its ``track_cpu_cost`` fits in
+    ``cpu_count * max_cpu_utilization`` twice over (the worker's claim rule, also applied by ``serve``): next to the
+    running egresses reserved at ``track_cpu_cost`` each, and next to the CPU the process measurably uses."""
 
     track_cpu_cost: float = DEFAULT_TRACK_CPU_COST
     max_cpu_utilization: float = DEFAULT_MAX_CPU_UTILIZATION
@@ -61,8 +62,18 @@ class CpuAdmission:
     def budget(self) -> float:
         return self.cpu_count * self.max_cpu_utilization
 
-    def admits(self, running: int) -> bool:
-        return (running + 1) * self.track_cpu_cost <= self.budget + 1e-9
+    def admits(self, running: int, measured: float) -> bool:
+        """``measured``: CPUs used (``cpuload.CpuMeter``) plus the reservations of egresses too young to show."""
+        return fits(self.budget, running * self.track_cpu_cost, measured, self.track_cpu_cost)
+
+
+def fits(budget: float, reserved: float, measured: float, cost: float) -> bool:
+    """Whether ``cost`` more CPUs fit in ``budget`` next to what is ``reserved`` and next to what is ``measured``.
+
+    With nothing reserved no egress runs: the process's own baseline does not count (upstream admits an idle
+    handler on the whole budget too)."""
+    used = max(reserved, measured) if reserved > 0 else 0.0
+    return used + cost <= budget + 1e-9
 
 
 def cpu_admission(raw: Section) -> CpuAdmission:

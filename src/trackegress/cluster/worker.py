@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -24,7 +24,9 @@ from redis.exceptions import RedisError
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
 from trackegress.cluster.psrpc import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
-from trackegress.cluster.settings import WorkerConfig
+from trackegress.cluster.settings import WorkerConfig, fits
+from trackegress.cpuload import WINDOW as MEASURE_WINDOW
+from trackegress.cpuload import CpuMeter
 from trackegress.errors import RequestError
 from trackegress.info import is_ended, new_egress_id
 from trackegress.manager import EgressManager
@@ -43,11 +45,13 @@ OWNER_TTL = 24 * 3600
 DRAIN_TIMEOUT = 15.0
 
 
-def affinity(budget: float, used: float, cost: float) -> float:
-    """Claim affinity: the share of the CPU budget still free, or -1 (no claim) when ``cost`` does not fit."""
-    if budget <= 0 or used + cost > budget + 1e-9:
+def affinity(budget: float, reserved: float, measured: float, cost: float) -> float:
+    """Claim affinity: the share of the CPU budget not ``reserved`` (running and claimed egresses at their cost), or
+    -1 (no claim) when ``cost`` does not fit next to that or next to what is ``measured`` (``CpuMeter``, plus the
+    reservations of egresses too young to show in it)."""
+    if budget <= 0 or not fits(budget, reserved, measured, cost):
         return -1.0
-    return (budget - used) / budget
+    return (budget - reserved) / budget
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class _Running:
     launch: asyncio.Task[egress.EgressInfo]
     ended: bool = False
     info: egress.EgressInfo | None = None  # the latest status reported
+    started: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -83,6 +88,7 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._pending: dict[str, _Claim] = {}  # by request id
         self._accepting = True
+        self._meter = CpuMeter()
         self._idle = asyncio.Event()
         self._start_method = Method("StartEgress", StartEgressRequest.decode, self._start_egress, self._affinity,
                                     unclaimed=self._release)
@@ -94,6 +100,7 @@ class Worker:
     async def start(self) -> None:
         """Report what a previous run left unfinished (FAILED "Process killed"), then start claiming."""
         await self._io.start()
+        self._meter.start()
         self._manager.add_listener(self._on_update)
         self._bus.on_reconnect(self._on_reconnect)
         for info in await self._manager.recover():
@@ -106,6 +113,7 @@ class Worker:
     async def shutdown(self, grace: float) -> None:
         """Stop claiming; let running egresses end for ``grace`` seconds, stop the rest; report everything."""
         self._accepting = False
+        self._meter.stop()
         await self._internal.unregister(self._start_method, self._config.cluster_id)
         if self._busy():
             log.info("shutting down: waiting up to %.0fs for %d egress(es)", grace, self._manager.active_count)
@@ -128,11 +136,14 @@ class Worker:
         if start.egress_id and await self._owner(start.egress_id) not in (None, self.server_id):
             return -1.0  # another worker runs it
         cost = start.estimated_cpu or self._config.track_cpu_cost
-        used = sum(r.cost for r in self._running.values()) + sum(c.cost for c in self._pending.values())
-        value = affinity(self._config.cpu_budget, used, cost)
+        claimed = sum(c.cost for c in self._pending.values())
+        reserved = sum(r.cost for r in self._running.values()) + claimed
+        young = time.monotonic() - MEASURE_WINDOW
+        measured = self._meter.used + claimed + sum(r.cost for r in self._running.values() if r.started > young)
+        value = affinity(self._config.cpu_budget, reserved, measured, cost)
         if value < 0:
-            log.info("egress %s: not claimed, at capacity (%.2f of %.2f CPU used)", start.egress_id, used,
-                     self._config.cpu_budget)
+            log.info("egress %s: not claimed, at capacity (%.2f CPUs reserved, %.3f measured, of %.2f)",
+                     start.egress_id, reserved, measured, self._config.cpu_budget)
         else:
             self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
         return value
