@@ -28,6 +28,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
 pub const RECV_BUFFER: usize = 2048;
 
 /// Per-track state: codec, keyframe wanted, counters.
+#[derive(Default)]
 struct Track {
     video: bool,
     announced: bool,
@@ -441,17 +442,11 @@ impl Peer {
                     added.mid,
                     Track {
                         video,
-                        announced: false,
-                        keyframe_seen: false,
-                        keyframe_wanted: None,
-                        nack: false,
-                        nack_ssrc: None,
-                        last_keyframe_request: None,
-                        holes: Holes::default(),
                         stats: TrackStats {
                             mid: added.mid.to_string(),
                             ..Default::default()
                         },
+                        ..Default::default()
                     },
                 );
             }
@@ -595,5 +590,30 @@ fn layers(extra: &CodecExtra) -> (u8, u8) {
             (spatial.saturating_sub(1) as u8, e.tid.unwrap_or(0))
         }
         _ => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyframe_request_waits_for_repairs_at_most_a_hole_lifetime() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut track = Track::default();
+        assert_eq!(track.keyframe_request_at(), None);
+        track.keyframe_wanted = Some(t0);
+        assert_eq!(track.keyframe_request_at(), Some(t0));
+        track.holes.arrived(1, t0);
+        track.holes.arrived(3, t0 + ms(100)); // 2 is missing: a NACK may still bring it
+        assert_eq!(track.keyframe_request_at(), Some(t0 + HOLE_LIFETIME));
+        track.holes.delivered(2, 2);
+        assert_eq!(track.keyframe_request_at(), Some(t0));
+        track.last_keyframe_request = Some(t0 + ms(10));
+        assert_eq!(
+            track.keyframe_request_at(),
+            Some(t0 + ms(10) + KEYFRAME_INTERVAL)
+        );
     }
 }
