@@ -119,7 +119,7 @@ async def test_video_under_loss_decodes_without_errors(
         recorded = recorded[1:]  # the publisher's priming copy of the first frame, kept (seen once with VP8)
     gate = re.search(r"(\d+) frames dropped until a keyframe", info.details)
     dropped = int(gate.group(1)) if gate else 0
-    assert (dropped > 0) == (received["lost"] > 0), info.details
+    assert received["lost"] or not dropped, "a frame the gate dropped follows a packet the core saw lost"
     assert len(recorded) >= len(expected) - 30 - dropped, f"at most the first GOP may be missing; {info.details}"
     if not received["lost"]:
         assert recorded == expected[len(expected) - len(recorded):], info.details
