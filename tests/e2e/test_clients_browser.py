@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from support.wsreceiver import Receiver
 from trackegress.config import Config
 from trackegress.egress import Egress
 from trackegress.media.opus import opus_packet_samples
+from trackegress.sinks.layers import TOP_LAYER_WAIT
 
 # timing: run after the parallel run, on their own (rates compared with the viewer; a browser is CPU-heavy)
 pytestmark = [pytest.mark.xdist_group("browser"), pytest.mark.timing]
@@ -95,6 +97,35 @@ class Session:
     pcm_rate: float  # seconds of PCM per second of wall time, away from the stream's start and end
     layer_switches: int  # picture size changes the video egress counted
     viewer_page: BrowserViewer
+    top_gaps: list[str]  # the publisher not encoding the top layer at full size while the recording waited for it
+
+
+class TopLayerSamples:
+    """Samples, 4 times a second, whether the publisher encodes the camera's full size: libwebrtc suspends or
+    scales its top encoding down when its bandwidth estimate or the CPU falls short (``qualityLimitationReason``),
+    and a recording cannot start on a top layer that is not being sent."""
+
+    def __init__(self, publisher: BrowserPublisher) -> None:
+        self.publisher = publisher
+        self.gaps: list[tuple[float, str]] = []  # (monotonic time, the encodings then)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        last: dict[str, int] = {}
+        while True:
+            encodings = [o for o in await self.publisher.outbound() if o["kind"] == "video"]
+            counts = {o["rid"]: o["framesEncoded"] for o in encodings}
+            full = [o for o in encodings if (o["frameWidth"], o["frameHeight"]) == CAMERA]
+            if last and not any(o["framesEncoded"] > last.get(o["rid"], 0) for o in full):
+                self.gaps.append((time.monotonic(), ", ".join(
+                    f"{o['rid'] or '-'} {o['frameWidth']}x{o['frameHeight']} ({o['qualityLimitationReason']})"
+                    for o in encodings)))
+            last = counts
+            await asyncio.sleep(0.25)
+
+    def stop(self) -> list[tuple[float, str]]:
+        self._task.cancel()
+        return self.gaps
 
 
 async def record_browser(
@@ -114,14 +145,17 @@ async def record_browser(
     if receiver is not None:
         ws = egress.TrackEgressRequest(room_name=room, track_id=publisher.audio, websocket_url=receiver.url())
         jobs.append(Egress(ws, config))
+    samples = TopLayerSamples(publisher)
     runs = [asyncio.create_task(job.run()) for job in jobs]
     await until(lambda: all(job.frames for job in jobs), timeout=20)
+    media_at = time.monotonic()
     before = await viewer.inbound()
     if during is not None:
         await during(publisher, jobs[0])
     else:
         await asyncio.sleep(window)
     after = await viewer.inbound()
+    top_gaps = [gap for at, gap in samples.stop() if at <= media_at + TOP_LAYER_WAIT + 1]
     viewer_seconds = (after["now"] - before["now"]) / 1000  # the page's clock: both stats reads, exactly
     await publisher.unpublish()
     infos = await asyncio.wait_for(asyncio.gather(*runs), 30)
@@ -143,7 +177,7 @@ async def record_browser(
         steady = [(t, m) for t, m in binary if binary[0][0] + 2 <= t <= binary[-1][0] - 1]
         pcm_rate = sum(len(m) for _, m in steady[1:]) / 4 / 48_000 / (steady[-1][0] - steady[0][0])
     return Session(infos[0], infos[1], infos[2] if receiver else None, delta, viewer_seconds, viewer_audio, top, pcm,
-                   pcm_rate, jobs[0].layer_switches, viewer)
+                   pcm_rate, jobs[0].layer_switches, viewer, top_gaps)
 
 
 async def top_layer(publisher: BrowserPublisher, timeout: float = 30.0) -> tuple[int, int]:
@@ -171,7 +205,8 @@ def check_recordings(session: Session, files: Path, video_ext: str) -> list[tupl
     assert video.suffix == video_ext and audio.suffix == ".ogg"
     assert decode_errors(video) == "" and decode_errors(audio) == ""
     frames = frames_of(video)
-    assert frames[0][:2] == session.top, f"first frame {frames[0][:2]}, publisher's top layer {session.top}"
+    if frames[0][:2] != session.top:  # only where the publisher did not keep sending its top layer at full size
+        assert session.top_gaps, f"first frame {frames[0][:2]}, though the publisher sent {session.top} throughout"
     # Same rates over the same window: frames per second of media, seconds of audio per second of wall time.
     recorded_fps = (len(frames) - 1) / (frames[-1][2] - frames[0][2])
     viewer_fps = session.viewer["frames"] / session.viewer_seconds
