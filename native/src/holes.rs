@@ -67,6 +67,11 @@ impl Holes {
         self.open.front().map(|&(_, since)| since + HOLE_LIFETIME)
     }
 
+    /// Holes still open: missing packets a retransmission may yet fill.
+    pub fn open(&self) -> u64 {
+        self.open.len() as u64
+    }
+
     /// Holes older than `HOLE_LIFETIME` are lost.
     pub fn expire(&mut self, now: Instant) {
         while let Some(&(_, since)) = self.open.front() {
@@ -100,13 +105,14 @@ mod tests {
         for seq in [65530u16, 65531, 65534, 1, 2] {
             h.arrived(seq, t0); // holes: 65532, 65533, 65535, 0
         }
+        assert_eq!(h.open(), 4);
         h.arrived(65533, t0); // reordered
         h.delivered(65532, 65532); // came in an RTX packet
         h.delivered(65536 + 1, 65536 + 2); // no hole in it
         assert_eq!(h.repair_deadline(), Some(t0 + HOLE_LIFETIME));
         h.expire(t0 + HOLE_LIFETIME);
         assert_eq!(h.repair_deadline(), None);
-        assert_eq!((h.late, h.recovered, h.lost), (1, 1, 2));
+        assert_eq!((h.late, h.recovered, h.lost, h.open()), (1, 1, 2, 0));
     }
 
     #[test]

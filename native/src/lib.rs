@@ -182,10 +182,10 @@ impl Core {
         self.send(Cmd::Close { peer })
     }
 
-    /// Receive counters per track: (mid, packets received, lost, NACKs sent, recovered, late, jitter s,
-    /// frames received, frames dropped, keyframe requests).
+    /// Receive counters per track: (mid, packets received, lost, NACKs sent, recovered, late, still missing,
+    /// jitter s, frames received, frames dropped, keyframe requests).
     #[allow(clippy::type_complexity)]
-    fn stats(&self, peer: u64) -> Vec<(String, u64, u64, u64, u64, u64, f64, u64, u64, u64)> {
+    fn stats(&self, peer: u64) -> Vec<(String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64)> {
         let map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer)
             .map(|tracks| {
@@ -199,6 +199,7 @@ impl Core {
                             t.nacks_sent,
                             t.packets_recovered,
                             t.packets_late,
+                            t.packets_missing,
                             t.jitter,
                             t.frames_received,
                             t.frames_dropped,

@@ -12,6 +12,8 @@ pub struct TrackStats {
     pub nacks_sent: u64,
     pub packets_recovered: u64,
     pub packets_late: u64,
+    /// Missing and still awaited (a retransmission may yet come).
+    pub packets_missing: u64,
     pub jitter: f64,
     pub frames_received: u64,
     pub frames_dropped: u64,

@@ -303,6 +303,7 @@ impl Peer {
                 packets_lost: t.holes.lost,
                 packets_recovered: t.holes.recovered,
                 packets_late: t.holes.late,
+                packets_missing: t.holes.open(),
                 ..t.stats.clone()
             })
             .collect()

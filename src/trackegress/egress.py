@@ -376,7 +376,8 @@ class Egress:
     def _reception_details(self) -> str:
         """``; received: 900 packets, 27 lost, 25 recovered (RTX/RED), ...`` when packets went missing."""
         reception = self.reception
-        if not (reception.packets_lost or reception.packets_recovered or reception.packets_late):
+        if not (reception.packets_lost or reception.packets_missing or reception.packets_recovered
+                or reception.packets_late):
             return ""
         log.info("egress %s: received: %s", self.egress_id, reception.summary())
         return f"; received: {reception.summary()}"

@@ -252,3 +252,13 @@ async def test_upload_falls_back_to_backup(tmp_path: Path, primary_ok: bool, bac
         assert info.status == Status.EGRESS_FAILED
         assert info.error == "primary upload failed: bucket is gone; backup: backup upload failed: bucket is gone"
         assert info.file.location == str(local.resolve()) and local.exists()
+
+
+async def test_packets_still_missing_when_the_track_ends_are_reported_lost(tmp_path: Path) -> None:
+    run = Harness(tmp_path)
+    room = await run.subscribed()
+    room.reception = Reception(packets_received=100, packets_lost=1, packets_missing=2, nacks_sent=4)
+    room.feed(3)
+    room.events.on_ended("Source closed", None)
+    info = await run.result()
+    assert "; received: 100 packets, 3 lost, 0 recovered (RTX/RED)" in info.details, info.details

@@ -96,6 +96,7 @@ class TrackStats:
     nacks_sent: int = 0
     packets_recovered: int = 0  # missing on the wire, then delivered from an RTX retransmission or a RED block
     packets_late: int = 0  # missing, then arrived after later ones (reordering, or a retransmission without RTX)
+    packets_missing: int = 0  # missing and still awaited: lost if the track ends before a retransmission comes
     jitter: float = 0.0
     frames_received: int = 0
     frames_dropped: int = 0  # incomplete frames given up (each leaves the next frame non-contiguous)
@@ -110,6 +111,7 @@ class Reception:
     packets_lost: int = 0
     packets_recovered: int = 0
     packets_late: int = 0
+    packets_missing: int = 0
     nacks_sent: int = 0
     frames_dropped: int = 0
 
@@ -118,8 +120,10 @@ class Reception:
         return cls(*(sum(getattr(t, f.name) for t in tracks) for f in fields(cls)))
 
     def summary(self) -> str:
+        """At the track's end: what is still missing then is lost too."""
         return (
-            f"{self.packets_received} packets, {self.packets_lost} lost, {self.packets_recovered} recovered "
+            f"{self.packets_received} packets, {self.packets_lost + self.packets_missing} lost, "
+            f"{self.packets_recovered} recovered "
             f"(RTX/RED), {self.packets_late} late (reordered, or resent without RTX), {self.nacks_sent} NACKs, "
             f"{self.frames_dropped} incomplete frames dropped"
         )
