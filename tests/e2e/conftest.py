@@ -12,6 +12,7 @@ from livekit import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable as `support`
 
+from support.browser import BrowserClients, installed
 from support.egress_service import EgressService, WebhookSink
 from support.media import make_h264, make_opus_ogg, make_vp8_ivf
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
@@ -94,3 +95,15 @@ async def client(service: EgressService, livekit_server: LiveKitServer) -> Async
     lk = api.LiveKitAPI(url=service.url, api_key=livekit_server.api_key, api_secret=livekit_server.api_secret)
     yield lk
     await lk.aclose()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
+    """Headless Chromium pages (tests/support/browser.py); in CI a missing install fails instead of skipping."""
+    missing = installed()
+    if missing:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"not installed: {missing} (scripts/install-clients.sh)")
+        pytest.skip(f"not installed: {missing} (scripts/install-clients.sh)")
+    async with BrowserClients(tmp_path) as clients:
+        yield clients

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import av
 import pytest
 from livekit.protocol import egress
-from support.browser import BrowserClients, BrowserPublisher, BrowserViewer, installed, join_token
+from support.browser import BrowserClients, BrowserPublisher, BrowserViewer, join_token
 from support.egress_helpers import file_request, until
 from support.server import LiveKitServer, RoomFactory
 from support.wsreceiver import Receiver
@@ -31,17 +29,6 @@ from trackegress.sinks.layers import TOP_LAYER_WAIT
 pytestmark = [pytest.mark.xdist_group("browser"), pytest.mark.timing]
 CAMERA = (1280, 720)  # the fake camera with the SDK's default capture (h720): the top simulcast layer
 WINDOW = 6.0  # seconds of media recorded per test (the machine is shared: short windows, relative tolerances)
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
-    missing = installed()
-    if missing:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"not installed: {missing} (scripts/install-clients.sh)")
-        pytest.skip(f"not installed: {missing} (scripts/install-clients.sh)")
-    async with BrowserClients(tmp_path) as clients:
-        yield clients
 
 
 def pictures(path: Path, decoder: str | None = None) -> list[bytes]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from livekit import api
 from livekit.protocol import egress
-from support.browser import BrowserClients, BrowserViewer, installed, join_token
+from support.browser import BrowserClients, BrowserViewer, join_token
 from support.egress_helpers import file_request, record_published, until
 from support.impair import GilbertElliott, Profile, UdpRelay
 from support.media import h264_canonical, make_opus_ogg
@@ -129,17 +129,6 @@ async def test_video_under_loss_decodes_without_errors(
     else:
         frames = iter(expected)
         assert all(frame in frames for frame in recorded), "the recorded frames are sent frames, in order"
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
-    missing = installed()
-    if missing:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"not installed: {missing} (scripts/install-clients.sh)")
-        pytest.skip(f"not installed: {missing} (scripts/install-clients.sh)")
-    async with BrowserClients(tmp_path) as clients:
-        yield clients
 
 
 @pytest.mark.timing  # a Chromium viewer: CPU-heavy, run on its own
