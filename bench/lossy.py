@@ -48,6 +48,9 @@ ROWS = {
     "jitter 30 ms": Profile(jitter=0.03),
     "jitter 60 ms": Profile(jitter=0.06),
     "3 % random, 30 ms jitter, 1 % reordered": Profile(loss=0.03, jitter=0.03, reorder=0.01),
+    "2 % duplicated": Profile(duplicate=0.02),
+    "cap 4 Mbit/s, 200 ms queue": Profile(rate=4_000_000),
+    "cap 2 Mbit/s, 200 ms queue": Profile(rate=2_000_000),
 }
 # Frames recorded of 180 with aiortc as the media transport (2026-12-02, one run each; the rows it had).
 AIORTC = {"clean": 180, "1 % random": 37, "3 % random": 178, "5 % random": 156, "3 % bursty (mean burst 3)": 67,
