@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from trackegress.configfile import Section, parse_duration, read_config
 from trackegress.errors import INVALID_ARGUMENT, ConfigError
+from trackegress.sinks.layers import TOP_LAYER_WAIT
 from trackegress.sinks.pcm import SAMPLE_RATES
 from trackegress.storage.settings import StorageSettings
 
@@ -27,6 +28,7 @@ class Config:
     local_dir: Path = Path("recordings")
     track_wait_timeout: float = 30.0
     signal_resume_timeout: float = 30.0  # how long a dropped signal connection is retried before the egress fails
+    top_layer_wait: float = TOP_LAYER_WAIT  # seconds of media a simulcast/SVC recording waits for its top layer
     websocket_sample_rate: int = 48_000
     websocket_channels: int = 2
     storage: StorageSettings | None = None  # uploads (storage: / backup:); None keeps files in local_dir
@@ -40,6 +42,8 @@ class Config:
             raise ConfigError(INVALID_ARGUMENT, "track_wait_timeout must be positive")
         if self.signal_resume_timeout <= 0:
             raise ConfigError(INVALID_ARGUMENT, "signal_resume_timeout must be positive")
+        if self.top_layer_wait < 0:
+            raise ConfigError(INVALID_ARGUMENT, "top_layer_wait must not be negative")
         if self.websocket_sample_rate not in SAMPLE_RATES:
             rates = ", ".join(map(str, SAMPLE_RATES))
             raise ConfigError(INVALID_ARGUMENT, f"websocket.sample_rate must be one of {rates}")
@@ -71,6 +75,7 @@ _UPSTREAM_UNUSED = frozenset({
 _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
     "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "signal_resume_timeout", "backup",
+    "top_layer_wait",
     "websocket", "redis", "cluster_id", "cpu_cost",  # the last three read by cluster/settings.py
 })
 
@@ -129,7 +134,7 @@ def load_service_config(
     }
     if "local_dir" in raw:
         egress_values["local_dir"] = Path(raw.text("local_dir"))
-    for key in ("track_wait_timeout", "signal_resume_timeout"):
+    for key in ("track_wait_timeout", "signal_resume_timeout", "top_layer_wait"):
         if key in raw:
             egress_values[key] = raw.duration(key)
     if raw.values.get("storage") or raw.values.get("backup"):

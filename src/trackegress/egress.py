@@ -90,7 +90,7 @@ class Parts:
     """What an egress is built from: the room join, the sinks and the uploader (tests swap them)."""
 
     join_room: JoinRoom = join_room
-    file_sink: Callable[..., FileSink] = FileSink  # (path, codec, request_keyframe, top=largest layer)
+    file_sink: Callable[..., FileSink] = FileSink  # (path, codec, request_keyframe, top=largest layer, top_wait=s)
     stream_sink: Callable[..., WebSocketSink] = WebSocketSink
     uploader: Callable[[Destination, Destination | None], Uploader] = Uploader
 
@@ -305,7 +305,8 @@ class Egress:
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
         self._claim(path, relative)
-        self._file = self._parts.file_sink(path, codec, self._request_keyframe, top=top_layer(self._source.track))
+        self._file = self._parts.file_sink(path, codec, self._request_keyframe, top=top_layer(self._source.track),
+                                           top_wait=self._config.top_layer_wait)
         self._filename = relative
         return self._file
 

@@ -23,12 +23,12 @@ from support.wsreceiver import Receiver
 from trackegress.config import Config
 from trackegress.egress import Egress
 from trackegress.media.opus import opus_packet_samples
-from trackegress.sinks.layers import TOP_LAYER_WAIT
 
 # timing: run after the parallel run, on their own (rates compared with the viewer; a browser is CPU-heavy)
 pytestmark = [pytest.mark.xdist_group("browser"), pytest.mark.timing]
 CAMERA = (1280, 720)  # the fake camera with the SDK's default capture (h720): the top simulcast layer
 WINDOW = 6.0  # seconds of media recorded per test (the machine is shared: short windows, relative tolerances)
+TOP_WAIT = 12.0  # seconds of media the video recording may wait for the top layer (egress.yaml top_layer_wait)
 
 
 def pictures(path: Path, decoder: str | None = None) -> list[bytes]:
@@ -95,6 +95,7 @@ class TopLayerSamples:
     def __init__(self, publisher: BrowserPublisher) -> None:
         self.publisher = publisher
         self.gaps: list[tuple[float, str]] = []  # (monotonic time, the encodings then)
+        self.cutoff = float("inf")  # when the test itself turned the top layer off: not the publisher's doing
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -112,7 +113,7 @@ class TopLayerSamples:
 
     def stop(self) -> list[tuple[float, str]]:
         self._task.cancel()
-        return self.gaps
+        return [(at, gap) for at, gap in self.gaps if at < self.cutoff]
 
 
 async def record_browser(
@@ -126,8 +127,10 @@ async def record_browser(
     publisher = BrowserPublisher(await clients.new_page())
     await publisher.publish(server.url, join_token(server.api_key, server.api_secret, room, "alice"), **options)
     top = await top_layer(publisher)
+    # A longer wait for the top layer than the 5 s default: on this shared 2-core machine the SFU has taken over 5 s
+    # to forward a 720p keyframe (twice in five CI runs); what is checked is that the file starts on it.
     config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret,
-                    local_dir=clients.files)
+                    local_dir=clients.files, top_layer_wait=TOP_WAIT)
     jobs = [Egress(file_request(room, publisher.video), config), Egress(file_request(room, publisher.audio), config)]
     if receiver is not None:
         ws = egress.TrackEgressRequest(room_name=room, track_id=publisher.audio, websocket_url=receiver.url())
@@ -138,11 +141,11 @@ async def record_browser(
     media_at = time.monotonic()
     before = await viewer.inbound()
     if during is not None:
-        await during(publisher, jobs[0])
+        await during(publisher, jobs[0], samples)
     else:
         await asyncio.sleep(window)
     after = await viewer.inbound()
-    top_gaps = [gap for at, gap in samples.stop() if at <= media_at + TOP_LAYER_WAIT + 1]
+    top_gaps = [gap for at, gap in samples.stop() if at <= media_at + TOP_WAIT + 1]
     viewer_seconds = (after["now"] - before["now"]) / 1000  # the page's clock: both stats reads, exactly
     await publisher.unpublish()
     infos = await asyncio.wait_for(asyncio.gather(*runs), 30)
@@ -257,11 +260,12 @@ async def test_svc_vp9_av1(
         assert pictures(video, "libvpx-vp9") == pictures(video) and len(frames) == len(pictures(video))
 
 
-async def drop_top_layer_for_a_while(publisher: BrowserPublisher, video: Egress) -> None:
+async def drop_top_layer_for_a_while(publisher: BrowserPublisher, video: Egress, samples: TopLayerSamples) -> None:
     """Once the video file has started, the publisher stops its top simulcast encoding for 2.5 s (as under a
     bandwidth cap), then resumes it."""
     await until(lambda: video.partial_file is not None and video.partial_file.size > 0, timeout=15)
     await asyncio.sleep(1.5)
+    samples.cutoff = time.monotonic()
     await publisher.set_layer_active("f", False)
     await asyncio.sleep(2.5)
     await publisher.set_layer_active("f", True)
@@ -280,7 +284,9 @@ async def test_layer_switch_mid_recording_plays_in_ffmpeg_and_chromium(
     video = browser.files / name
     assert decode_errors(video) == ""
     sizes = [(w, h) for w, h, _ in frames_of(video)]
-    assert sizes[0] == session.top  # the switch back up may take the SFU longer than the window: not asserted
+    if sizes[0] != session.top:  # only where the publisher did not send its top layer at full size before the drop
+        assert session.top_gaps, f"first frame {sizes[0]}, though the publisher sent {session.top} until the drop"
+    # (the switch back up may take the SFU longer than the window: not asserted)
     assert len(set(sizes)) > 1 and session.layer_switches >= 1, (set(sizes), session.layer_switches)
     played = await session.viewer_page.play(name)
     assert played["frames"] > 0 and f"{session.top[0]}x{session.top[1]}" in played["sizes"], played

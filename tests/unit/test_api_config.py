@@ -116,3 +116,11 @@ def test_signal_resume_timeout_defaults_to_30s_and_is_a_duration() -> None:
     assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE}).egress.signal_resume_timeout == 30.0
     body = BASE + "signal_resume_timeout: 1m30s\n"
     assert load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress.signal_resume_timeout == 90.0
+
+
+def test_top_layer_wait_defaults_to_5s_and_is_a_duration() -> None:
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE}).egress.top_layer_wait == 5.0
+    body = BASE + "top_layer_wait: 12s\n"
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress.top_layer_wait == 12.0
+    with pytest.raises(ConfigError, match="top_layer_wait"):
+        load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "top_layer_wait: -1s\n"})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trackegress.media.continuity import ContinuityStats, KeyframeGate
 from trackegress.media.frames import Codec, EncodedFrame
-from trackegress.sinks.layers import LayerWatch, Size, TopLayerStart
+from trackegress.sinks.layers import TOP_LAYER_WAIT, LayerWatch, Size, TopLayerStart
 from trackegress.sinks.muxer import Muxer
 
 # Free space under which a failed write is put down to a full disk: FFmpeg may report a short write as EINVAL.
@@ -26,17 +26,18 @@ class FileSink:
 
     Video that follows a loss is dropped until the next keyframe (``KeyframeGate``), which
     ``request_keyframe`` is asked for. ``top``: the largest layer the track announces (video); the file starts on
-    it and its header states it.
+    it (waiting up to ``top_wait`` seconds of media for it) and its header states it.
     """
 
     def __init__(
-        self, path: Path, codec: Codec, request_keyframe: Callable[[], None] | None = None, top: Size | None = None
+        self, path: Path, codec: Codec, request_keyframe: Callable[[], None] | None = None, top: Size | None = None,
+        top_wait: float = TOP_LAYER_WAIT,
     ) -> None:
         self.path = path
         self.codec = codec
         self._muxer = Muxer(path, codec, size=top)
         self._gate = KeyframeGate(codec, request_keyframe)
-        self._start = TopLayerStart(codec, top)
+        self._start = TopLayerStart(codec, top, top_wait)
         self._layers = LayerWatch(codec)
         self._pending: list[EncodedFrame] = []
         self._last: EncodedFrame | None = None  # video: written once the next frame shows it is not superseded
