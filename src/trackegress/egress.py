@@ -402,7 +402,6 @@ class Egress:
         log.info("egress %s: audio: %s", self.egress_id, summary)
         return f"; audio: {summary}"
 
-
     def _stream_outcome(self) -> None:
         """A WebSocket sink that failed fails the egress; audio it lost but survived is told in ``details``."""
         if self._stream is None:

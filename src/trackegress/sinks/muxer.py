@@ -18,7 +18,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from trackegress.media import vp9
+from trackegress.media import g711, vp9
 from trackegress.media.dimensions import keyframe_size
 from trackegress.media.formats import output_format
 from trackegress.media.frames import Codec, EncodedFrame
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 # An OpusHead with pre-skip 0: the packets are the publisher's, no encoder delay to hide.
 _OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)
-# G.711 silence (a zero sample) fills audio gaps in WAV.
-_G711_SILENCE = {Codec.PCMU: 0xFF, Codec.PCMA: 0xD5}
 
 
 class Muxer:
@@ -137,7 +135,7 @@ class Muxer:
 
         Ogg and WAV have no per-packet time: without them players would close the gap and drift out of sync.
         """
-        silence = _G711_SILENCE.get(self.codec)
+        silence = g711.SILENCE.get(self.codec)  # G.711 gaps in WAV: zero samples
         if silence is not None:  # a second at most per packet; ``filled`` counts frames of the last one's length
             frame = self._last_duration
             while (start := self._last_ts + self._last_duration) < timestamp:
