@@ -24,6 +24,7 @@ class CpuMeter:
         self._clock = clock
         self._cpu_clock = cpu_clock
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
+        self._reserved: collections.deque[tuple[float, float]] = collections.deque()  # (when, CPUs)
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -50,6 +51,18 @@ class CpuMeter:
             return 0.0
         (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
         return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def reserve(self, cpus: float) -> None:
+        """An egress started now: counted at ``cpus`` until the measurement covers it (one window)."""
+        self._reserved.append((self._clock(), cpus))
+
+    @property
+    def measured(self) -> float:
+        """``used`` plus the reservations of egresses too young to show in it."""
+        horizon = self._clock() - self._window
+        while self._reserved and self._reserved[0][0] <= horizon:
+            self._reserved.popleft()
+        return self.used + sum(cpus for _, cpus in self._reserved)
 
     def _tick(self) -> None:
         self.sample()

@@ -16,7 +16,6 @@ from livekit.protocol import egress, models
 
 from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import ServiceConfig
-from trackegress.cpuload import WINDOW as MEASURE_WINDOW
 from trackegress.cpuload import CpuMeter
 from trackegress.egress import Egress
 from trackegress.errors import RequestError
@@ -45,7 +44,6 @@ class _Job:
     webhooks: tuple[models.WebhookConfig, ...]
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: Tasks = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
 
 
 class EgressManager:
@@ -121,6 +119,8 @@ class EgressManager:
             raise RequestError("unavailable", "the egress store cannot be written (data_dir full?)") from None
         state = _Job(job, job.info, tuple(request.webhooks))
         self._jobs[egress_id] = state
+        if self._admission is not None:
+            self._meter.reserve(self._admission.track_cpu_cost)
         self._announce(job.info, state.webhooks)
         state.tasks = [
             asyncio.create_task(self._run(state), name=f"egress {job.egress_id}"),
@@ -176,9 +176,7 @@ class EgressManager:
     def _admit(self, admission: CpuAdmission) -> None:
         """``resource_exhausted`` unless one more egress fits (``CpuAdmission``)."""
         self._meter.start()
-        now = time.monotonic()
-        young = sum(1 for job in self._jobs.values() if now - job.started < MEASURE_WINDOW)
-        measured = self._meter.used + young * admission.track_cpu_cost
+        measured = self._meter.measured
         if not admission.admits(len(self._jobs), measured):
             raise RequestError("resource_exhausted", f"at capacity: {len(self._jobs)} egresses running, "
                                f"{measured:.2f} CPUs measured (cpu_cost: {admission.track_cpu_cost:g} each, "

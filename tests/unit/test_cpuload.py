@@ -58,3 +58,16 @@ def test_an_idle_process_admits_on_the_whole_budget() -> None:
     admission = CpuAdmission(track_cpu_cost=1.0, max_cpu_utilization=0.5, cpu_count=2)  # one egress fills it
     assert admission.admits(running=0, measured=0.003)  # the process's own baseline is not an egress's
     assert not admission.admits(running=1, measured=0.003)
+
+
+def test_a_young_egress_counts_at_its_reservation_until_the_window_covers_it() -> None:
+    clocks = Clocks()
+    meter = CpuMeter(window=2.0, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+    meter.sample()
+    clocks.advance(0.5, 0.1)
+    meter.sample()
+    meter.reserve(0.5)
+    assert meter.measured == pytest.approx(0.6)
+    clocks.advance(2.0, 0.1)
+    meter.sample()
+    assert meter.measured == pytest.approx(0.1)  # the measurement holds it now

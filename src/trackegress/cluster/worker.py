@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -25,7 +25,6 @@ from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
 from trackegress.cluster.psrpc import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.cluster.settings import WorkerConfig, fits
-from trackegress.cpuload import WINDOW as MEASURE_WINDOW
 from trackegress.cpuload import CpuMeter
 from trackegress.errors import RequestError
 from trackegress.info import is_ended, new_egress_id
@@ -70,7 +69,6 @@ class _Running:
     launch: asyncio.Task[egress.EgressInfo]
     ended: bool = False
     info: egress.EgressInfo | None = None  # the latest status reported
-    started: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -138,8 +136,7 @@ class Worker:
         cost = start.estimated_cpu or self._config.track_cpu_cost
         claimed = sum(c.cost for c in self._pending.values())
         reserved = sum(r.cost for r in self._running.values()) + claimed
-        young = time.monotonic() - MEASURE_WINDOW
-        measured = self._meter.used + claimed + sum(r.cost for r in self._running.values() if r.started > young)
+        measured = self._meter.measured + claimed
         value = affinity(self._config.cpu_budget, reserved, measured, cost)
         if value < 0:
             log.info("egress %s: not claimed, at capacity (%.2f CPUs reserved, %.3f measured, of %.2f)",
@@ -165,6 +162,7 @@ class Worker:
             cost = pending.cost if pending else start.estimated_cpu or self._config.track_cpu_cost
             launch = asyncio.ensure_future(self._launch(egress_id, track))
             running = self._running[egress_id] = _Running(cost, start.room_id, launch)
+            self._meter.reserve(cost)
         elif running.launch.done():
             log.info("egress %s: repeated StartEgress, answering with its current state", egress_id)
         try:
