@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy
 import pytest
 from livekit.protocol import egress
 from support.browser import BrowserClients, BrowserPublisher, BrowserViewer, join_token
@@ -76,8 +77,9 @@ class Session:
     video: egress.EgressInfo
     audio: egress.EgressInfo
     stream: egress.EgressInfo | None
-    viewer: dict[str, Any]  # inbound at the window's end minus at its start (video frames, audio samples)
+    viewer: dict[str, Any]  # inbound at the window's end minus at its start (audio samples, loss)
     viewer_seconds: float
+    viewer_decoded: list[tuple[float, int]]  # (page ms, video frames the viewer decoded so far), to the window's end
     viewer_audio: float  # seconds of audio the viewer received from the audio recording's first media to the end
     top: tuple[int, int]  # the top layer's size, which the publisher was sending when the recordings started
     pcm: bytes
@@ -116,6 +118,39 @@ class TopLayerSamples:
         return [(at, gap) for at, gap in self.gaps if at < self.cutoff]
 
 
+class DecodedSamples:
+    """Samples, 5 times a second, how many video frames the viewer has decoded (page clock, ms): its frame rate
+    over any span, such as the one the video file covers (the publisher's rate varies when its CPU falls short)."""
+
+    def __init__(self, viewer: BrowserViewer) -> None:
+        self.viewer = viewer
+        self.counts: list[tuple[float, int]] = []
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.add(await self.viewer.inbound())
+            await asyncio.sleep(0.2)
+
+    def add(self, inbound: dict[str, Any]) -> None:
+        if "video" in inbound:
+            self.counts.append((inbound["now"], inbound["video"]["framesDecoded"]))
+
+    def stop(self, last: dict[str, Any]) -> list[tuple[float, int]]:
+        self._task.cancel()
+        self.add(last)
+        return self.counts
+
+
+def decoded_fps(counts: list[tuple[float, int]], seconds: float) -> float:
+    """The viewer's frames per second over the last ``seconds`` of ``counts`` (linear between samples)."""
+    end, total = counts[-1]
+    start = end - seconds * 1000
+    assert counts[0][0] <= start, f"the viewer's samples start {(end - counts[0][0]) / 1000:.1f} s before the end"
+    at_start = float(numpy.interp(start, [t for t, _ in counts], [n for _, n in counts]))
+    return (total - at_start) / seconds
+
+
 async def record_browser(
     server: LiveKitServer, room: str, clients: BrowserClients, receiver: Receiver | None = None,
     window: float = WINDOW, during: Any = None, **options: object,
@@ -135,7 +170,7 @@ async def record_browser(
     if receiver is not None:
         ws = egress.TrackEgressRequest(room_name=room, track_id=publisher.audio, websocket_url=receiver.url())
         jobs.append(Egress(ws, config))
-    samples = TopLayerSamples(publisher)
+    samples, decoded = TopLayerSamples(publisher), DecodedSamples(viewer)
     runs = [asyncio.create_task(job.run()) for job in jobs]
     await until(lambda: all(job.frames for job in jobs), timeout=20)
     media_at = time.monotonic()
@@ -146,6 +181,7 @@ async def record_browser(
         await asyncio.sleep(window)
     after = await viewer.inbound()
     top_gaps = [gap for at, gap in samples.stop() if at <= media_at + TOP_WAIT + 1]
+    viewer_decoded = decoded.stop(after)
     viewer_seconds = (after["now"] - before["now"]) / 1000  # the page's clock: both stats reads, exactly
     await publisher.unpublish()
     infos = await asyncio.wait_for(asyncio.gather(*runs), 30)
@@ -155,7 +191,6 @@ async def record_browser(
     first = next(n for t, n in log if t >= start)
     viewer_audio = (log[-1][1] - first) / 48_000 + (next(t for t, _ in log if t >= start) - start)
     delta = {
-        "frames": after["video"]["framesDecoded"] - before["video"]["framesDecoded"],
         "samples": after["audio"]["totalSamplesReceived"] - before["audio"]["totalSamplesReceived"],
         "packetsLost": after["video"]["packetsLost"] + after["audio"]["packetsLost"],
         "sizes": {tuple(size) for size in after["frames"]},
@@ -166,8 +201,8 @@ async def record_browser(
         pcm = b"".join(m for _, m in binary)
         steady = [(t, m) for t, m in binary if binary[0][0] + 2 <= t <= binary[-1][0] - 1]
         pcm_rate = sum(len(m) for _, m in steady[1:]) / 4 / 48_000 / (steady[-1][0] - steady[0][0])
-    return Session(infos[0], infos[1], infos[2] if receiver else None, delta, viewer_seconds, viewer_audio, top, pcm,
-                   pcm_rate, jobs[0].layer_switches, viewer, top_gaps)
+    return Session(infos[0], infos[1], infos[2] if receiver else None, delta, viewer_seconds, viewer_decoded,
+                   viewer_audio, top, pcm, pcm_rate, jobs[0].layer_switches, viewer, top_gaps)
 
 
 async def top_layer(publisher: BrowserPublisher, timeout: float = 30.0) -> tuple[int, int]:
@@ -197,9 +232,11 @@ def check_recordings(session: Session, files: Path, video_ext: str) -> list[tupl
     frames = frames_of(video)
     if frames[0][:2] != session.top:  # only where the publisher did not keep sending its top layer at full size
         assert session.top_gaps, f"first frame {frames[0][:2]}, though the publisher sent {session.top} throughout"
-    # Same rates over the same window: frames per second of media, seconds of audio per second of wall time.
-    recorded_fps = (len(frames) - 1) / (frames[-1][2] - frames[0][2])
-    viewer_fps = session.viewer["frames"] / session.viewer_seconds
+    # Same rates over the same span: frames per second of media over the file, decoded by the viewer over the span
+    # that ended with the file (the publisher stopped right after the last sample); seconds of audio per second.
+    seconds = frames[-1][2] - frames[0][2]
+    recorded_fps = (len(frames) - 1) / seconds
+    viewer_fps = decoded_fps(session.viewer_decoded, seconds)
     assert recorded_fps == pytest.approx(viewer_fps, rel=0.05), (recorded_fps, viewer_fps)
     assert audio_seconds(audio) == pytest.approx(session.viewer_audio, rel=0.05), session.viewer_audio
     assert session.viewer["packetsLost"] == 0
