@@ -64,6 +64,8 @@ class Config:
 
 # The service's settings: upstream egress.yaml, plus a few keys of our own.
 
+IDLE_TIMEOUT = 20.0  # ``idle_timeout`` default, on every port served (API, health, metrics)
+
 # Upstream egress.yaml keys that trackegress reads nothing from (accepted quietly, logged at debug level).
 _UPSTREAM_UNUSED = frozenset({
     "debug_handler_port", "template_port", "template_base", "insecure",
@@ -75,7 +77,7 @@ _UPSTREAM_UNUSED = frozenset({
 _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
     "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "signal_resume_timeout", "backup",
-    "top_layer_wait",
+    "top_layer_wait", "idle_timeout",
     "websocket", "redis", "cluster_id", "cpu_cost",  # the last three read by cluster/settings.py
 })
 
@@ -103,6 +105,7 @@ class ServiceConfig:
     log_json: bool = False
     session_limits: SessionLimits = SessionLimits()
     webhook_urls: tuple[str, ...] = ()
+    idle_timeout: float = IDLE_TIMEOUT  # seconds a served connection may stay without a complete request
 
 
 def load_service_config(
@@ -153,6 +156,7 @@ def load_service_config(
             stream_output_max_duration=limits.duration("stream_output_max_duration"),
         ),
         "webhook_urls": _webhook_urls(webhook, egress_values["api_key"]),
+        "idle_timeout": raw.duration("idle_timeout") or IDLE_TIMEOUT,
     }
     for key, value in overrides.items():
         if value is None:

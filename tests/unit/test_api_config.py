@@ -124,3 +124,10 @@ def test_top_layer_wait_defaults_to_5s_and_is_a_duration() -> None:
     assert load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress.top_layer_wait == 12.0
     with pytest.raises(ConfigError, match="top_layer_wait"):
         load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "top_layer_wait: -1s\n"})
+
+
+def test_idle_timeout_defaults_to_20s_and_is_a_duration() -> None:
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE}).idle_timeout == 20.0
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "idle_timeout: 2s\n"}).idle_timeout == 2.0
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "idle_timeout: -1s\n"})

@@ -26,7 +26,8 @@ async def serve_api(config: ServiceConfig, dispatcher: Dispatcher, metrics: Metr
     runners: list[web.AppRunner] = []
     try:
         api = TwirpServer(dispatcher, Authenticator(config.egress.api_key, config.egress.api_secret))
-        runners.append(await listen(api.app(), config.bind, config.api_port, runner_class=TwirpRunner))
+        runners.append(await listen(api.app(), config.bind, config.api_port, idle_timeout=config.idle_timeout,
+                                    runner_class=TwirpRunner))
         runners.extend(await serve_ops(config, dispatcher, metrics))
         log.info("serving livekit.Egress on http://%s:%d", config.bind, config.api_port)
         await stop.wait()
