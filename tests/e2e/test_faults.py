@@ -91,7 +91,6 @@ async def _oversized(ws: ServerConnection) -> None:
     await ws.wait_closed()
 
 
-@pytest.mark.timing  # the budget is asserted in wall-clock time
 @pytest.mark.parametrize(("receiver", "error"), [(_dead, "nothing delivered for 3s: receiver not reading"),
                                                  (_oversized, "nothing delivered for 3s (")])
 async def test_a_websocket_receiver_that_gets_nothing_fails_the_egress_within_the_budget(
@@ -101,7 +100,7 @@ async def test_a_websocket_receiver_that_gets_nothing_fails_the_egress_within_th
     room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
     config = Config(ws_url=livekit_server.url, api_key=livekit_server.api_key, api_secret=livekit_server.api_secret)
     parts = Parts(stream_sink=functools.partial(WebSocketSink, reconnect_deadline=3.0))
-    async with serve(receiver, "127.0.0.1", 0) as rx:  # type: ignore[arg-type]
+    async with serve(receiver, "127.0.0.1", 0, close_timeout=1.0) as rx:  # type: ignore[arg-type]
         url = f"ws://127.0.0.1:{rx.sockets[0].getsockname()[1]}/stt"
         async with Publisher(livekit_server.url, creds, room, "alice", sample_media["opus"], loop=True) as pub:
             request = egress.TrackEgressRequest(room_name=room, track_id=pub.track_sid, websocket_url=url)

@@ -30,7 +30,8 @@ class _Rx:
         await self.handler(ws)
 
     async def __aenter__(self) -> str:
-        self._server = await serve(self._handle, "127.0.0.1", 0)
+        # close_timeout: the server's own close of a connection the handler stopped reading takes 1 s, not 10
+        self._server = await serve(self._handle, "127.0.0.1", 0, close_timeout=1.0)
         return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/stt"
 
     async def __aexit__(self, *exc: object) -> None:
