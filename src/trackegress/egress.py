@@ -79,6 +79,8 @@ class JoinedRoom(Protocol):
 
     def request_keyframe(self) -> None: ...
 
+    def deliver_received(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -270,12 +272,12 @@ class Egress:
         except ValueError as exc:
             raise EgressFailure(UNIMPLEMENTED, str(exc)) from None
         if self._request.WhichOneof("output") == "websocket_url":
-            self._sink = await self._open_stream(codec)
+            self._sink = await self._open_stream(codec, subscriber)
         else:
             self._sink = self._open_file(codec)
         await subscriber.subscribe(codec)
 
-    async def _open_stream(self, codec: Codec) -> WebSocketSink:
+    async def _open_stream(self, codec: Codec, subscriber: JoinedRoom) -> WebSocketSink:
         if codec.is_video:
             raise EgressFailure(INVALID_ARGUMENT, f"format websocket incompatible with codec {codec.mime}")
         self._stream = self._parts.stream_sink(
@@ -285,6 +287,7 @@ class Egress:
             channels=self._config.websocket_channels,
             on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)),
             on_delay=self._on_delay,
+            catch_up=subscriber.deliver_received,
         )
         try:
             await self._stream.start()

@@ -25,7 +25,7 @@ from trackegress.sinks.websocket import (
     validate_websocket_url,
 )
 
-pytestmark = pytest.mark.timing  # asserts latency and deadlines: make test runs it on its own
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("clock")]  # asserts latency and deadlines
 FRAME = 0.02  # 20 ms Opus packets
 FIRST_TS = 3_000_000_000  # near the 32-bit wrap; the sink gets unwrapped timestamps
 
@@ -187,6 +187,37 @@ async def test_audio_arriving_while_muted_goes_out_as_silence(receiver: Receiver
     first, last = kinds.index(MUTED), kinds.index(UNMUTED)
     assert set(kinds[:first]) == {"audio"} and set(kinds[last + 1 :]) == {"audio"}
     assert set(kinds[first + 1 : last]) == {"zero"} and len(kinds[first + 1 : last]) == 40
+
+
+@pytest.mark.parametrize("catch_up", [True, False], ids=["catch-up", "without"])
+async def test_a_late_event_loop_takes_the_frames_that_arrived_before_filling_silence(
+    receiver: Receiver, catch_up: bool
+) -> None:
+    # The event loop is blocked for 300 ms while 15 frames arrive in the media core. The real-time clock's timer
+    # then runs before their I/O (uvloop runs due timers first): with catch_up it takes them, and no silence is
+    # made up; without it, 240 ms of silence fill in and the audio lands behind them.
+    waiting: list[int] = []
+
+    def deliver() -> None:
+        while waiting:
+            k = waiting.pop(0)
+            sink.write(EncodedFrame(packets()[k], FIRST_TS + k * 960, True, time.monotonic()))
+
+    sink = WebSocketSink(receiver.url("/late"), catch_up=deliver if catch_up else None)
+    await sink.start()
+    t0 = time.monotonic()
+    await feed(sink, range(25), t0)
+    time.sleep(0.3)
+    waiting.extend(range(25, 40))
+    await asyncio.sleep(0.05)  # the timer, overdue, runs first
+    deliver()  # then the frames' I/O
+    await feed(sink, range(40, 60), t0)
+    await sink.close()
+    clock = sink.stats.clock
+    if catch_up:
+        assert (clock.stall_samples, clock.resyncs) == (0, 0), clock
+    else:
+        assert clock.stall_samples >= 0.2 * RATE and clock.resyncs == 1, clock
 
 
 async def test_media_stall_is_signalled_as_muted(receiver: Receiver) -> None:

@@ -141,6 +141,11 @@ class TrackSubscriber:
             if sid == self._track_sid:
                 self._transport.request_keyframe(mid)
 
+    def deliver_received(self) -> None:
+        """Hand over at once the frames the transport has received but not yet delivered (``on_frame``)."""
+        if not self._ended:
+            self._transport.flush()
+
     async def close(self) -> None:
         """Leave the room and tear the media connection down."""
         self._ended = True

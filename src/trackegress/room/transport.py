@@ -180,7 +180,8 @@ class MediaTransport(Protocol):
         ...
 
     def flush(self) -> None:
-        """Deliver at once what has already been received (the subscriber is about to report the track's end)."""
+        """Deliver at once what has already been received (before the track's end is reported, or before an event
+        loop that ran late fills silence in for media that had arrived meanwhile)."""
         ...
 
     async def close(self) -> None:

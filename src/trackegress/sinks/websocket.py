@@ -139,6 +139,8 @@ class WebSocketSink:
     resolves with the error. A close handshake the receiver does not complete also fails the sink.
     ``sample_rate``/``channels`` select an opt-in output format (default 48000/2).
     ``on_delay`` gets, for every PCM message sent, the seconds since its audio arrived (or was due).
+    ``catch_up`` delivers (``write``) frames already received but not yet handed over: called before silence
+    fills in for late media, as an event loop that ran late may run this timer before the frames' I/O.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class WebSocketSink:
         stall_timeout: float = 0.5,
         on_error: Callable[[WebSocketSinkError], None] | None = None,
         on_delay: Callable[[float], None] | None = None,
+        catch_up: Callable[[], None] | None = None,
     ) -> None:
         validate_websocket_url(url)
         self.url = url
@@ -174,6 +177,7 @@ class WebSocketSink:
         self._stall_timeout = stall_timeout
         self._on_error = on_error
         self._on_delay = on_delay
+        self._catch_up = catch_up
         self._queue: collections.deque[Message] = collections.deque()
         self._queued_audio = 0
         self._ready_at: collections.deque[float] = collections.deque()  # per queued audio message
@@ -400,6 +404,9 @@ class WebSocketSink:
         """Zeros if media is late, the stall check; then the next check (a timer, not a task: cheaper to wake)."""
         try:
             now = time.monotonic()
+            if self._catch_up is not None and self._late(now):
+                self._catch_up()
+                now = time.monotonic()
             self._emit(self._clock.tick(now), now)
             self._check_stall(now)
             self._send_queued()
@@ -410,6 +417,11 @@ class WebSocketSink:
             self._crashed("ticker", exc)
             return
         self._ticker = asyncio.get_running_loop().call_later(self._tick_delay(now), self._tick)
+
+    def _late(self, now: float) -> bool:
+        """Whether the media is late enough for ``tick`` to fill silence in."""
+        deadline = self._clock.deadline()
+        return deadline is not None and now > deadline
 
     def _check_stall(self, now: float) -> None:
         if self._stalled or not self._clock.started or now - self._last_frame_at < self._stall_timeout:
