@@ -21,12 +21,14 @@ lint-native: install  ## rustfmt + clippy + the Rust unit tests of the native me
 		nice -n 10 cargo test --manifest-path native/Cargo.toml --locked --release --quiet --lib
 
 # Parallel workers (pytest-xdist, one test file per worker: its module fixtures start once), then the tests that
-# assert wall-clock timing on their own. `make test PYTEST_WORKERS=0` runs everything in one process.
-PYTEST_WORKERS ?= 4
+# assert wall-clock timing in two lanes side by side: the CPU-heavy ones (a browser, spinning processes) one after
+# another, and the light ones with deadlines (xdist_group "cpu" / "clock").
+# `make test PYTEST_WORKERS=0` runs the first part in one process.
+PYTEST_WORKERS ?= 6
 
 test: install-test lint
 	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not timing" --durations=10
-	.venv/bin/pytest -q -m timing --durations=5
+	.venv/bin/pytest -q -n 2 --dist loadgroup -m timing --durations=5
 
 demo: install
 	.venv/bin/python scripts/demo.py

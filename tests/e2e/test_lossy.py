@@ -135,7 +135,8 @@ async def test_video_under_loss_decodes_without_errors(
         assert all(frame in frames for frame in recorded), "the recorded frames are sent frames, in order"
 
 
-@pytest.mark.timing  # a Chromium viewer: CPU-heavy, run on its own
+@pytest.mark.timing  # a Chromium viewer: CPU-heavy
+@pytest.mark.xdist_group("cpu")
 @pytest.mark.parametrize("profile", LOSSY)
 async def test_audio_loses_no_more_than_a_chromium_viewer(
     profile: Profile, relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory,
@@ -170,7 +171,8 @@ async def test_audio_loses_no_more_than_a_chromium_viewer(
     assert ours <= theirs + 0.01, info.details
 
 
-@pytest.mark.timing  # asserts wall-clock delays
+@pytest.mark.timing  # asserts wall-clock delays, with a Chromium viewer
+@pytest.mark.xdist_group("cpu")
 async def test_websocket_under_30ms_jitter_has_no_dropouts_and_little_delay(
     relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from trackegress.sinks.websocket import WebSocketSink
 
-pytestmark = pytest.mark.timing  # asserts deadlines: make test runs it on its own
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("clock")]  # asserts deadlines
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
