@@ -9,8 +9,10 @@ from pathlib import Path
 import av
 import pytest
 from support.media import make_av1_ivf, make_h264, make_h265, make_vp8_ivf, make_vp9_ivf, read_frames
+from test_av1 import frame as layer_frame
+from test_av1 import sequence_header
 
-from trackegress.media import h264
+from trackegress.media import av1, h264
 from trackegress.media.continuity import KeyframeGate
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.muxer import Muxer
@@ -139,6 +141,21 @@ def test_h264_lost_reference_is_found_from_frame_num_when_the_transport_says_not
     admitted = feed(gate, frames, lost={5, 23}, flag=False)
     assert admitted == [*range(5), *range(10, 23), *range(30, FRAMES)]
     assert same_pictures(Codec.H264, frames, admitted, tmp_path / "gated.mp4")
+
+
+def test_an_av1_unit_of_another_spatial_layer_than_the_keyframes_waits_for_the_next_keyframe() -> None:
+    # Chromium's L3T3_KEY through the SFU: a keyframe unit cut at layer 0 (320x180), inter units of layer 0, then
+    # units of layer 1 alone (the SFU moved up without a keyframe: they reference layer-1 pictures never sent),
+    # until a keyframe unit with layers 0 and 1.
+    key = sequence_header((1280, 720), [0x7FF, 0x3FF, 0x1FF])
+    units = [key + layer_frame(0, True), layer_frame(0, False), layer_frame(0, False), layer_frame(1, False),
+             layer_frame(1, False), key + layer_frame(0, True) + layer_frame(1, False), layer_frame(1, False),
+             layer_frame(0, False)]
+    requests = Requests()
+    gate = KeyframeGate(Codec.AV1, requests, clock=requests.clock)
+    admitted = feed(gate, [EncodedFrame(u, i * STEP, av1.is_keyframe(u)) for i, u in enumerate(units)])
+    assert admitted == [0, 1, 2, 5, 6]
+    assert (gate.stats.gaps, gate.stats.dropped, requests.count) == (3, 3, 1)
 
 
 @pytest.mark.parametrize("codec", CODECS)

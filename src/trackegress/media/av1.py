@@ -136,6 +136,16 @@ def _first_frame_is_key(data: bytes) -> tuple[bool, tuple[int, int] | None]:
     return bool(key), size
 
 
+def top_spatial_id(data: bytes) -> int | None:
+    """The highest spatial layer among the unit's frames (0 without OBU extensions); None without a frame or for
+    a unit that does not parse."""
+    try:
+        ids = [spatial_id for kind, spatial_id, _ in obus(data) if kind in (OBU_FRAME, OBU_FRAME_HEADER)]
+    except ValueError:
+        return None
+    return max(ids, default=None)
+
+
 def is_keyframe(data: bytes) -> bool:
     """True when the temporal unit's first frame is a KEY_FRAME."""
     try:

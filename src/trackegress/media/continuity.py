@@ -1,7 +1,8 @@
 """Never write a video frame a decoder cannot decode: after a loss, drop until the next keyframe.
 
 A frame is dropped when something before it was lost for good (the transport marks it
-``contiguous=False``, or, for H.264, its ``frame_num`` skips a reference picture), and every frame after
+``contiguous=False``, or, for H.264, its ``frame_num`` skips a reference picture), or it is an AV1 SVC unit of
+another spatial layer than the last keyframe's (the SFU switched layers without one), and every frame after
 it until a keyframe that a decoder can start from; each such gap asks the transport for a keyframe,
 at most once per ``min_interval``. Audio passes untouched (Ogg keeps its gaps on the timeline); its
 gaps are only counted.
@@ -65,6 +66,25 @@ class _H264FrameNums:
         return ok
 
 
+class _Av1SpatialLayer:
+    """AV1 SVC: a keyframe unit establishes the spatial layer the recording follows (its highest). With Chromium's
+    L3T3_KEY the layers predict only from themselves after the keyframe, so a unit whose highest layer differs
+    references pictures the recording does not have (seen: the SFU moving from 320x180 to 640x360 mid-GOP)."""
+
+    def __init__(self) -> None:
+        self._layer: int | None = None
+
+    def follows(self, data: bytes) -> bool:
+        """Record this unit; False if its spatial layer is not the one the last keyframe established."""
+        layer = av1.top_spatial_id(data)
+        if layer is None:
+            return True
+        if _KEYFRAME[Codec.AV1](data):
+            self._layer = layer
+            return True
+        return self._layer is None or layer == self._layer
+
+
 # Where a decoder can start, per codec (H.264 and H.265 also need their parameter sets: KeyframeGate).
 _KEYFRAME: Mapping[Codec, Callable[[bytes], bool]] = {
     Codec.VP8: vp8.is_keyframe,
@@ -96,7 +116,10 @@ class KeyframeGate:
         self._waiting = True
         self._last_request = float("-inf")
         self._params_seen = False
-        self._frame_nums = _H264FrameNums() if codec is Codec.H264 else None
+        self._follows: Callable[[bytes], bool] | None = (
+            _H264FrameNums().follows if codec is Codec.H264 else _Av1SpatialLayer().follows if codec is Codec.AV1
+            else None
+        )
 
     @property
     def waiting(self) -> bool:
@@ -111,12 +134,13 @@ class KeyframeGate:
             stats.gaps += not frame.contiguous
             return True
         intact = frame.contiguous
-        if self._frame_nums is not None:
-            intact = self._frame_nums.follows(frame.data) and intact
+        if self._follows is not None:
+            intact = self._follows(frame.data) and intact
         if not intact and self._started:
             stats.gaps += 1
             if not self._waiting:
-                log.info("%s: ts %d follows a loss, dropping until a keyframe", self.codec.name, frame.timestamp)
+                log.info("%s: ts %d cannot be decoded after what was written (a loss, or a layer switch without a "
+                         "keyframe), dropping until a keyframe", self.codec.name, frame.timestamp)
             self._waiting = True
         if self._waiting:
             if not self._recovery_point(frame):
