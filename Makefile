@@ -1,4 +1,4 @@
-.PHONY: install install-test lint lint-native test demo bench
+.PHONY: install install-test lint checks test test-parallel demo bench
 
 # The Rust toolchain (rustup) that builds and lints native/.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -9,26 +9,31 @@ install:  ## what the demo runs: ffmpeg, .venv, livekit-server
 install-test:  ## install + the servers and clients only the tests use
 	bash scripts/install-test.sh
 
-lint: install lint-native
+lint: install  ## ruff, mypy --strict, rustfmt, clippy and the Rust unit tests of the native media core
+	$(MAKE) --no-print-directory checks
+
+checks:  ## what lint runs, without the install step (the native core's target directory is shared with its build)
 	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/mypy
-
-lint-native: install  ## rustfmt + clippy + the Rust unit tests of the native media core (target directory shared with its build)
 	cargo fmt --manifest-path native/Cargo.toml --check
 	PYO3_PYTHON=$(CURDIR)/.venv/bin/python CARGO_TARGET_DIR=$(HOME)/.cache/trackegress/native-target \
 		nice -n 10 cargo clippy --manifest-path native/Cargo.toml --locked --release --quiet -- -D warnings
 	PYO3_PYTHON=$(CURDIR)/.venv/bin/python CARGO_TARGET_DIR=$(HOME)/.cache/trackegress/native-target \
 		nice -n 10 cargo test --manifest-path native/Cargo.toml --locked --release --quiet --lib
 
-# Parallel workers (pytest-xdist, one test file per worker: its module fixtures start once), then the tests that
-# assert wall-clock timing in two lanes side by side: the CPU-heavy ones (a browser, spinning processes) one after
-# another, and the light ones with deadlines (xdist_group "cpu" / "clock").
-# `make test PYTEST_WORKERS=0` runs the first part in one process.
+# The lint checks and the parallel tests side by side (the parallel run waits on servers more than it uses the
+# CPUs): pytest-xdist workers, one test file per worker (its module fixtures start once). Then the tests that
+# assert wall-clock timing, in two lanes side by side: the end-to-end ones (a browser, spinning processes, ICE
+# restarts) one after another, and the WebSocket sink's in-process deadlines (xdist_group "cpu" / "clock").
+# `make test PYTEST_WORKERS=0` runs the parallel part in one process.
 PYTEST_WORKERS ?= 6
 
-test: install-test lint
-	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not timing" --durations=10
+test: install-test
+	$(MAKE) --no-print-directory -j2 --output-sync=target checks test-parallel
 	.venv/bin/pytest -q -n 2 --dist loadgroup -m timing --durations=5
+
+test-parallel:
+	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not timing" --durations=10
 
 demo: install
 	.venv/bin/python scripts/demo.py

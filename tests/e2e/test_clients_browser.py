@@ -245,7 +245,11 @@ def check_recordings(session: Session, files: Path, video_ext: str) -> list[tupl
     recorded_fps = (len(frames) - 1) / seconds
     viewer_fps = decoded_fps(session.viewer_decoded, seconds)
     assert recorded_fps == pytest.approx(viewer_fps, rel=0.05), (recorded_fps, viewer_fps)
-    assert audio_seconds(audio) == pytest.approx(session.viewer_audio, rel=0.05), session.viewer_audio
+    # Audio: all the viewer received is in the file, on the real-time line. (Not "as much as": after a stall of its
+    # own, the viewer's jitter buffer drops samples to catch up, where the file keeps the timeline: 6.58 s vs 6.17.)
+    seconds = audio_seconds(audio)
+    span = (session.audio.ended_at - session.audio.file_results[0].started_at) / 1e9  # first media to the end
+    assert 0.95 * session.viewer_audio <= seconds <= span, (seconds, session.viewer_audio, span)
     assert session.viewer["packetsLost"] == 0
     return frames
 

@@ -20,7 +20,7 @@ from test_file_egress import config_for, decode_errors, packets, probe_duration
 
 from trackegress.egress import Egress
 
-pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("clock")]  # asserts wall-clock bounds
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("cpu")]  # asserts wall-clock bounds; ICE restarts
 Status = egress.EgressStatus
 RESUMED = "signal connection resumed"
 MAX_LOST_AT_ICE_RESTART = 3

@@ -416,7 +416,7 @@ def psrpc_lock_key(payload: bytes) -> str:
 
 
 @pytest.mark.timing  # asserts outage and reconnect times
-@pytest.mark.xdist_group("clock")
+@pytest.mark.xdist_group("cpu")
 async def test_recording_survives_a_redis_restart_and_the_worker_reconnects_by_itself(
     sample_media: dict[str, Path], tmp_path: Path,
 ) -> None:
