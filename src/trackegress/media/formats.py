@@ -24,8 +24,9 @@ class OutputFormat:
     mux_options: Mapping[str, str] = field(default_factory=dict)
 
 
-# Fragment at every keyframe and at least every second; write the moov once the first packet gave avcC / hvcC.
-_FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "1000000"}
+# Fragment at every keyframe and at least every half second (the muxer holds a fragment in memory until it is
+# written: 1 s cost 0.17 MB more per 720p egress); write the moov once the first packet gave avcC / hvcC.
+_FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov", "frag_duration": "500000"}
 
 FORMATS: Mapping[Codec, OutputFormat] = {
     Codec.OPUS: OutputFormat("ogg", "ogg", "audio/ogg", "libopus"),

@@ -1,7 +1,7 @@
 """Remuxing with PyAV: encoded frames in, container out, never a decoder or encoder on the media path.
 
 Opus → Ogg, G.711 → WAV, VP8 / VP9 / AV1 → WebM, H.264 / H.265 → fragmented MP4 (a fragment per keyframe or
-per second, the moov up front), so a process killed mid-way leaves a file that plays up to its last fragment
+per half second, the moov up front), so a process killed mid-way leaves a file that plays up to its last fragment
 (the table: ``media/formats.py``); a VP9 SVC picture shows its top layer only (``vp9.show_top_layer_only``).
 Timestamps are the RTP timestamps relative to the first frame: a gap in the track stays a gap in the file
 (audio: filled, as Ogg and WAV have no per-packet time).
