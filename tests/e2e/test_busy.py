@@ -20,7 +20,7 @@ from test_file_egress import config_for, decode_errors, packets
 
 from trackegress.egress import Egress
 
-pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("cpu")]  # saturates the machine's CPUs
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("cpu"), pytest.mark.saturates_cpus]
 SPIN_SECONDS = 15.0
 SPINNERS = 2  # one per core of the 2-core machine
 # Busy loop that ends by itself even if nobody kills it.

@@ -310,6 +310,11 @@ class WebSocketSink:
         return self._delivered_before + self._conn_acked
 
     @property
+    def jitter_depth(self) -> float:
+        """Seconds audio may be late before silence stands in for it (the adaptive jitter buffer's depth now)."""
+        return self._clock.buffer.depth
+
+    @property
     def duration_ns(self) -> int:
         """Duration of the PCM delivered so far."""
         return self.bytes_sent * 1_000_000_000 // self._converter.bytes_per_second
