@@ -85,6 +85,7 @@ class Session:
     top: tuple[int, int]  # the top layer's size, which the publisher was sending when the recordings started
     pcm: bytes
     pcm_rate: float  # seconds of PCM per second of wall time, away from the stream's start and end
+    pcm_span: float  # seconds of wall time pcm_rate was measured over
     pcm_clock: ClockStats | None  # what the WebSocket sink's PCM timeline did (silence filled in, resyncs)
     layer_switches: int  # picture size changes the video egress counted
     viewer_page: BrowserViewer
@@ -197,7 +198,7 @@ async def record_browser(
         "packetsLost": after["video"]["packetsLost"] + after["audio"]["packetsLost"],
         "sizes": {tuple(size) for size in after["frames"]},
     }
-    pcm, pcm_rate = b"", 0.0
+    pcm, pcm_rate, pcm_span = b"", 0.0, 0.0
     if receiver is not None and receiver.conns:
         binary = [(t, m) for t, m in receiver.conns[0].messages if isinstance(m, bytes)]
         pcm = b"".join(m for _, m in binary)
@@ -206,9 +207,10 @@ async def record_browser(
         # also runs the egress) followed by a catch-up burst leaves it near 1, where it skews a ratio of endpoints.
         received = numpy.cumsum([len(m) for _, m in steady]) / 4 / 48_000
         pcm_rate = float(numpy.polyfit([t for t, _ in steady], received, 1)[0])
+        pcm_span = steady[-1][0] - steady[0][0]
     stream_stats = jobs[2].stream_stats if receiver is not None else None
     return Session(infos[0], infos[1], infos[2] if receiver else None, delta, viewer_seconds, viewer_decoded,
-                   viewer_audio, top, pcm, pcm_rate, stream_stats.clock if stream_stats else None,
+                   viewer_audio, top, pcm, pcm_rate, pcm_span, stream_stats.clock if stream_stats else None,
                    jobs[0].layer_switches, viewer, top_gaps)
 
 
@@ -273,8 +275,13 @@ async def test_sdk_defaults_vp8_simulcast_red_dtx(
     assert session.stream is not None
     assert egress.EgressStatus.Name(session.stream.status) == "EGRESS_COMPLETE", session.stream.error
     # The PCM stream is real time (seconds of audio per second, as the viewer's) and holds all the Ogg file does.
+    # Give or take the silence the sink made up for audio later than its jitter buffer allowed, which it then sent
+    # after that silence (a resync); the viewer's NetEQ squeezes such a delay out instead (seen: 350 ms, rate 1.044).
     viewer_rate = session.viewer["samples"] / 48_000 / session.viewer_seconds
-    assert session.pcm_rate == pytest.approx(viewer_rate, rel=0.05), (session.pcm_rate, viewer_rate, session.pcm_clock)
+    clock = session.pcm_clock
+    assert clock is not None
+    made_up = clock.stall_samples / 48_000 / session.pcm_span if clock.resyncs else 0.0
+    assert abs(session.pcm_rate - viewer_rate) <= 0.05 * viewer_rate + made_up, (session.pcm_rate, viewer_rate, clock)
     ogg = audio_seconds(browser.files / session.audio.file_results[0].filename)
     assert len(session.pcm) / 4 / 48_000 >= 0.95 * ogg
 
