@@ -119,10 +119,10 @@ def sequence_size(header: bytes) -> tuple[tuple[int, int], bool, int]:
     return (bits.f(width_bits) + 1, bits.f(height_bits) + 1), reduced, (idc >> 8).bit_length() - 1 if idc else 0
 
 
-def _first_frame_is_key(data: bytes) -> tuple[bool, tuple[int, int] | None]:
-    """Whether the unit's first frame is a KEY_FRAME, and the size of its highest spatial layer (when the unit
-    carries a sequence header)."""
-    size, reduced, top, key, highest = None, False, 0, None, 0
+def _first_frame_is_key(data: bytes) -> tuple[bool, tuple[int, int] | None, int | None]:
+    """Whether the unit's first frame is a KEY_FRAME, the size of its highest spatial layer (when the unit
+    carries a sequence header), and that layer (0 without OBU extensions; None without a frame)."""
+    size, reduced, top, key, highest = None, False, 0, None, None
     for kind, spatial_id, payload in obus(data):
         if kind == OBU_SEQUENCE_HEADER:
             size, reduced, top = sequence_size(payload)
@@ -130,20 +130,20 @@ def _first_frame_is_key(data: bytes) -> tuple[bool, tuple[int, int] | None]:
             if key is None:
                 bits = _Bits(payload)
                 key = reduced or (not bits.f(1) and bits.f(2) == KEY_FRAME)  # show_existing_frame, frame_type
-            highest = max(highest, spatial_id)
-    if size is not None and highest < top:
+            highest = spatial_id if highest is None else max(highest, spatial_id)
+    if size is not None and highest is not None and highest < top:
         size = (size[0] >> (top - highest), size[1] >> (top - highest))
-    return bool(key), size
+    return bool(key), size, highest
 
 
-def top_spatial_id(data: bytes) -> int | None:
-    """The highest spatial layer among the unit's frames (0 without OBU extensions); None without a frame or for
-    a unit that does not parse."""
+def start_and_layer(data: bytes) -> tuple[bool, int | None]:
+    """Whether a decoder can start at the unit (a KEY_FRAME unit carrying its sequence header), and the highest
+    spatial layer among its frames (None without a frame, or for a unit that does not parse)."""
     try:
-        ids = [spatial_id for kind, spatial_id, _ in obus(data) if kind in (OBU_FRAME, OBU_FRAME_HEADER)]
+        key, size, highest = _first_frame_is_key(data)
     except ValueError:
-        return None
-    return max(ids, default=None)
+        return False, None
+    return key and size is not None, highest
 
 
 def is_keyframe(data: bytes) -> bool:
@@ -157,7 +157,7 @@ def is_keyframe(data: bytes) -> bool:
 def dimensions(data: bytes) -> tuple[int, int] | None:
     """The sequence header's maximum (width, height) of a keyframe temporal unit; None for other units."""
     try:
-        key, size = _first_frame_is_key(data)
+        key, size, _ = _first_frame_is_key(data)
     except ValueError:
         return None
     return size if key else None

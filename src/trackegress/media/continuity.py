@@ -76,10 +76,10 @@ class _Av1SpatialLayer:
 
     def follows(self, data: bytes) -> bool:
         """Record this unit; False if its spatial layer is not the one the last keyframe established."""
-        layer = av1.top_spatial_id(data)
+        start, layer = av1.start_and_layer(data)
         if layer is None:
             return True
-        if _KEYFRAME[Codec.AV1](data):
+        if start:
             self._layer = layer
             return True
         return self._layer is None or layer == self._layer
@@ -89,7 +89,7 @@ class _Av1SpatialLayer:
 _KEYFRAME: Mapping[Codec, Callable[[bytes], bool]] = {
     Codec.VP8: vp8.is_keyframe,
     Codec.VP9: vp9.is_keyframe,
-    Codec.AV1: lambda data: av1.dimensions(data) is not None,  # a KEY_FRAME unit that carries its sequence header
+    Codec.AV1: lambda data: av1.start_and_layer(data)[0],  # a KEY_FRAME unit that carries its sequence header
 }
 
 
