@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds trackegress's native media core (native/: str0m 0.24.0 + PyO3 0.27, packaged by maturin) and installs
+# Builds trackegress's native media core (native/: str0m 0.24.0 + PyO3 0.27 + libopus, packaged by maturin) and installs
 # the wheel into .venv. The wheel is cached by a hash of native/'s sources, the Rust toolchain and the Python
 # version in ~/.cache/trackegress/native-<hash>/ (built in a temporary directory, then moved there atomically:
 # several clones may install at once), so another clone or worktree only runs `pip install`.
@@ -20,10 +20,11 @@ stamp=.venv/.native-$hash
 root="$HOME/.cache/trackegress"
 cache="$root/native-$hash"
 if ! compgen -G "$cache/*.whl" >/dev/null; then
-  # openssl-sys links the system OpenSSL (str0m's DTLS): it needs the headers and pkg-config.
-  if ! dpkg -s libssl-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null; then
-    echo "install: apt libssl-dev pkg-config"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  # openssl-sys links the system OpenSSL (str0m's DTLS): it needs the headers and pkg-config; audiopus_sys builds
+  # the libopus it bundles with cmake.
+  if ! dpkg -s libssl-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null || ! command -v cmake >/dev/null; then
+    echo "install: apt libssl-dev pkg-config cmake"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config cmake >/dev/null
   fi
   if [ "$(.venv/bin/maturin --version 2>/dev/null)" != "maturin $maturin_version" ]; then
     "$py" -m pip install -q "maturin==$maturin_version"

@@ -42,6 +42,9 @@ pub enum Cmd {
         peer: u64,
         mid: String,
     },
+    DecodeOpus {
+        peer: u64,
+    },
     Close {
         peer: u64,
     },
@@ -201,6 +204,10 @@ impl IoLoop {
             }
             Cmd::Keyframe { peer, mid } => {
                 self.with_peer(peer, out, |p, out| p.request_keyframe(&mid, now, out));
+                peer
+            }
+            Cmd::DecodeOpus { peer } => {
+                self.with_peer(peer, out, |p, _| p.decode_opus());
                 peer
             }
             Cmd::Close { peer } => {

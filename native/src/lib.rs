@@ -5,6 +5,7 @@
 
 mod holes;
 mod io;
+mod opus;
 mod out;
 mod peer;
 
@@ -177,15 +178,36 @@ impl Core {
         self.send(Cmd::Keyframe { peer, mid })
     }
 
+    /// Hand the peer's Opus frames over decoded to PCM as well, from now on (decoded on the I/O thread).
+    fn decode_opus(&self, peer: u64) -> PyResult<()> {
+        self.send(Cmd::DecodeOpus { peer })
+    }
+
     /// Close a peer; a `closed` event follows.
     fn close_peer(&self, peer: u64) -> PyResult<()> {
         self.send(Cmd::Close { peer })
     }
 
     /// Receive counters per track: (mid, packets received, lost, NACKs sent, recovered, late, still missing,
-    /// jitter s, frames received, frames dropped, keyframe requests).
+    /// jitter s, frames received, frames dropped, keyframe requests, seconds spent decoding Opus).
     #[allow(clippy::type_complexity)]
-    fn stats(&self, peer: u64) -> Vec<(String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64)> {
+    fn stats(
+        &self,
+        peer: u64,
+    ) -> Vec<(
+        String,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        f64,
+        u64,
+        u64,
+        u64,
+        f64,
+    )> {
         let map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer)
             .map(|tracks| {
@@ -204,6 +226,7 @@ impl Core {
                             t.frames_received,
                             t.frames_dropped,
                             t.keyframe_requests,
+                            t.decode_seconds,
                         )
                     })
                     .collect()
@@ -270,12 +293,14 @@ impl Core {
                     temporal,
                     arrival,
                     data,
+                    pcm,
                 } => {
                     let arrival = monotonic - now.saturating_duration_since(arrival).as_secs_f64();
                     let data = PyBytes::new(py, &data);
+                    let pcm = pcm.map(|pcm| PyBytes::new(py, &pcm));
                     (
                         EV_FRAME, peer, mid, pt_mime, time, keyframe, contiguous, spatial,
-                        temporal, arrival, data,
+                        temporal, arrival, data, pcm,
                     )
                         .into_pyobject(py)?
                         .into_any()

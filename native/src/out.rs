@@ -18,6 +18,8 @@ pub struct TrackStats {
     pub frames_received: u64,
     pub frames_dropped: u64,
     pub keyframe_requests: u64,
+    /// Time spent decoding the track's Opus to PCM (only when asked to).
+    pub decode_seconds: f64,
 }
 
 /// One event for Python.
@@ -52,6 +54,8 @@ pub enum Out {
         temporal: u8,
         arrival: Instant,
         data: Arc<[u8]>,
+        /// The frame decoded to 48 kHz stereo s16le, if the peer decodes Opus (empty: libopus refused it).
+        pcm: Option<Vec<u8>>,
     },
     Closed {
         peer: u64,

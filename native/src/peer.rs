@@ -15,6 +15,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use crate::holes::{Holes, HOLE_LIFETIME};
+use crate::opus::OpusDecoder;
 use crate::out::{Out, TrackStats};
 
 /// How often a video track without a usable picture asks for a keyframe (not while a packet may still be
@@ -42,10 +43,27 @@ struct Track {
     nack_ssrc: Option<u32>,
     last_keyframe_request: Option<Instant>,
     holes: Holes,
+    /// Decodes the track's Opus to PCM, once the peer was asked to (`Peer::decode_opus`).
+    decoder: Option<OpusDecoder>,
     stats: TrackStats,
 }
 
 impl Track {
+    /// The frame as PCM; empty if libopus refuses it.
+    fn decode(&mut self, frame: &[u8]) -> Vec<u8> {
+        let started = Instant::now();
+        if self.decoder.is_none() {
+            self.decoder = OpusDecoder::new().ok();
+        }
+        let pcm = self
+            .decoder
+            .as_mut()
+            .and_then(|d| d.decode(frame).ok())
+            .unwrap_or_default();
+        self.stats.decode_seconds += started.elapsed().as_secs_f64();
+        pcm
+    }
+
     /// When the next keyframe request may go out, if one is wanted: not sooner than `KEYFRAME_INTERVAL` after
     /// the last, and not while a hole may still be repaired, for at most `HOLE_LIFETIME` (under steady loss
     /// some hole is nearly always open).
@@ -73,6 +91,8 @@ pub struct Peer {
     failed: bool,
     closing: Option<Instant>,
     pub done: bool,
+    /// Opus frames are handed over decoded too.
+    decode_opus: bool,
 }
 
 /// The str0m configuration every peer uses: the codecs LiveKit offers that we can record; a missing packet is
@@ -128,6 +148,7 @@ impl Peer {
             failed: false,
             closing: None,
             done: false,
+            decode_opus: false,
         }
     }
 
@@ -277,6 +298,11 @@ impl Peer {
             }
         }
         self.drive(now, out);
+    }
+
+    /// From now on, hand Opus frames over decoded to PCM as well (decoded here, off the Python thread).
+    pub fn decode_opus(&mut self) {
+        self.decode_opus = true;
     }
 
     pub fn close(&mut self, now: Instant, out: &mut Vec<Out>) {
@@ -501,6 +527,7 @@ impl Peer {
                 track.keyframe_wanted.get_or_insert(now);
             }
         }
+        let pcm = (self.decode_opus && pt_mime == "audio/opus").then(|| track.decode(&data.data));
         out.push(Out::Frame {
             peer: self.id,
             mid: data.mid.to_string(),
@@ -516,6 +543,7 @@ impl Peer {
                 _ => None,
             }
             .map_or_else(|| Arc::clone(&data.data), Arc::from),
+            pcm,
         });
     }
 

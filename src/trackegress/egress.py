@@ -75,7 +75,7 @@ class JoinedRoom(Protocol):
 
     async def find_track(self, timeout: float) -> TrackSource: ...
 
-    async def subscribe(self, codec: Codec) -> None: ...
+    async def subscribe(self, codec: Codec, *, pcm: bool = False) -> None: ...
 
     def request_keyframe(self) -> None: ...
 
@@ -275,7 +275,7 @@ class Egress:
             self._sink = await self._open_stream(codec, subscriber)
         else:
             self._sink = self._open_file(codec)
-        await subscriber.subscribe(codec)
+        await subscriber.subscribe(codec, pcm=self._stream is not None and codec is Codec.OPUS)
 
     async def _open_stream(self, codec: Codec, subscriber: JoinedRoom) -> WebSocketSink:
         if codec.is_video:

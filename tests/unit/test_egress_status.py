@@ -46,7 +46,7 @@ class FakeRoom:
         await asyncio.wait_for(self.published.wait(), timeout)
         return SOURCE
 
-    async def subscribe(self, codec: Codec) -> None:
+    async def subscribe(self, codec: Codec, *, pcm: bool = False) -> None:
         self.subscribed.set()
 
     async def close(self) -> None:

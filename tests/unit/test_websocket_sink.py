@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -53,14 +54,33 @@ def packets() -> list[bytes]:
     return out
 
 
+@functools.cache
+def pcms() -> list[bytes]:
+    """``packets()`` decoded to 48 kHz stereo s16le (PyAV's libopus), as the media core hands them over."""
+    dec = av.CodecContext.create("libopus", "r")
+    assert isinstance(dec, av.AudioCodecContext)
+    dec.sample_rate, dec.layout = RATE, "stereo"
+    to_s16 = av.AudioResampler(format="s16", layout="stereo", rate=RATE)
+    return [
+        b"".join(out.to_ndarray().tobytes() for frame in dec.decode(av.Packet(p)) for out in to_s16.resample(frame))
+        for p in packets()
+    ]
+
+
+def opus_frame(k: int, arrival: float = 0.0) -> EncodedFrame:
+    """Packet k of the tone (looped) with RTP timestamp FIRST_TS + k*960 and its PCM."""
+    n = len(packets())
+    return EncodedFrame(packets()[k % n], FIRST_TS + k * 960, True, arrival, pcm=pcms()[k % n])
+
+
 async def feed(sink: WebSocketSink, indices: Sequence[int], t0: float) -> None:
     """Write packet k at t0 + k*20 ms (real time) with RTP timestamp FIRST_TS + k*960."""
-    data = packets()
+    pcms()
     for k in indices:
         delay = t0 + k * FRAME - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        sink.write(EncodedFrame(data[k], FIRST_TS + k * 960, True, time.monotonic()))
+        sink.write(opus_frame(k, time.monotonic()))
 
 
 # receiver
@@ -146,6 +166,22 @@ async def test_streams_48k_stereo_pcm_in_10ms_messages(receiver: Receiver) -> No
     assert sink.stats.frames_lost == 0 and sink.stats.reconnects == 0 and sink.bytes_sent == len(b"".join(conn.binary))
 
 
+async def test_a_frame_libopus_refused_is_dropped_and_its_time_is_silence(receiver: Receiver) -> None:
+    sink = WebSocketSink(receiver.url())
+    await sink.start()
+    t0 = time.monotonic()
+    await feed(sink, range(10), t0)
+    sink.write(dataclasses.replace(opus_frame(10, time.monotonic()), pcm=b""))  # the core could not decode it
+    await feed(sink, range(11, 20), t0)
+    await sink.close()
+    await asyncio.wait_for(receiver.conns[0].done.wait(), 2)
+
+    (conn,) = receiver.conns
+    assert len(conn.binary) == 40 and conn.texts == []
+    assert [is_silent(m) for m in conn.binary[18:24]] == [False, False, True, True, False, False]
+    assert sink.stats.decode_errors == 1 and sink.stats.clock.gap_samples == 960
+
+
 async def test_mute_sends_text_frames_with_silence_between(receiver: Receiver) -> None:
     sink = WebSocketSink(receiver.url())
     await sink.start()
@@ -201,7 +237,7 @@ async def test_a_late_event_loop_takes_the_frames_that_arrived_before_filling_si
     def deliver() -> None:
         while waiting:
             k = waiting.pop(0)
-            sink.write(EncodedFrame(packets()[k], FIRST_TS + k * 960, True, time.monotonic()))
+            sink.write(opus_frame(k, time.monotonic()))
 
     sink = WebSocketSink(receiver.url("/late"), catch_up=deliver if catch_up else None)
     await sink.start()
@@ -223,7 +259,7 @@ async def test_a_late_event_loop_takes_the_frames_that_arrived_before_filling_si
 async def test_media_stall_is_signalled_as_muted(receiver: Receiver) -> None:
     sink = WebSocketSink(receiver.url())
     await sink.start()
-    packets()  # encoded before the clock starts: the first frame must not be late
+    pcms()  # encoded and decoded before the clock starts: the first frame must not be late
     t0 = time.monotonic()
     await feed(sink, range(15), t0)  # 0.3 s
     depth = sink.jitter_depth  # 60 ms, more if this machine's load made the frames late
@@ -342,10 +378,9 @@ async def test_receiver_that_stops_reading_gets_the_newest_buffered_audio_in_ord
     while not receiver.conns:
         await asyncio.sleep(0.01)
     receiver.conns[0].ws.transport.pause_reading()  # a stuck receiver: the TCP buffers fill up
-    data = packets()
     count = 2700  # 54 s of audio as fast as we can (the 6 s tone, looped)
     for k in range(count):
-        sink.write(EncodedFrame(data[k % len(data)], FIRST_TS + k * 960, True, time.monotonic()))
+        sink.write(opus_frame(k, time.monotonic()))
         if k % 50 == 0:
             await asyncio.sleep(0)
     assert 0 < sink.stats.queued <= 100  # waiting in our 1 s buffer, not piling up in the transport
@@ -383,7 +418,7 @@ async def test_receiver_that_never_comes_back_fails_after_the_deadline(receiver:
     assert info.status == egress.StreamInfo.FAILED and info.error == str(error)
     assert 0 < sink.bytes_sent <= received and info.duration == sink.bytes_sent * 1_000_000_000 // 192_000
     assert info.ended_at >= info.started_at > 0
-    sink.write(EncodedFrame(packets()[0], FIRST_TS, True))  # ignored once failed
+    sink.write(opus_frame(0))  # ignored once failed
     assert sink.stream_info().status == egress.StreamInfo.FAILED
 
 

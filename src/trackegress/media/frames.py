@@ -49,7 +49,9 @@ class EncodedFrame:
     ``arrival`` is ``time.monotonic()`` when the datagram completing the frame was read. ``contiguous`` is False when
     media was lost since the previous frame (a delta frame after it may not decode until the next keyframe);
     ``spatial_layer`` / ``temporal_layer`` are the SVC / simulcast layer ids where the codec carries them
-    (VP8 temporal, VP9 spatial and temporal), 0 otherwise.
+    (VP8 temporal, VP9 spatial and temporal), 0 otherwise. ``pcm`` is the Opus frame decoded to 48 kHz
+    interleaved stereo s16le by the media core when asked to (``MediaTransport.decode_opus``; empty if
+    libopus refused it), None otherwise.
     """
 
     data: bytes
@@ -59,3 +61,4 @@ class EncodedFrame:
     contiguous: bool = True
     spatial_layer: int = 0
     temporal_layer: int = 0
+    pcm: bytes | None = None

@@ -36,17 +36,14 @@ SILENCE: Mapping[Codec, int] = {Codec.PCMU: 0xFF, Codec.PCMA: 0xD5}  # the code 
 
 
 class G711Decoder:
-    """Decodes one track's G.711 frames (``law``: ``pcmu`` or ``pcma``); same interface as ``OpusDecoder``."""
+    """Decodes one track's G.711 frames (``law``: ``pcmu`` or ``pcma``)."""
 
     def __init__(self, law: str) -> None:
         self._table = TABLES[law]
         self._last = 0.0
-        self.packets = 0
-        self.decode_seconds = 0.0
 
     def decode(self, packet: bytes) -> bytes:
         """48 kHz stereo s16le for one frame (6 x 2 output samples per input byte)."""
-        self.packets += 1
         if not packet:
             return b""
         samples = self._table[np.frombuffer(packet, np.uint8)].astype(np.float64)

@@ -159,6 +159,10 @@ class NativeTransport:
         if not self._closed.done():
             self._core.native.request_keyframe(self._id, mid)
 
+    def decode_opus(self) -> None:
+        if not self._closed.done():
+            self._core.native.decode_opus(self._id)
+
     def stats(self) -> list[TrackStats]:
         if self._final_stats is not None:
             return self._final_stats
@@ -180,8 +184,8 @@ class NativeTransport:
     # events from the core
 
     def queue_frame(self, event: tuple[Any, ...]) -> None:
-        _, _, mid, _, timestamp, keyframe, contiguous, spatial, temporal, arrival, data = event
-        frame = EncodedFrame(data, timestamp, keyframe, arrival, contiguous, spatial, temporal)
+        _, _, mid, _, timestamp, keyframe, contiguous, spatial, temporal, arrival, data, pcm = event
+        frame = EncodedFrame(data, timestamp, keyframe, arrival, contiguous, spatial, temporal, pcm)
         pending = self._pending.get(mid)
         if pending is None:
             self._pending[mid] = [frame]

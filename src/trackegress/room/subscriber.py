@@ -110,13 +110,16 @@ class TrackSubscriber:
         assert self._source is not None
         return self._source
 
-    async def subscribe(self, codec: Codec) -> None:
-        """Subscribe to the track at the top quality; frames then flow to ``events.on_frame``.
+    async def subscribe(self, codec: Codec, *, pcm: bool = False) -> None:
+        """Subscribe to the track at the top quality; frames then flow to ``events.on_frame``, with ``pcm``
+        decoded by the transport if asked (Opus).
 
         The transport asks for keyframes itself until a video track's first one (and after a loss).
         """
         assert self._source is not None
         self._codec = codec
+        if pcm:
+            self._transport.decode_opus()
         sid, publisher = self._track_sid, self._source.participant.sid
         await self._signal.send(
             rtc.SignalRequest(

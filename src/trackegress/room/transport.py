@@ -101,6 +101,7 @@ class TrackStats:
     frames_received: int = 0
     frames_dropped: int = 0  # incomplete frames given up (each leaves the next frame non-contiguous)
     keyframe_requests: int = 0
+    decode_seconds: float = 0.0  # spent decoding Opus to PCM (``MediaTransport.decode_opus``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,10 @@ class MediaTransport(Protocol):
 
     def request_keyframe(self, mid: str) -> None:
         """Ask the sender of a video track for a keyframe (PLI); a no-op for audio or an unknown mid."""
+        ...
+
+    def decode_opus(self) -> None:
+        """From now on, hand Opus frames over decoded as well (``EncodedFrame.pcm``), off the event loop."""
         ...
 
     def stats(self) -> list[TrackStats]:

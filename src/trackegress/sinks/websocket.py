@@ -34,7 +34,6 @@ from websockets.uri import parse_uri
 from trackegress.backoff import Backoff
 from trackegress.media import g711
 from trackegress.media.frames import Codec, EncodedFrame
-from trackegress.media.opus import OpusDecoder
 from trackegress.redact import redact_url
 from trackegress.sinks.pcm import CHUNK_SAMPLES, ClockStats, PcmClock, PcmConverter
 
@@ -122,8 +121,6 @@ class SinkStats:
     retries: int
     queued: int
     decode_errors: int
-    packets_decoded: int
-    decode_seconds: float
     clock: ClockStats
 
 
@@ -166,7 +163,7 @@ class WebSocketSink:
         self.url = url
         self.redacted_url = redact_url(url)
         self._converter = PcmConverter(sample_rate, channels)
-        self._decoder = OpusDecoder() if codec is Codec.OPUS else g711.G711Decoder(codec.name.lower())
+        self._g711 = None if codec is Codec.OPUS else g711.G711Decoder(codec.name.lower())
         self._ticks = 1 if codec is Codec.OPUS else g711.RATIO  # 48 kHz timeline units per RTP timestamp unit
         self._clock = PcmClock(late_allowance=late_allowance)
         self._reconnect_deadline = reconnect_deadline
@@ -206,7 +203,8 @@ class WebSocketSink:
     # Sink protocol
 
     def write(self, frame: EncodedFrame) -> None:
-        """Decode one Opus frame and queue its PCM (plus any gap zeros) right away."""
+        """Queue the frame's PCM (plus any gap zeros) right away: Opus as the media core decoded it, G.711 decoded
+        here."""
         if self._closing or self._status == FAILED:
             return
         now = time.monotonic()
@@ -223,7 +221,7 @@ class WebSocketSink:
     def _place(self, frame: EncodedFrame, now: float) -> tuple[list[bytes], int]:
         """The chunks completed by this frame, and how many of them come before its audio."""
         try:
-            pcm = self._decoder.decode(frame.data)
+            pcm = self._decode(frame)
         except ValueError as exc:
             self._decode_errors += 1
             log.warning(
@@ -240,6 +238,14 @@ class WebSocketSink:
         first = self._clock.emitted
         chunks = self._clock.push(frame.timestamp * self._ticks, pcm, now)
         return chunks, max(0, (self._clock.frame_position - first) // CHUNK_SAMPLES) if chunks else 0
+
+    def _decode(self, frame: EncodedFrame) -> bytes:
+        """48 kHz stereo s16le PCM for a frame; ValueError if there is none."""
+        if self._g711 is not None:
+            return self._g711.decode(frame.data)
+        if not frame.pcm:
+            raise ValueError("libopus refused it" if frame.pcm is not None else "not decoded by the media core")
+        return frame.pcm
 
     def set_muted(self, muted: bool) -> None:
         """Publisher mute state; the receiver gets ``{"muted":…}`` when muted-or-stalled changes."""
@@ -330,8 +336,6 @@ class WebSocketSink:
             retries=self._retries,
             queued=self._queued_audio,
             decode_errors=self._decode_errors,
-            packets_decoded=self._decoder.packets,
-            decode_seconds=self._decoder.decode_seconds,
             clock=dataclasses.replace(self._clock.stats),
         )
 
