@@ -59,6 +59,11 @@ fn size_receive_buffer(socket: &std::net::UdpSocket) {
     }
 }
 
+/// One track's counters for Python: (mid, packets received, lost, NACKs sent, recovered, late, still missing,
+/// jitter s, frames received, frames dropped, keyframe requests, seconds spent decoding Opus).
+#[rustfmt::skip]
+type StatsRow = (String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64, f64);
+
 /// The media core of a process: one I/O thread multiplexing every peer.
 #[pyclass(frozen, module = "trackegress_native")]
 struct Core {
@@ -188,26 +193,8 @@ impl Core {
         self.send(Cmd::Close { peer })
     }
 
-    /// Receive counters per track: (mid, packets received, lost, NACKs sent, recovered, late, still missing,
-    /// jitter s, frames received, frames dropped, keyframe requests, seconds spent decoding Opus).
-    #[allow(clippy::type_complexity)]
-    fn stats(
-        &self,
-        peer: u64,
-    ) -> Vec<(
-        String,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        u64,
-        f64,
-        u64,
-        u64,
-        u64,
-        f64,
-    )> {
+    /// Receive counters per track (see `StatsRow`).
+    fn stats(&self, peer: u64) -> Vec<StatsRow> {
         let map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer)
             .map(|tracks| {
