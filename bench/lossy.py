@@ -84,7 +84,8 @@ async def measure(profile: Profile, video: Path, tone: Path, folder: Path, brows
         await viewer.join(server.url, join_token(server.api_key, server.api_secret, room, "viewer"))
         receiver = Receiver()
         await receiver.start()
-        config, creds = config_for(server, folder), (server.api_key, server.api_secret)
+        # the relay impairs UDP only: ICE-TCP to the server's TCP port would go around it
+        config, creds = config_for(server, folder, media_protocols=("udp",)), (server.api_key, server.api_secret)
         async with Publisher(server.url, creds, room, "cam", video, start_delay=None, prime=True) as vpub, \
                 Publisher(server.url, creds, room, "mic", tone, start_delay=None) as apub:
             ws = egress.TrackEgressRequest(room_name=room, track_id=apub.track_sid, websocket_url=receiver.url())

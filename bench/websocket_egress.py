@@ -95,6 +95,7 @@ class Job:
     out_dir: str  # where the worker leaves ready-<i>.f64 and sink-<i>.f64
     profile: bool
     profile_dir: str  # where to dump the raw cProfile stats ("" = nowhere)
+    protocols: list[str]  # Config.media_protocols
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,9 @@ class Delays:
 # ---------------------------------------------------------------------------------------------- orchestration
 
 
-def run_bench(counts: list[int], seconds: float, warmup: float, profile: bool, profile_dir: str) -> None:
+def run_bench(
+    counts: list[int], seconds: float, warmup: float, profile: bool, profile_dir: str, protocols: list[str]
+) -> None:
     """Server, media and a publisher process; one fresh receiver + worker process per N."""
     results: list[tuple[Result, Delays]] = []
     load_before = os.getloadavg()[0]
@@ -174,7 +177,7 @@ def run_bench(counts: list[int], seconds: float, warmup: float, profile: bool, p
                 with tempfile.TemporaryDirectory(prefix="bench-ws-") as out:
                     with receiving(Path(out)) as receiver_url:
                         job = Job(count, seconds, warmup, server.url, server.api_key, server.api_secret, room,
-                                  track_sid, receiver_url, out, profile, profile_dir)  # fmt: skip
+                                  track_sid, receiver_url, out, profile, profile_dir, protocols)  # fmt: skip
                         timeout = common.ACTIVE_TIMEOUT + warmup + seconds + common.STOP_TIMEOUT + 60
                         try:
                             result = Result(**common.run_worker(__file__, asdict(job), timeout, f"N={count}"))
@@ -192,7 +195,7 @@ def run_bench(counts: list[int], seconds: float, warmup: float, profile: bool, p
                     file=sys.stderr,
                     flush=True,
                 )
-    print(report(results, seconds, warmup, profile, (load_before, os.getloadavg()[0])))
+    print(report(results, seconds, warmup, profile, (load_before, os.getloadavg()[0]), protocols))
     for result, _ in results:
         if result.profile:
             print(f"\n### Profile: N={result.count} ({result.window:.0f} s window)\n")
@@ -259,10 +262,11 @@ def report(
     warmup: float,
     profile: bool,
     load: tuple[float, float],
+    protocols: list[str],
 ) -> str:
     """Two markdown tables (delay; cost), with the machine and the targets."""
     lines = [
-        common.machine_line(seconds, warmup, profile, load),
+        common.machine_line(seconds, warmup, profile, load) + f" media_protocols: {','.join(protocols)}.",
         "",
         "| N | delay p50 ms | delay p99 ms | delay max ms | sink-side p50 / p99 ms | messages matched "
         "| worker loop lag p99 / max ms | GC runs, longest ms | receiver CPU % | machine CPU busy % |",
@@ -420,7 +424,8 @@ async def measure(job: Job) -> Result:
         snapshot("end")
 
     with tempfile.TemporaryDirectory(prefix="bench-egress-") as scratch:
-        config = Config(ws_url=job.url, api_key=job.api_key, api_secret=job.api_secret, local_dir=Path(scratch))
+        config = Config(ws_url=job.url, api_key=job.api_key, api_secret=job.api_secret, local_dir=Path(scratch),
+                        media_protocols=tuple(job.protocols))
         fleet = common.Fleet(config, job.count, request, on_delay_for=probes.__getitem__)
         profile_path = Path(job.profile_dir) / f"websocket-{job.count}.pstats" if job.profile_dir else None
         w = await common.measure_window(
@@ -476,6 +481,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="settling time after all are ACTIVE (default 3)")
     parser.add_argument("--profile", action="store_true", help="cProfile the window; print where the time goes")
     parser.add_argument("--profile-dir", type=Path, help="also save the raw stats as DIR/websocket-<N>.pstats")
+    parser.add_argument("--media-protocols", default="udp,tcp", help="the egresses' media_protocols (default udp,tcp)")
     # internal: the child processes
     parser.add_argument("--role", choices=("bench", "worker", "receive"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -496,7 +502,8 @@ def main() -> None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profile_dir = str(args.profile_dir.resolve())
     counts = args.counts or list(DEFAULT_COUNTS)
-    run_bench(counts, args.seconds, args.warmup, args.profile or bool(profile_dir), profile_dir)
+    protocols = args.media_protocols.split(",")
+    run_bench(counts, args.seconds, args.warmup, args.profile or bool(profile_dir), profile_dir, protocols)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +15,10 @@ use mio::{Events, Interest, Poll, Token};
 use str0m::config::DtlsCert;
 
 use crate::out::{Out, TrackStats};
-use crate::peer::{build_rtc, Peer, RECV_BUFFER};
+use crate::peer::{build_rtc, Peer, RECV_BUFFER, SOCKET_BITS};
 
 /// The waker's token; socket tokens are `peer << SOCKET_BITS | index`.
 pub const WAKER: Token = Token(usize::MAX);
-const SOCKET_BITS: usize = 4;
 /// How often the counters Python reads are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -27,6 +27,7 @@ pub enum Cmd {
     Open {
         peer: u64,
         sockets: Vec<std::net::UdpSocket>,
+        tcp: Vec<IpAddr>,
     },
     Offer {
         peer: u64,
@@ -137,9 +138,7 @@ impl IoLoop {
                 }
                 let peer = (event.token().0 >> SOCKET_BITS) as u64;
                 let index = event.token().0 & ((1 << SOCKET_BITS) - 1);
-                self.with_peer(peer, &mut out, |p, out| {
-                    p.readable(index, &mut buf, now, out)
-                });
+                self.with_peer(peer, &mut out, |p, out| p.ready(index, &mut buf, now, out));
                 touched.push(peer);
             }
             if commands {
@@ -177,8 +176,8 @@ impl IoLoop {
 
     fn command(&mut self, cmd: Cmd, now: Instant, out: &mut Vec<Out>) -> u64 {
         match cmd {
-            Cmd::Open { peer, sockets } => {
-                self.open(peer, sockets, now, out);
+            Cmd::Open { peer, sockets, tcp } => {
+                self.open(peer, sockets, tcp, now, out);
                 peer
             }
             Cmd::Offer { peer, req, sdp } => {
@@ -222,17 +221,28 @@ impl IoLoop {
         &mut self,
         id: u64,
         sockets: Vec<std::net::UdpSocket>,
+        tcp: Vec<IpAddr>,
         now: Instant,
         out: &mut Vec<Out>,
     ) {
+        let registry = match self.poll.registry().try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Out::Closed {
+                    peer: id,
+                    error: Some(format!("poll registry: {e}")),
+                });
+                return;
+            }
+        };
         let mut registered = Vec::new();
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for socket in sockets {
             let local = match socket.local_addr() {
                 Ok(a) => a,
                 Err(_) => continue,
             };
             let mut socket = UdpSocket::from_std(socket);
-            let token = Token(((id as usize) << SOCKET_BITS) | index);
+            let token = Token(((id as usize) << SOCKET_BITS) | registered.len());
             if let Err(e) = self
                 .poll
                 .registry()
@@ -244,7 +254,7 @@ impl IoLoop {
             registered.push((socket, local));
         }
         let rtc = build_rtc(now, self.cert.clone());
-        let mut peer = Peer::new(id, rtc, registered, now);
+        let mut peer = Peer::new(id, rtc, registry, registered, tcp, now);
         let result = catch_unwind(AssertUnwindSafe(|| peer.start(now, out)));
         if result.is_err() {
             out.push(Out::Closed {
@@ -278,9 +288,7 @@ impl IoLoop {
     fn remove(&mut self, id: u64) {
         if let Some(mut peer) = self.peers.remove(&id) {
             let stats = peer.stats();
-            for socket in peer.sockets_mut() {
-                let _ = self.poll.registry().deregister(socket);
-            }
+            peer.release();
             self.scheduled.remove(&id);
             let mut map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             map.insert(id, stats);

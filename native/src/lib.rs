@@ -8,6 +8,7 @@ mod io;
 mod opus;
 mod out;
 mod peer;
+mod tcp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -130,14 +131,23 @@ impl Core {
         self.shared.event_fd.as_raw_fd()
     }
 
-    /// Start a peer with one UDP socket per local IPv4 address; returns its id and the bound addresses.
-    fn open(&self, addresses: Vec<String>) -> PyResult<(u64, Vec<String>)> {
+    /// Start a peer on the local IPv4 `addresses`: a UDP socket on each (`udp`), an active ICE-TCP candidate on
+    /// each (`tcp`); returns its id and the bound UDP addresses.
+    #[pyo3(signature = (addresses, udp=true, tcp=true))]
+    fn open(&self, addresses: Vec<String>, udp: bool, tcp: bool) -> PyResult<(u64, Vec<String>)> {
+        let ips = addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| PyValueError::new_err(format!("not an IP address: {a}")))
+            })
+            .collect::<PyResult<Vec<IpAddr>>>()?;
+        if ips.is_empty() || !(udp || tcp) {
+            return Err(PyValueError::new_err("no local address to receive on"));
+        }
         let mut sockets = Vec::new();
         let mut bound = Vec::new();
-        for address in &addresses {
-            let ip: IpAddr = address
-                .parse()
-                .map_err(|_| PyValueError::new_err(format!("not an IP address: {address}")))?;
+        for &ip in ips.iter().filter(|_| udp) {
             let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
                 .map_err(|e| PyOSError::new_err(format!("bind {ip}: {e}")))?;
             socket
@@ -150,11 +160,9 @@ impl Core {
             bound.push(local.to_string());
             sockets.push(socket);
         }
-        if sockets.is_empty() {
-            return Err(PyValueError::new_err("no local address to receive on"));
-        }
+        let tcp = if tcp { ips } else { Vec::new() };
         let peer = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::Open { peer, sockets })?;
+        self.send(Cmd::Open { peer, sockets, tcp })?;
         Ok((peer, bound))
     }
 

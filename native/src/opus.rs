@@ -107,7 +107,7 @@ mod tests {
             let enc = ffi::opus_encoder_create(
                 SAMPLE_RATE,
                 channels as i32,
-                ffi::OPUS_APPLICATION_AUDIO as i32,
+                ffi::OPUS_APPLICATION_AUDIO,
                 &mut error,
             );
             assert_eq!(error, 0);

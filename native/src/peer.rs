@@ -1,22 +1,24 @@
-//! One receive-only WebRTC peer (a str0m `Rtc`) with its UDP sockets, driven by the I/O thread.
+//! One receive-only WebRTC peer (a str0m `Rtc`) with its UDP sockets and ICE-TCP links, driven by the I/O thread.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecExtra, FormatParams};
 use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use crate::holes::{Holes, HOLE_LIFETIME};
 use crate::opus::OpusDecoder;
 use crate::out::{Out, TrackStats};
+use crate::tcp::{TcpLink, ACTIVE_PORT};
 
 /// How often a video track without a usable picture asks for a keyframe (not while a packet may still be
 /// retransmitted: see `holes`).
@@ -27,6 +29,8 @@ const DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Largest datagram we read.
 pub const RECV_BUFFER: usize = 2048;
+/// Socket tokens are `peer << SOCKET_BITS | index`: UDP sockets first, then ICE-TCP links.
+pub const SOCKET_BITS: usize = 5;
 
 /// Per-track state: codec, keyframe wanted, counters.
 #[derive(Default)]
@@ -80,11 +84,16 @@ impl Track {
     }
 }
 
-/// A receive-only peer and its sockets (one per local address).
+/// A receive-only peer and its sockets: one UDP socket per local address, and the TCP connections ICE dials
+/// from our active TCP candidates (one per local address in `tcp`) to the remote's passive ones.
 pub struct Peer {
     pub id: u64,
     rtc: Rtc,
+    registry: Registry,
     sockets: Vec<(UdpSocket, SocketAddr)>,
+    tcp: Vec<IpAddr>,
+    /// ICE-TCP links, in token slots after the UDP sockets (a slot is freed when its connection fails).
+    links: Vec<Option<TcpLink>>,
     tracks: HashMap<Mid, Track>,
     pub deadline: Instant,
     disconnected_since: Option<Instant>,
@@ -137,11 +146,21 @@ pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
 }
 
 impl Peer {
-    pub fn new(id: u64, rtc: Rtc, sockets: Vec<(UdpSocket, SocketAddr)>, now: Instant) -> Self {
+    pub fn new(
+        id: u64,
+        rtc: Rtc,
+        registry: Registry,
+        sockets: Vec<(UdpSocket, SocketAddr)>,
+        tcp: Vec<IpAddr>,
+        now: Instant,
+    ) -> Self {
         Peer {
             id,
             rtc,
+            registry,
             sockets,
+            tcp,
+            links: Vec::new(),
             tracks: HashMap::new(),
             deadline: now,
             disconnected_since: None,
@@ -152,15 +171,29 @@ impl Peer {
         }
     }
 
-    pub fn sockets_mut(&mut self) -> impl Iterator<Item = &mut UdpSocket> {
-        self.sockets.iter_mut().map(|(s, _)| s)
+    /// Stop polling the peer's sockets and connections (it is being dropped).
+    pub fn release(&mut self) {
+        for (socket, _) in &mut self.sockets {
+            let _ = self.registry.deregister(socket);
+        }
+        for slot in 0..self.links.len() {
+            self.drop_link(slot);
+        }
     }
 
-    /// Add our host candidates (the sockets' addresses) and report them.
+    /// Add our host candidates (the UDP sockets' addresses, active TCP on the `tcp` addresses) and report them.
     pub fn start(&mut self, now: Instant, out: &mut Vec<Out>) {
-        let addrs: Vec<SocketAddr> = self.sockets.iter().map(|(_, a)| *a).collect();
-        for addr in addrs {
-            match Candidate::host(addr, "udp") {
+        let udp = self.sockets.iter().map(|(_, a)| Candidate::host(*a, "udp"));
+        let tcp = self.tcp.iter().map(|ip| {
+            Candidate::builder()
+                .tcp()
+                .host(SocketAddr::new(*ip, ACTIVE_PORT))
+                .tcptype(TcpType::Active)
+                .build()
+        });
+        let candidates: Vec<_> = udp.chain(tcp).collect();
+        for candidate in candidates {
+            match candidate {
                 Ok(c) => {
                     if let Some(c) = self.rtc.add_local_candidate(c) {
                         out.push(Out::Candidate {
@@ -169,14 +202,22 @@ impl Peer {
                         });
                     }
                 }
-                Err(e) => log::warn!("peer {}: no candidate for {addr}: {e}", self.id),
+                Err(e) => log::warn!("peer {}: no host candidate: {e}", self.id),
             }
         }
         self.drive(now, out);
     }
 
-    /// Read every datagram waiting on socket `index` and feed it to the peer.
-    pub fn readable(&mut self, index: usize, buf: &mut [u8], now: Instant, out: &mut Vec<Out>) {
+    /// Socket `index` (a UDP socket, or an ICE-TCP link after them) is ready: feed the peer what arrived.
+    pub fn ready(&mut self, index: usize, buf: &mut [u8], now: Instant, out: &mut Vec<Out>) {
+        match index.checked_sub(self.sockets.len()) {
+            None => self.readable(index, buf, now, out),
+            Some(slot) => self.link_ready(slot, buf, now, out),
+        }
+    }
+
+    /// Read every datagram waiting on UDP socket `index` and feed it to the peer.
+    fn readable(&mut self, index: usize, buf: &mut [u8], now: Instant, out: &mut Vec<Out>) {
         loop {
             let Some((socket, local)) = self.sockets.get(index) else {
                 return;
@@ -192,18 +233,136 @@ impl Peer {
                     continue;
                 }
             };
-            if self.done {
-                continue;
-            }
-            let Ok(receive) = Receive::new(Protocol::Udp, source, local, &buf[..len]) else {
-                continue; // not STUN, DTLS, RTP or RTCP
-            };
-            if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
-                self.fail(format!("input: {e}"), out);
+            if !self.done && !self.feed(Protocol::Udp, source, local, &buf[..len], now, out) {
                 return;
             }
-            self.note_rtp(&buf[..len], now);
-            self.drain(now, out);
+        }
+    }
+
+    /// Write what ICE-TCP link `slot` has queued (it may just have connected), then feed the peer what arrived.
+    fn link_ready(&mut self, slot: usize, buf: &mut [u8], now: Instant, out: &mut Vec<Out>) {
+        let Some(link) = self.links.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let (local, remote) = (link.local, link.remote);
+        let packets = match link.flush().and_then(|()| link.receive(buf)) {
+            Ok(packets) => packets,
+            Err(e) => {
+                log::debug!("peer {}: tcp link to {remote}: {e}", self.id);
+                self.drop_link(slot);
+                return;
+            }
+        };
+        for packet in packets {
+            if self.done || !self.feed(Protocol::Tcp, remote, local, &packet, now, out) {
+                return;
+            }
+        }
+    }
+
+    /// Hand one received packet to str0m; false if that ended the peer.
+    fn feed(
+        &mut self,
+        proto: Protocol,
+        source: SocketAddr,
+        local: SocketAddr,
+        packet: &[u8],
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        let Ok(receive) = Receive::new(proto, source, local, packet) else {
+            return true; // not STUN, DTLS, RTP or RTCP
+        };
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
+            self.fail(format!("input: {e}"), out);
+            return false;
+        }
+        self.note_rtp(packet, now);
+        self.drain(now, out);
+        true
+    }
+
+    /// Send one packet str0m wants out: from the UDP socket of its source, or over the ICE-TCP link between
+    /// its source and destination (dialled now if there is none).
+    fn transmit(&mut self, t: &Transmit) {
+        let sent = match t.proto {
+            Protocol::Udp => match self.sockets.iter().find(|(_, a)| *a == t.source) {
+                Some((socket, _)) => socket.send_to(&t.contents, t.destination).map(drop),
+                None => return,
+            },
+            Protocol::Tcp => match self.link(t.source, t.destination) {
+                Some(slot) => {
+                    let link = self.links[slot]
+                        .as_mut()
+                        .expect("link() returns a live slot");
+                    let sent = link.send(&t.contents);
+                    if sent.is_err() {
+                        self.drop_link(slot);
+                    }
+                    sent
+                }
+                None => return,
+            },
+            _ => return,
+        };
+        if let Err(e) = sent {
+            log::debug!("peer {}: send to {}: {e}", self.id, t.destination);
+        }
+    }
+
+    /// The slot of the link from our active candidate `local` to `remote`, dialling it if needed (None if it
+    /// cannot be: no free token slot, or the connect failed at once).
+    fn link(&mut self, local: SocketAddr, remote: SocketAddr) -> Option<usize> {
+        let live = |l: &Option<TcpLink>| {
+            l.as_ref()
+                .is_some_and(|l| l.local == local && l.remote == remote)
+        };
+        if let Some(slot) = self.links.iter().position(live) {
+            return Some(slot);
+        }
+        if local.port() != ACTIVE_PORT || !self.tcp.contains(&local.ip()) {
+            return None;
+        }
+        let slot = self
+            .links
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.links.len());
+        let index = self.sockets.len() + slot;
+        if index >= 1 << SOCKET_BITS {
+            log::debug!("peer {}: no token left for a tcp link to {remote}", self.id);
+            return None;
+        }
+        let token = Token(((self.id as usize) << SOCKET_BITS) | index);
+        let dialled = TcpLink::dial(local, remote).and_then(|mut link| {
+            self.registry
+                .register(
+                    &mut link.stream,
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map(|()| link)
+        });
+        match dialled {
+            Ok(link) => {
+                log::debug!("peer {}: tcp link {local} -> {remote}", self.id);
+                if slot == self.links.len() {
+                    self.links.push(Some(link));
+                } else {
+                    self.links[slot] = Some(link);
+                }
+                Some(slot)
+            }
+            Err(e) => {
+                log::debug!("peer {}: tcp connect to {remote}: {e}", self.id);
+                None
+            }
+        }
+    }
+
+    fn drop_link(&mut self, slot: usize) {
+        if let Some(mut link) = self.links.get_mut(slot).and_then(Option::take) {
+            let _ = self.registry.deregister(&mut link.stream);
         }
     }
 
@@ -277,16 +436,25 @@ impl Peer {
         out: &mut Vec<Out>,
     ) {
         match Candidate::from_sdp_string(candidate) {
-            Ok(mut c) if c.proto() == Protocol::Udp => {
+            Ok(mut c) if self.usable(&c) => {
                 if let Some(ufrag) = ufrag {
                     c.set_ufrag(ufrag);
                 }
                 self.rtc.add_remote_candidate(c);
             }
-            Ok(_) => {} // TCP candidates would need RFC 4571 framing of our own
+            Ok(_) => {}
             Err(e) => log::debug!("peer {}: candidate {candidate:?}: {e}", self.id),
         }
         self.drive(now, out);
+    }
+
+    /// A remote candidate we can pair: UDP, or passive TCP (which we dial) when ICE-TCP is on.
+    fn usable(&self, candidate: &Candidate) -> bool {
+        match candidate.proto() {
+            Protocol::Udp => true,
+            Protocol::Tcp => !self.tcp.is_empty() && candidate.tcptype() == Some(TcpType::Passive),
+            _ => false,
+        }
     }
 
     pub fn request_keyframe(&mut self, mid: &str, now: Instant, out: &mut Vec<Out>) {
@@ -398,13 +566,7 @@ impl Peer {
                     self.deadline = self.next_deadline(t, now);
                     return;
                 }
-                Ok(Output::Transmit(t)) => {
-                    if let Some((socket, _)) = self.sockets.iter().find(|(_, a)| *a == t.source) {
-                        if let Err(e) = socket.send_to(&t.contents, t.destination) {
-                            log::debug!("peer {}: send to {}: {e}", self.id, t.destination);
-                        }
-                    }
-                }
+                Ok(Output::Transmit(t)) => self.transmit(&t),
                 Ok(Output::Event(e)) => self.event(e, now, out),
                 Err(RtcError::Packet(mid, pt, e)) => {
                     log::debug!("peer {}: bad frame on {mid} (pt {pt}): {e}", self.id);

@@ -17,6 +17,7 @@ from trackegress.storage.settings import StorageSettings
 
 __all__ = ["Config", "ConfigError", "ServiceConfig", "SessionLimits", "load_service_config", "parse_duration"]
 DEFAULT_DATA_DIR = Path("data")  # serve's store, relative to the working directory (git-ignored)
+MEDIA_PROTOCOLS = ("udp", "tcp")
 
 @dataclass(frozen=True)
 class Config:
@@ -31,6 +32,7 @@ class Config:
     top_layer_wait: float = TOP_LAYER_WAIT  # seconds of media a simulcast/SVC recording waits for its top layer
     websocket_sample_rate: int = 48_000
     websocket_channels: int = 2
+    media_protocols: tuple[str, ...] = MEDIA_PROTOCOLS  # ICE candidates we gather: UDP host, active TCP (RFC 6544)
     storage: StorageSettings | None = None  # uploads (storage: / backup:); None keeps files in local_dir
 
     def __post_init__(self) -> None:
@@ -49,6 +51,9 @@ class Config:
             raise ConfigError(INVALID_ARGUMENT, f"websocket.sample_rate must be one of {rates}")
         if self.websocket_channels not in (1, 2):
             raise ConfigError(INVALID_ARGUMENT, "websocket.channels must be 1 or 2")
+        if not self.media_protocols or not set(self.media_protocols) <= set(MEDIA_PROTOCOLS):
+            raise ConfigError(INVALID_ARGUMENT, "media_protocols must list udp, tcp or both, got "
+                              f"{list(self.media_protocols)!r}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -77,7 +82,7 @@ _UPSTREAM_UNUSED = frozenset({
 _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
     "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "signal_resume_timeout", "backup",
-    "top_layer_wait", "idle_timeout",
+    "top_layer_wait", "idle_timeout", "media_protocols",
     "websocket", "redis", "cluster_id", "cpu_cost",  # the last three read by cluster/settings.py
 })
 
@@ -140,6 +145,8 @@ def load_service_config(
     for key in ("track_wait_timeout", "signal_resume_timeout", "top_layer_wait"):
         if key in raw:
             egress_values[key] = raw.duration(key)
+    if "media_protocols" in raw:
+        egress_values["media_protocols"] = _media_protocols(raw.values["media_protocols"])
     if raw.values.get("storage") or raw.values.get("backup"):
         egress_values["storage"] = _storage(raw)
     values: dict[str, Any] = {
@@ -173,6 +180,14 @@ def _log_level(section: Section) -> str:
     if level not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError(INVALID_ARGUMENT, f"logging.level: expected debug, info, warn or error, got {level!r}")
     return "warning" if level == "warn" else level
+
+
+def _media_protocols(value: object) -> tuple[str, ...]:
+    """``media_protocols``: a list (or one name) of udp / tcp, in any case."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(INVALID_ARGUMENT, f"media_protocols: expected a list of udp / tcp, got {value!r}")
+    return tuple(dict.fromkeys(n.lower() for n in names))
 
 
 def _storage(raw: Section) -> StorageSettings:

@@ -8,7 +8,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -84,7 +84,7 @@ class JoinedRoom(Protocol):
     async def close(self) -> None: ...
 
 
-JoinRoom = Callable[[str, str, str, RoomEvents, float], Awaitable[JoinedRoom]]
+JoinRoom = Callable[[str, str, str, RoomEvents, float, Sequence[str]], Awaitable[JoinedRoom]]
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,8 @@ class Egress:
         token = egress_token(self._config, self._request.room_name, self.egress_id)
         joined = asyncio.ensure_future(
             self._parts.join_room(
-                self._config.ws_url, token, self._request.track_id, self, self._config.signal_resume_timeout
+                self._config.ws_url, token, self._request.track_id, self, self._config.signal_resume_timeout,
+                self._config.media_protocols,
             )
         )
         stopped = asyncio.ensure_future(self._ended.wait())

@@ -94,6 +94,23 @@ async def test_published_frames_are_recorded_byte_for_byte(
     assert info.manifest_location == str((tmp_path / f"{info.egress_id}.json").resolve())
 
 
+@pytest.mark.parametrize("codec", ["opus", "vp8"])
+async def test_media_over_ice_tcp_only_is_recorded_byte_for_byte(
+    codec: str, livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    """With ``media_protocols: [tcp]`` the core has no UDP socket: everything comes over the TCP connection it
+    dials to livekit-server's passive candidate (``rtc.tcp_port``), as where a firewall lets no UDP through."""
+    room = await make_room()
+    config = config_for(livekit_server, tmp_path, media_protocols=("tcp",))
+    info, sent, _ = await record_published(
+        livekit_server, room, sample_media[codec], config, lambda track: file_request(room, track)
+    )
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    recorded = packets(tmp_path / info.file_results[0].filename)
+    skipped = len(sent) - len(recorded)
+    assert 0 <= skipped <= 30 and recorded == sent[skipped:]
+
+
 async def test_filename_template(
     livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
 ) -> None:

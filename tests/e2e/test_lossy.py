@@ -24,6 +24,7 @@ from trackegress.config import Config
 from trackegress.egress import Egress
 
 RELAY_IP = "127.0.0.2"
+UDP = ("udp",)  # the relay impairs UDP only: ICE-TCP to the server's TCP port would go around it
 Status = egress.EgressStatus
 
 
@@ -65,7 +66,7 @@ async def test_all_media_goes_through_the_relay(
 ) -> None:
     before = dict(relay.forwarded)
     room = await relayed_room()
-    config = config_for(relayed_server, tmp_path)
+    config = config_for(relayed_server, tmp_path, media_protocols=UDP)
     info, sent, _ = await record_published(
         relayed_server, room, sample_media["h264"], config, lambda track: file_request(room, track)
     )
@@ -100,7 +101,7 @@ async def test_video_under_loss_decodes_without_errors(
     room = await relayed_room()
     relay.set_profiles(down=profile)
     lost_before = relay.down.counters.dropped
-    config = config_for(relayed_server, tmp_path)
+    config = config_for(relayed_server, tmp_path, media_protocols=UDP)
     info, sent, _ = await record_published(
         relayed_server, room, sample_media[codec], config, lambda track: file_request(room, track)
     )
@@ -151,7 +152,7 @@ async def test_audio_loses_no_more_than_a_chromium_viewer(
     await viewer.join(server.url, join_token(server.api_key, server.api_secret, room, "viewer"))
     creds = (server.api_key, server.api_secret)
     async with Publisher(server.url, creds, room, "alice", media, start_delay=None, prime=True) as pub:
-        job = Egress(file_request(room, pub.track_sid), config_for(server, tmp_path))
+        job = Egress(file_request(room, pub.track_sid), config_for(server, tmp_path, media_protocols=UDP))
         run = asyncio.create_task(job.run())
         await until(lambda: job.info.room_id)
         await asyncio.sleep(1.5)  # both subscriptions negotiated
@@ -184,7 +185,7 @@ async def test_websocket_under_30ms_jitter_has_no_dropouts_and_little_delay(
     relay.set_profiles(down=Profile(jitter=0.03))
     receiver = Receiver()
     await receiver.start()
-    config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret)
+    config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret, media_protocols=UDP)
     creds = (server.api_key, server.api_secret)
     try:
         async with Publisher(server.url, creds, room, "speaker", tone, start_delay=None) as pub:

@@ -75,6 +75,9 @@ def test_unknown_keys_are_warned_about(caplog: pytest.LogCaptureFixture) -> None
         (BASE + "storage: {s3: {region: x}}", "storage: "),
         (BASE + "websocket: {sample_rate: 44100}", "websocket.sample_rate must be one of 8000, 16000, 24000, 48000"),
         (BASE + "websocket: {channels: 6}", "websocket.channels must be 1 or 2"),
+        (BASE + "media_protocols: [udp, quic]", "media_protocols must list udp, tcp or both, got ['udp', 'quic']"),
+        (BASE + "media_protocols: []", "media_protocols must list udp, tcp or both, got []"),
+        (BASE + "media_protocols: {udp: 1}", "media_protocols: expected a list of udp / tcp"),
     ],
 )
 def test_invalid_values_are_clear_errors(body: str, message: str) -> None:
@@ -131,3 +134,11 @@ def test_idle_timeout_defaults_to_20s_and_is_a_duration() -> None:
     assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "idle_timeout: 2s\n"}).idle_timeout == 2.0
     with pytest.raises(ConfigError, match="idle_timeout"):
         load_service_config(env={"EGRESS_CONFIG_BODY": BASE + "idle_timeout: -1s\n"})
+
+
+def test_media_protocols_default_to_udp_and_tcp() -> None:
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE}).egress.media_protocols == ("udp", "tcp")
+    body = BASE + "media_protocols: [TCP]\n"
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress.media_protocols == ("tcp",)
+    body = BASE + "media_protocols: udp\n"
+    assert load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress.media_protocols == ("udp",)

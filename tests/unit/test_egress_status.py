@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import av
@@ -72,7 +72,9 @@ class Harness:
                              parts=Parts(**{"join_room": self._join, **parts}))
         self.task = asyncio.create_task(self.egress.run())
 
-    async def _join(self, url: str, token: str, track: str, events: RoomEvents, resume: float) -> FakeRoom:
+    async def _join(
+        self, url: str, token: str, track: str, events: RoomEvents, resume: float, protocols: Sequence[str]
+    ) -> FakeRoom:
         await self.joined.wait()
         self.rooms.append(FakeRoom(events))
         return self.rooms[-1]

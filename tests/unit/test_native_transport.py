@@ -69,22 +69,34 @@ def test_host_addresses_include_loopback() -> None:
     assert "127.0.0.1" in trackegress_native.host_addresses()
 
 
-async def test_data_channel_only_offer_is_answered_as_dtls_server_with_our_host_candidate() -> None:
+async def test_data_channel_only_offer_is_answered_as_dtls_server_with_our_host_candidates() -> None:
     events = Recorder()
     transport = NativeTransport([], events, addresses=["127.0.0.1"])
     try:
         answer = await transport.accept_offer(offer())
         assert "m=application 9 UDP/DTLS/SCTP webrtc-datachannel" in answer
         assert attribute(answer, "setup") == ["passive"]
-        candidates = attribute(answer, "candidate")
-        assert len(candidates) == 1 and " 127.0.0.1 " in candidates[0] and "typ host" in candidates[0]
+        udp, tcp = attribute(answer, "candidate")
+        assert re.fullmatch(r"\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host ufrag \S+", udp), udp
+        assert re.fullmatch(r"\S+ 1 tcp \d+ 127\.0\.0\.1 9 typ host tcptype active ufrag \S+", tcp), tcp
+        assert int(udp.split()[3]) > int(tcp.split()[3]), "UDP preferred"
         assert transport.remote_description == offer() and transport.local_description == answer
         await asyncio.sleep(0.05)
-        assert [c.candidate for c in events.candidates] == ["candidate:" + candidates[0]], "reported as well"
+        assert [c.candidate for c in events.candidates] == ["candidate:" + udp, "candidate:" + tcp], "reported too"
     finally:
         await transport.close()
     assert transport.state is TransportState.CLOSED
     assert events.states[-1] is TransportState.CLOSED
+
+
+@pytest.mark.parametrize(("protocols", "expected"), [(("udp",), ["udp"]), (("tcp",), ["tcp"])])
+async def test_media_protocols_choose_the_candidates_gathered(protocols: tuple[str, ...], expected: list[str]) -> None:
+    transport = NativeTransport([], Recorder(), addresses=["127.0.0.1"], protocols=protocols)
+    try:
+        answer = await transport.accept_offer(offer())
+        assert [c.split()[2] for c in attribute(answer, "candidate")] == expected
+    finally:
+        await transport.close()
 
 
 async def test_audio_offer_answers_opus_and_red_recvonly() -> None:

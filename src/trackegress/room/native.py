@@ -94,17 +94,21 @@ class _Core:
 class NativeTransport:
     """A receive-only peer in the native media core (implements ``room.transport.MediaTransport``).
 
-    ``ice_servers`` are not used: the core has host candidates only (no TURN client), one UDP socket per
-    local IPv4 address (``addresses``, default: every interface that is up, loopback included).
+    ``ice_servers`` are not used: the core has host candidates only (no TURN client): on each local IPv4 address
+    (``addresses``, default: every interface that is up, loopback included) a UDP socket, and an active TCP
+    candidate that dials the SFU's passive ones (ICE-TCP, RFC 6544), as ``protocols`` say.
     """
 
     def __init__(
-        self, ice_servers: Sequence[IceServer], events: TransportEvents, addresses: Sequence[str] | None = None
+        self, ice_servers: Sequence[IceServer], events: TransportEvents, addresses: Sequence[str] | None = None,
+        protocols: Sequence[str] = ("udp", "tcp"),
     ) -> None:
         self._core = _Core.get()
         self._events = events
         self._loop = asyncio.get_running_loop()
-        self._id, bound = self._core.native.open(list(addresses or trackegress_native.host_addresses()))
+        self._id, bound = self._core.native.open(
+            list(addresses or trackegress_native.host_addresses()), udp="udp" in protocols, tcp="tcp" in protocols
+        )
         self._core.peers[self._id] = self
         log.debug("media peer %d receives on %s", self._id, ", ".join(bound))
         self._state = TransportState.NEW

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -321,8 +322,11 @@ def _ice_servers(join: rtc.JoinResponse) -> list[IceServer]:
 
 
 async def join_room(
-    ws_url: str, token: str, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT
+    ws_url: str, token: str, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT,
+    protocols: Sequence[str] = ("udp", "tcp"),
 ) -> TrackSubscriber:
-    """Connect the signal channel and return a subscriber that already follows the room."""
+    """Connect the signal channel and return a subscriber that already follows the room, its media over
+    ``protocols`` (``udp``, ``tcp``)."""
     signal = await SignalClient.connect(ws_url, token)
-    return TrackSubscriber(signal, track_sid, events, resume_timeout)
+    transport = functools.partial(NativeTransport, protocols=protocols)
+    return TrackSubscriber(signal, track_sid, events, resume_timeout, transport)
