@@ -63,6 +63,7 @@ class Job:
     track_sid: str
     profile: bool
     profile_dir: str  # where to dump the raw cProfile stats ("" = nowhere)
+    protocols: list[str]  # Config.media_protocols
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class Result:
 
 
 def run_bench(
-    kinds: list[str], counts: dict[str, list[int]], seconds: float, warmup: float, profile: bool, profile_dir: str
+    kinds: list[str], counts: dict[str, list[int]], seconds: float, warmup: float, profile: bool, profile_dir: str,
+    protocols: list[str],
 ) -> None:
     """Server, media and one publisher process per kind; one fresh worker process per (kind, N)."""
     results: list[Result] = []
@@ -122,7 +124,7 @@ def run_bench(
             with common.publishing(server, room, media[kind]) as track_sid:
                 for count in counts[kind]:
                     job = Job(kind, count, seconds, warmup, server.url, server.api_key, server.api_secret, room,
-                              track_sid, profile, profile_dir)  # fmt: skip
+                              track_sid, profile, profile_dir, protocols)  # fmt: skip
                     print(f"bench: {kind} N={count} ...", file=sys.stderr, flush=True)
                     timeout = common.ACTIVE_TIMEOUT + warmup + seconds + common.STOP_TIMEOUT + 30
                     try:
@@ -139,7 +141,7 @@ def run_bench(
                         file=sys.stderr,
                         flush=True,
                     )
-    print(report(results, seconds, warmup, profile, (load_before, os.getloadavg()[0])))
+    print(report(results, seconds, warmup, profile, (load_before, os.getloadavg()[0]), protocols))
     for result in results:
         if result.profile:
             print(f"\n### Profile: {result.kind}, N={result.count} ({result.window:.0f} s window)\n")
@@ -168,10 +170,12 @@ def make_h264_1mbps(path: Path, seconds: float) -> Path:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def report(results: list[Result], seconds: float, warmup: float, profile: bool, load: tuple[float, float]) -> str:
+def report(
+    results: list[Result], seconds: float, warmup: float, profile: bool, load: tuple[float, float], protocols: list[str]
+) -> str:
     """The markdown table, with the machine and the targets."""
     lines = [
-        common.machine_line(seconds, warmup, profile, load),
+        common.machine_line(seconds, warmup, profile, load) + f" media_protocols: {','.join(protocols)}.",
         "",
         "| kind | N | CPU ms per track-second | marginal CPU ms per extra track-second | CPU µs per frame "
         "| CPU % of one core | RSS MB total | RSS MB per extra egress | threads | frames recorded / expected "
@@ -211,7 +215,8 @@ def report(results: list[Result], seconds: float, warmup: float, profile: bool, 
 async def measure(job: Job) -> Result:
     """Run ``job.count`` egresses of the track; measure this process over the window."""
     with tempfile.TemporaryDirectory(prefix="bench-egress-") as out:
-        config = Config(ws_url=job.url, api_key=job.api_key, api_secret=job.api_secret, local_dir=Path(out))
+        config = Config(ws_url=job.url, api_key=job.api_key, api_secret=job.api_secret, local_dir=Path(out),
+                        media_protocols=tuple(job.protocols))
 
         def request(index: int) -> egress.TrackEgressRequest:
             return egress.TrackEgressRequest(
@@ -252,6 +257,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="settling time after all are ACTIVE (default 3)")
     parser.add_argument("--profile", action="store_true", help="cProfile the window; print where the time goes")
     parser.add_argument("--profile-dir", type=Path, help="also save the raw stats as DIR/<kind>-<N>.pstats")
+    parser.add_argument("--media-protocols", default="udp,tcp", help="the egresses' media_protocols (default udp,tcp)")
     # internal: the worker child process
     parser.add_argument("--role", choices=("bench", "worker"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -269,7 +275,8 @@ def main() -> None:
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profile_dir = str(args.profile_dir.resolve())
-    run_bench(kinds, counts, args.seconds, args.warmup, args.profile or bool(profile_dir), profile_dir)
+    protocols = args.media_protocols.split(",")
+    run_bench(kinds, counts, args.seconds, args.warmup, args.profile or bool(profile_dir), profile_dir, protocols)
 
 
 if __name__ == "__main__":
