@@ -258,7 +258,9 @@ class TrackSubscriber:
         )
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
-        if trickle.target != rtc.SignalTarget.SUBSCRIBER or trickle.final:
+        """A remote candidate for our subscriber connection; LiveKit marks its last one ``final`` (it still carries
+        a candidate, often the TCP one)."""
+        if trickle.target != rtc.SignalTarget.SUBSCRIBER:
             return
         try:
             candidate = IceCandidate.from_json(trickle.candidateInit)
