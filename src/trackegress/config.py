@@ -11,13 +11,13 @@ from urllib.parse import urlsplit
 
 from trackegress.configfile import Section, parse_duration, read_config
 from trackegress.errors import INVALID_ARGUMENT, ConfigError
+from trackegress.room.transport import MEDIA_PROTOCOLS
 from trackegress.sinks.layers import TOP_LAYER_WAIT
 from trackegress.sinks.pcm import SAMPLE_RATES
 from trackegress.storage.settings import StorageSettings
 
 __all__ = ["Config", "ConfigError", "ServiceConfig", "SessionLimits", "load_service_config", "parse_duration"]
 DEFAULT_DATA_DIR = Path("data")  # serve's store, relative to the working directory (git-ignored)
-MEDIA_PROTOCOLS = ("udp", "tcp")
 
 @dataclass(frozen=True)
 class Config:

@@ -19,6 +19,7 @@ import trackegress_native
 
 from trackegress.media.frames import EncodedFrame
 from trackegress.room.transport import (
+    MEDIA_PROTOCOLS,
     IceCandidate,
     IceServer,
     MediaTrack,
@@ -101,7 +102,7 @@ class NativeTransport:
 
     def __init__(
         self, ice_servers: Sequence[IceServer], events: TransportEvents, addresses: Sequence[str] | None = None,
-        protocols: Sequence[str] = ("udp", "tcp"),
+        protocols: Sequence[str] = MEDIA_PROTOCOLS,
     ) -> None:
         self._core = _Core.get()
         self._events = events

@@ -17,6 +17,7 @@ from trackegress.room.blank import is_blank
 from trackegress.room.native import NativeTransport
 from trackegress.room.signal import Resume, SignalClient, SignalError
 from trackegress.room.transport import (
+    MEDIA_PROTOCOLS,
     IceCandidate,
     IceServer,
     MediaTrack,
@@ -325,7 +326,7 @@ def _ice_servers(join: rtc.JoinResponse) -> list[IceServer]:
 
 async def join_room(
     ws_url: str, token: str, track_sid: str, events: RoomEvents, resume_timeout: float = RESUME_TIMEOUT,
-    protocols: Sequence[str] = ("udp", "tcp"),
+    protocols: Sequence[str] = MEDIA_PROTOCOLS,
 ) -> TrackSubscriber:
     """Connect the signal channel and return a subscriber that already follows the room, its media over
     ``protocols`` (``udp``, ``tcp``)."""

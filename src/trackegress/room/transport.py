@@ -20,6 +20,8 @@ from typing import Protocol
 
 from trackegress.media.frames import EncodedFrame
 
+MEDIA_PROTOCOLS = ("udp", "tcp")  # what a transport may receive over: UDP, ICE-TCP (RFC 6544); both by default
+
 
 class TransportState(enum.Enum):
     """The connection's state (ICE and DTLS together), as ``RTCPeerConnection.connectionState`` names it."""
