@@ -9,6 +9,11 @@ if ! command -v redis-server >/dev/null; then
   echo "install-test: apt redis-server"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
+# nftables: the faults on the links of the multi-host tests (tests/support/netns.py; iproute2 makes the namespaces).
+if ! command -v nft >/dev/null; then
+  echo "install-test: apt nftables"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+fi
 # tinyproxy, the HTTP forward proxy of the storage e2e tests (proxy_config); tinyproxy-bin is the executable only,
 # without the package that starts a system-wide daemon.
 if ! command -v tinyproxy >/dev/null; then

@@ -17,12 +17,13 @@ class RedisServer:
     server starts empty (every key, lock and subscription of the old one is gone).
     """
 
-    def __init__(self, startup_timeout: float = 10.0) -> None:
+    def __init__(self, startup_timeout: float = 10.0, also_bind: str = "") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (run scripts/install-test.sh)")
         self._binary = binary
         self._startup_timeout = startup_timeout
+        self._binds = ["127.0.0.1", *([also_bind] if also_bind else [])]  # another address: protected mode off
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -32,7 +33,8 @@ class RedisServer:
         """Start the server on ``self.port`` (after ``kill()``: a fresh, empty one)."""
         assert self._proc is None or self._proc.poll() is not None, "redis-server is already running"
         self._proc = subprocess.Popen(
-            [self._binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            [self._binary, "--bind", *self._binds, "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--protected-mode", "no" if len(self._binds) > 1 else "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

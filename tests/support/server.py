@@ -45,12 +45,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def config_body(
-    tcp_port: int, redis_address: str = "", webhook_urls: Sequence[str] = (), ice_lite: bool = False
+    tcp_port: int, redis_address: str = "", webhook_urls: Sequence[str] = (), ice_lite: bool = False,
+    ip: str = "127.0.0.1",
 ) -> str:
     """The YAML handed to ``--config-body``: loopback-only ICE candidates (pion drops loopback unless
     ``enable_loopback_candidate``), no TURN, and remote unmute so tests can mute and unmute tracks.
     ``redis_address`` (host:port) switches on Redis (and so psrpc egress); ``webhook_urls`` get signed webhooks;
-    ``ice_lite``: the server only answers connectivity checks (what puts ``impair.UdpRelay`` in the path)."""
+    ``ice_lite``: the server only answers connectivity checks (what puts ``impair.UdpRelay`` in the path);
+    ``ip``: the one address whose interface carries media (another host's link, see ``netns.Host``)."""
     extra = f"redis:\n  address: {redis_address}\n" if redis_address else ""
     if webhook_urls:
         extra += f"webhook:\n  api_key: {DEV_KEY}\n  urls: [{', '.join(webhook_urls)}]\n"
@@ -59,10 +61,10 @@ def config_body(
         "rtc:\n"
         f"  tcp_port: {tcp_port}\n"
         "  use_external_ip: false\n"
-        "  enable_loopback_candidate: true\n"
+        + ("  enable_loopback_candidate: true\n" if ip == "127.0.0.1" else "") +
         f"{lite}"
         "  ips:\n"
-        "    includes: [127.0.0.1/32]\n"
+        f"    includes: [{ip}/32]\n"
         "turn:\n"
         "  enabled: false\n"
         "room:\n"
@@ -75,12 +77,13 @@ class LiveKitServer:
 
     def __init__(
         self, binary: Path = BINARY, startup_timeout: float = 20.0, *, redis_address: str = "",
-        webhook_urls: Sequence[str] = (), relay_ip: str = "",
+        webhook_urls: Sequence[str] = (), relay_ip: str = "", host_ip: str = "",
     ) -> None:
         self.binary = binary
         self.redis_address = redis_address
         self.webhook_urls = tuple(webhook_urls)
         self.relay_ip = relay_ip  # advertised instead of 127.0.0.1, with ICE lite: see impair.UdpRelay
+        self.host_ip = host_ip  # also bound, and its link the only one for media: the SFU host of netns.Host
         self.port = free_port()
         self.tcp_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
@@ -104,10 +107,12 @@ class LiveKitServer:
             str(self.binary),
             "--dev",
             "--bind", "127.0.0.1",
-            "--node-ip", self.relay_ip or "127.0.0.1",
+            *(["--bind", self.host_ip] if self.host_ip else []),
+            "--node-ip", self.relay_ip or self.host_ip or "127.0.0.1",
             "--port", str(self.port),
             "--udp-port", str(self.udp_port),
-            "--config-body", config_body(self.tcp_port, self.redis_address, self.webhook_urls, bool(self.relay_ip)),
+            "--config-body", config_body(self.tcp_port, self.redis_address, self.webhook_urls, bool(self.relay_ip),
+                                         self.host_ip or "127.0.0.1"),
         ]  # fmt: skip
 
     def log_tail(self, lines: int = 40) -> str:

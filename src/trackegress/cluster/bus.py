@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
@@ -27,6 +28,7 @@ Handler = Callable[[str, bytes], Awaitable[None]]
 T = TypeVar("T")
 Reply = TypeVar("Reply", ClaimRequest, Response)  # what a client receives
 _RECEIVE_BACKOFF = Backoff(0.1, cap=1.0)  # reading the Redis pub/sub connection again
+_POLL = 1.0  # seconds one read of the pub/sub connection waits for a message
 FIRST_AVAILABLE = SelectionOpts(accept_first_available=True)  # psrpc's choice for methods without affinity
 
 
@@ -78,7 +80,10 @@ class RedisBus:
             await self._pubsub.unsubscribe(*channels)
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        await self.redis.publish(channel, payload)
+        try:
+            await self.redis.publish(channel, payload)
+        except RuntimeError as exc:  # uvloop: writing to a transport the kernel closed (redis-py passes it on)
+            raise RedisConnectionError(f"Redis connection lost: {exc}") from exc
 
     async def close(self) -> None:
         """Stop reading; in-flight handlers are cancelled."""
@@ -124,7 +129,7 @@ class RedisBus:
         failures = 0
         while True:
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await self._next_message(loop)
             except (RedisError, OSError) as exc:
                 if not self._lost:
                     log.warning("psrpc: lost the Redis connection (%s); reconnecting", exc)
@@ -142,6 +147,23 @@ class RedisBus:
             entry = self._handlers.get(name)
             if entry is not None:
                 self.spawn(self._deliver(name, bytes(message["data"]), *entry), f"psrpc {name}")
+
+    async def _next_message(self, loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:
+        """The next message, or None after ``_POLL`` seconds without one.
+
+        redis-py 8.1 reads the socket's own ETIMEDOUT (the kernel giving up on a dead peer) as its read timeout
+        elapsing: ``get_message`` then returns None at once, forever, on a connection it still calls connected (a
+        worker cut off from Redis spun at 100 % CPU there, its memory growing by 100 MB/s in re-raised tracebacks).
+        A None that came without waiting is that: the connection is dropped and redis-py's reconnect takes over.
+        """
+        began = loop.time()
+        message: dict[str, Any] | None = await self._pubsub.get_message(timeout=_POLL)
+        if message is None and loop.time() - began < _POLL / 2:
+            connection = self._pubsub.connection
+            if connection is not None:
+                await connection.disconnect(nowait=True)
+            raise RedisConnectionError("the pub/sub connection failed without an error (timed out by the kernel)")
+        return message
 
     async def _deliver(self, channel: str, payload: bytes, handler: Handler, queue: bool) -> None:
         if queue and not await self._lock(payload):

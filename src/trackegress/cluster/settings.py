@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from trackegress.config import ServiceConfig, load_service_config
 from trackegress.configfile import Section, read_config
 from trackegress.errors import INVALID_ARGUMENT, ConfigError
 
+REDIS_TIMEOUT = 5.0  # seconds: a Redis command or connect on a dead link fails after this
+KEEPALIVE = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3}
 DEFAULT_TRACK_CPU_COST = 0.5  # upstream's defaults (livekit/egress pkg/config/service.go)
 DEFAULT_MAX_CPU_UTILIZATION = 0.8
 
@@ -34,10 +37,14 @@ class RedisSettings:
         """A client for this Redis (connects on first use).
 
         One immediate retry (a connection Redis closed while it sat in the pool) instead of redis-py's ten with
-        backoff: when Redis is down our callers see it at once, log it and retry on their own schedule.
+        backoff: when Redis is down our callers see it at once, log it and retry on their own schedule. Across hosts
+        a link can die without a reset: every command and connect gives up after ``REDIS_TIMEOUT`` and TCP
+        keepalives find a dead idle connection (the pub/sub one) within ``KEEPALIVE``'s ~11 s.
         """
         return Redis(host=self.host, port=self.port, db=self.db, ssl=self.use_tls,
-                     username=self.username or None, password=self.password or None, retry=Retry(NoBackoff(), 1))
+                     username=self.username or None, password=self.password or None, retry=Retry(NoBackoff(), 1),
+                     socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, socket_keepalive=True,
+                     socket_keepalive_options=KEEPALIVE)
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,7 @@ class Worker:
             self._idle.set()
 
     def _on_reconnect(self) -> None:
+        self._reporter.wake()
         self._bus.spawn(self._resync(), "resync after a Redis reconnect")
 
     async def _resync(self) -> None:

@@ -56,6 +56,7 @@ class IOInfoReporter:
         self._queues: dict[str, asyncio.Queue[tuple[str, egress.EgressInfo]]] = {}
         self._created: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
 
     def report(self, info: egress.EgressInfo) -> None:
         """Queue ``info`` (never blocks)."""
@@ -114,7 +115,7 @@ class IOInfoReporter:
                 log.log(level, "egress %s: IOInfo.%s %s sent%s", info.egress_id, method, status,
                         f" after {failures} failed attempt(s)" if failures else "")
                 return
-            except (psrpc.PsrpcError, RedisError, OSError) as exc:
+            except Exception as exc:  # whatever it was, the report stays queued (a dead task would drop them all)
                 until = retry_until(give_up, loop.time(), exc, self._redis_up())
                 delay = _BACKOFF.delay(failures + 1)
                 if until is None or loop.time() + delay > until:
@@ -123,4 +124,10 @@ class IOInfoReporter:
                 give_up, failures = until, failures + 1
                 log.warning("egress %s: IOInfo.%s %s: %s; retrying in %.1fs", info.egress_id, method, status,
                             exc or type(exc).__name__, delay)
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def wake(self) -> None:
+        """Redis is back: retry the reports waiting out a backoff now."""
+        self._wake.set()
+        self._wake = asyncio.Event()
