@@ -31,6 +31,7 @@ Status = egress.EgressStatus
 ENDED = (Status.EGRESS_COMPLETE, Status.EGRESS_FAILED, Status.EGRESS_ABORTED, Status.EGRESS_LIMIT_REACHED)
 CPU_BOUND, RSS_BOUND_MB = 0.05, 20.0  # a worker cut off: under 5 % of a core, under 20 MB more memory
 RESUME = 8.0  # signal_resume_timeout of the workers here (upstream's SDKs: 30 s; shorter keeps the tests short)
+SHUTDOWN_MARGIN = 10.0  # past the grace: leaving the room (1 s), reports (5 s), unsubscribing (2 s each), closing
 
 
 @dataclass
@@ -134,3 +135,217 @@ async def test_cut_off_for_good_fails_bounded_and_reports_once_the_link_is_back(
     path = worker.local_dir / info.file_results[0].filename
     assert decode_errors(path) == ""
     assert 2.5 < seconds_of(path) < 6
+
+
+async def test_redis_away_media_up_records_on_and_reports_in_order_once_back(
+    site: Site, host: netns.Host, sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """Only Redis unreachable from the worker for 60 s, livekit-server reachable: the recording goes on without
+    loss; the egress ends (its publisher leaves) during the partition, and livekit-server's store has its final
+    status within 5 s of Redis coming back; one egress, one recording."""
+    worker = worker_on(host, site, tmp_path / "w").start()
+    creds = (site.server.api_key, site.server.api_secret)
+    try:
+        async with room(site) as (client, name):
+            async with Publisher(site.server.url, creds, name, "bob", sample_media["opus"], loop=True) as bob:
+                started = await client.egress.start_track_egress(file_request(name, bob.track_sid, "away.ogg"))
+                await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+                since = time.monotonic()
+                host.cut_port(site.redis.port)
+                cut_at = time.monotonic()
+                usage = await sample(Usage(worker.pid), seconds=40)
+            left = time.monotonic()  # bob leaves: the egress ends while Redis is still away
+            await until(lambda: f"egress {started.egress_id} EGRESS_COMPLETE" in worker.log_text(), timeout=10)
+            ended_after = time.monotonic() - cut_at
+            listed = (await client.egress.list_egress(egress.ListEgressRequest(egress_id=started.egress_id))).items
+            await asyncio.sleep(max(0.0, 60 - (time.monotonic() - cut_at)))
+            host.heal()
+            healed = time.monotonic()
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=15, interval=0.1)
+            stored_after = time.monotonic() - healed
+            every = (await client.egress.list_egress(egress.ListEgressRequest(room_name=name))).items
+    finally:
+        log = worker.log_text()
+        worker.close()
+    report("Redis away 60 s, media up", ended_after, stored_after, usage)
+    assert Status.Name(listed[0].status) == "EGRESS_ACTIVE", "livekit-server did not hear of the end while cut off"
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    assert stored_after < 5
+    assert [item.egress_id for item in every] == [started.egress_id]
+    assert log.count("started for track") == 1
+    assert usage.mean_cpu < CPU_BOUND * 2 and usage.rss_growth < RSS_BOUND_MB, usage  # while recording
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert abs(seconds_of(path) - (left - since)) < 1.5, (seconds_of(path), left - since)
+    assert "lost" not in info.details, info.details
+
+
+async def test_short_cut_of_everything_ends_complete_with_the_gap_told(
+    site: Site, host: netns.Host, sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """Every packet dropped for 4 s mid-recording: the signal and media connections carry on (or resume), the
+    egress ends COMPLETE when the publisher leaves, the file holds the rest, the gap is told in ``details``."""
+    worker = worker_on(host, site, tmp_path / "w").start()
+    creds = (site.server.api_key, site.server.api_secret)
+    try:
+        async with room(site) as (client, name):
+            async with Publisher(site.server.url, creds, name, "carol", sample_media["opus"], loop=True) as carol:
+                started = await client.egress.start_track_egress(file_request(name, carol.track_sid, "blip.ogg"))
+                await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+                since = time.monotonic()
+                await asyncio.sleep(4)
+                host.cut()
+                usage = await sample(Usage(worker.pid), seconds=4)
+                host.heal()
+                await asyncio.sleep(8)
+            left = time.monotonic()
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=20)
+    finally:
+        worker.close()
+    report("everything cut 4 s", 0.0, 0.0, usage)
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert abs(seconds_of(path) - (left - since)) < 1.5, (seconds_of(path), left - since)
+    assert "lost" in info.details or "gap" in info.details, info.details
+
+
+async def test_udp_blocked_media_goes_over_ice_tcp(
+    site: Site, host: netns.Host, sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """No UDP between the worker and the SFU, default ``media_protocols``: the media core's ICE-TCP candidate
+    carries the track; the time to ACTIVE is measured."""
+    host.block_udp()
+    worker = worker_on(host, site, tmp_path / "w").start()
+    creds = (site.server.api_key, site.server.api_secret)
+    try:
+        async with room(site) as (client, name):
+            async with Publisher(site.server.url, creds, name, "dan", sample_media["opus"], loop=True) as dan:
+                requested = time.monotonic()
+                started = await client.egress.start_track_egress(file_request(name, dan.track_sid, "tcp.ogg"))
+                await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE, interval=0.05)
+                active_after = time.monotonic() - requested
+                since = time.monotonic()
+                await asyncio.sleep(5)
+            left = time.monotonic()
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=20)
+    finally:
+        worker.close()
+    print(f"\nUDP blocked: ACTIVE {active_after:.2f}s after StartTrackEgress (over ICE-TCP)")
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert abs(seconds_of(path) - (left - since)) < 1.0, (seconds_of(path), left - since)
+
+
+async def test_a_worker_host_that_dies_is_reported_process_killed_by_its_restart(
+    site: Site, host: netns.Host, sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """Every process on the worker's host killed mid-recording; a worker restarted there on the same data_dir
+    reports the egress FAILED "Process killed" to livekit-server, and the partial file plays."""
+    worker = worker_on(host, site, tmp_path / "w").start()
+    creds = (site.server.api_key, site.server.api_secret)
+    try:
+        async with room(site) as (client, name), \
+                Publisher(site.server.url, creds, name, "erin", sample_media["opus"], loop=True) as erin:
+            started = await client.egress.start_track_egress(file_request(name, erin.track_sid, "dies.ogg"))
+            await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+            await asyncio.sleep(3)
+            host.kill_all()
+            assert worker.proc is not None and worker.proc.wait(5) == -9
+            worker.start()
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=15)
+    finally:
+        worker.close()
+    assert Status.Name(info.status) == "EGRESS_FAILED" and info.error == "Process killed", info
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert seconds_of(path) > 1.5  # 3 s recorded; what the Ogg muxer had not written yet is lost with the process
+
+
+async def test_the_sfu_host_going_away_ends_the_egress_with_a_true_status(
+    sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """livekit-server killed mid-recording and started again on the same ports: the egress ends FAILED within the
+    resume budget with its partial file, and the restarted livekit-server's store has that status."""
+    if reason := netns.unavailable():
+        pytest.skip(reason)
+    with netns.Host("sfu") as host, RedisServer(also_bind=host.sfu_ip) as redis:
+        server = LiveKitServer(redis_address=redis.address, host_ip=host.sfu_ip)
+        worker = Worker(tmp_path / "w", server, redis, host, signal_resume_timeout=f"{RESUME:g}s").start()
+        creds = (server.api_key, server.api_secret)
+        try:
+            client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
+            name = await create_room(client, "sfu-dies")
+            async with Publisher(server.url, creds, name, "fay", sample_media["opus"], loop=True) as fay:
+                started = await client.egress.start_track_egress(file_request(name, fay.track_sid, "sfu.ogg"))
+                await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+                await asyncio.sleep(3)
+                server.kill()
+                killed = time.monotonic()
+                usage = asyncio.create_task(sample(Usage(worker.pid), seconds=10))
+                ended = f"egress {started.egress_id} EGRESS_FAILED"
+                await until(lambda: ended in worker.log_text(), timeout=RESUME + 25, interval=0.2)
+                failed_after = time.monotonic() - killed
+                server.restart()
+                restarted = time.monotonic()
+                info = await _listed_after_restart(client, started.egress_id)
+                stored_after = time.monotonic() - restarted
+                await usage
+        finally:
+            worker.close()
+            server.stop()
+            await client.aclose()
+    report("SFU killed, restarted", failed_after, stored_after, usage.result())
+    assert Status.Name(info.status) == "EGRESS_FAILED", info
+    assert failed_after < RESUME + 25
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert seconds_of(path) > 2
+
+
+async def _listed_after_restart(client: api.LiveKitAPI, egress_id: str) -> egress.EgressInfo:
+    """The egress's final status from a livekit-server that is starting (its API fails until it is up)."""
+    async with asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(api.TwirpError, OSError):
+                return await wait_status(client, egress_id, *ENDED, timeout=30)
+            await asyncio.sleep(0.2)
+
+
+async def test_sigterm_while_cut_off_stops_in_time_and_the_next_start_reports_the_end(
+    site: Site, host: netns.Host, sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """SIGTERM to a worker cut off from everything, an egress running: the process stops within its grace period
+    plus the bounded shutdown (no Redis call waits), the file is finished, and the final status it could not
+    send reaches livekit-server's store from the worker started again on the same data_dir."""
+    worker = worker_on(host, site, tmp_path / "w").start(grace=2)
+    creds = (site.server.api_key, site.server.api_secret)
+    try:
+        async with room(site) as (client, name), \
+                Publisher(site.server.url, creds, name, "gus", sample_media["opus"], loop=True) as gus:
+            started = await client.egress.start_track_egress(file_request(name, gus.track_sid, "term.ogg"))
+            await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+            await asyncio.sleep(3)
+            host.cut()
+            await asyncio.sleep(1)
+            assert worker.proc is not None
+            signalled = time.monotonic()
+            worker.proc.terminate()
+            code = await asyncio.to_thread(worker.proc.wait, 30)
+            stopped_after = time.monotonic() - signalled
+            still = (await client.egress.list_egress(egress.ListEgressRequest(egress_id=started.egress_id))).items
+            host.heal()
+            worker.start()
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=15)
+    finally:
+        log = worker.log_text()
+        worker.close()
+    print(f"\nSIGTERM while cut off: stopped {stopped_after:.1f}s after the signal (grace 2 s)")
+    assert code == 0 and stopped_after < 2 + SHUTDOWN_MARGIN, (code, stopped_after, log[-3000:])
+    assert Status.Name(still[0].status) == "EGRESS_ACTIVE"
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    assert "sending its final status (EGRESS_COMPLETE) kept by the last run" in log
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert seconds_of(path) > 2.5  # 3 s before the cut (nothing arrives after it)

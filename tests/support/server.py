@@ -93,13 +93,23 @@ class LiveKitServer:
         self.http_url = f"http://127.0.0.1:{self.port}"
         self._log = LogFile("livekit-server-")
         self.log_path = self._log.path
+        self._startup_timeout = startup_timeout
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the server (again, after ``kill()``: same ports, same Redis)."""
         self._proc = subprocess.Popen(self.command(), stdout=self._log.file, stderr=subprocess.STDOUT, env=_env())
         try:
-            wait_ready(self._proc, lambda: http_ok(self.http_url), startup_timeout,
+            wait_ready(self._proc, lambda: http_ok(self.http_url), self._startup_timeout,
                        f"livekit-server on {self.http_url}", self.log_tail)
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL, as a host that dies: no participant is told, no connection closed cleanly."""
+        self._proc.kill()
+        self._proc.wait()
 
     def command(self) -> list[str]:
         """The command line that starts the server."""

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -41,7 +42,8 @@ CREATE_WAIT = 3.0  # StartEgress waits this long for IOInfo.CreateEgress (liveki
 STOP_WAIT = 2.0  # StopEgress answers within this (livekit-server's psrpc timeout is 3 s)
 OWNER_PREFIX = "trackegress:egress:"  # Redis key naming the worker that runs an egress id
 OWNER_TTL = 24 * 3600
-DRAIN_TIMEOUT = 15.0
+DRAIN_TIMEOUT = 5.0  # queued reports get this at shutdown (one call; final statuses unsent are kept for the next start)
+QUIET_WAIT = 2.0  # a Redis call of the shutdown (unsubscribing) gives up after this
 
 
 def affinity(budget: float, reserved: float, measured: float, cost: float) -> float:
@@ -87,6 +89,7 @@ class Worker:
         self._pending: dict[str, _Claim] = {}  # by request id
         self._accepting = True
         self._meter = CpuMeter()
+        self._outbox = Outbox(config.service.data_dir / "unreported")
         self._idle = asyncio.Event()
         self._start_method = Method("StartEgress", StartEgressRequest.decode, self._start_egress, self._affinity,
                                     unclaimed=self._release)
@@ -103,24 +106,36 @@ class Worker:
         self._bus.on_reconnect(self._on_reconnect)
         for info in await self._manager.recover():
             log.warning("egress %s: reported FAILED (Process killed) after a restart", info.egress_id)
+        for info in await asyncio.to_thread(self._outbox.load):
+            log.warning("egress %s: sending its final status (%s) kept by the last run", info.egress_id,
+                        egress.EgressStatus.Name(info.status))
+            self._reporter.report(info)
         await self._internal.register(self._start_method, self._config.cluster_id)
         await self._internal.register(self._list_method, self._config.cluster_id)
         log.info("worker %s serving (cluster_id %r, CPU budget %.2f, track cost %.2f)", self.server_id,
                  self._config.cluster_id, self._config.cpu_budget, self._config.track_cpu_cost)
 
     async def shutdown(self, grace: float) -> None:
-        """Stop claiming; let running egresses end for ``grace`` seconds, stop the rest; report everything."""
+        """Stop claiming; let running egresses end for ``grace`` seconds, stop the rest; report everything.
+
+        Bounded whatever Redis does: a Redis away costs at most ``REDIS_TIMEOUT`` per command, reports get
+        ``DRAIN_TIMEOUT`` (a second without Redis), and final statuses still unsent are kept in ``data_dir`` for
+        the next start to send.
+        """
         self._accepting = False
         self._meter.stop()
-        await self._internal.unregister(self._start_method, self._config.cluster_id)
+        await _quietly(self._internal.unregister(self._start_method, self._config.cluster_id))
         if self._busy():
             log.info("shutting down: waiting up to %.0fs for %d egress(es)", grace, self._manager.active_count)
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
         await self._manager.close()
-        await self._reporter.drain(DRAIN_TIMEOUT)
-        await self._internal.unregister(self._list_method, self._config.cluster_id)
+        await asyncio.to_thread(self._outbox.keep, self._reporter.unsent())  # each forgotten once it is sent
+        await self._reporter.drain(DRAIN_TIMEOUT if self._bus.connected else 1.0)
+        if unsent := self._reporter.unsent():
+            log.warning("%d final status(es) not sent to IOInfo: kept for the next start", len(unsent))
+        await _quietly(self._internal.unregister(self._list_method, self._config.cluster_id))
 
     # EgressInternal
 
@@ -264,11 +279,41 @@ class Worker:
     def _on_final(self, egress_id: str) -> None:
         """The final status is with livekit-server: forget the egress, stop serving its topic."""
         self._running.pop(egress_id, None)
+        self._bus.spawn(asyncio.to_thread(self._outbox.forget, egress_id), f"sent {egress_id}")
         self._bus.spawn(self._unregister_handlers(egress_id), f"unregister {egress_id}")
 
     async def _unregister_handlers(self, egress_id: str) -> None:
         await self._handler.unregister(self._stop_method, egress_id)
         await self._handler.unregister(self._update_method, egress_id)
+
+
+class Outbox:
+    """Final statuses a shutdown could not send (Redis away), one ``<egress_id>.pb`` each, sent by the next start."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def keep(self, infos: list[egress.EgressInfo]) -> None:
+        self._folder.mkdir(parents=True, exist_ok=True)
+        for info in infos:
+            path = self._folder / f"{info.egress_id}.pb"
+            path.with_suffix(".tmp").write_bytes(info.SerializeToString())
+            path.with_suffix(".tmp").replace(path)
+
+    def load(self) -> list[egress.EgressInfo]:
+        return [egress.EgressInfo.FromString(path.read_bytes()) for path in sorted(self._folder.glob("*.pb"))]
+
+    def forget(self, egress_id: str) -> None:
+        (self._folder / f"{egress_id}.pb").unlink(missing_ok=True)
+
+
+async def _quietly(call: Awaitable[None]) -> None:
+    """Run a Redis call of the shutdown for up to ``QUIET_WAIT``; a Redis away is logged, not raised (the process
+    must still stop)."""
+    try:
+        await asyncio.wait_for(call, QUIET_WAIT)
+    except (RedisError, OSError, RuntimeError, TimeoutError) as exc:
+        log.warning("shutting down without Redis: %s", exc)
 
 
 def _empty(data: bytes) -> None:

@@ -57,6 +57,7 @@ class IOInfoReporter:
         self._created: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._finals: dict[str, egress.EgressInfo] = {}  # final statuses queued and not sent yet
 
     def report(self, info: egress.EgressInfo) -> None:
         """Queue ``info`` (never blocks)."""
@@ -74,7 +75,13 @@ class IOInfoReporter:
             task = asyncio.create_task(self._send_all(info.egress_id, queue), name=f"ioinfo {info.egress_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if is_ended(info):
+            self._finals[info.egress_id] = info
         queue.put_nowait((method, info))
+
+    def unsent(self) -> list[egress.EgressInfo]:
+        """The final statuses not sent yet (after ``drain``: what livekit-server never heard)."""
+        return list(self._finals.values())
 
     async def wait_created(self, egress_id: str, timeout: float) -> None:
         """Until the first report of ``egress_id`` has been answered (or ``timeout`` seconds)."""
@@ -98,6 +105,7 @@ class IOInfoReporter:
                 await self._send(method, info)
                 self._created[egress_id].set()
                 if is_ended(info):
+                    self._finals.pop(egress_id, None)
                     self._on_final(egress_id)
                     return
         finally:

@@ -18,6 +18,7 @@ from trackegress.backoff import Backoff
 
 PROTOCOL_VERSION = 17
 SDK_VERSION = "1.2.1"
+CLOSE_TIMEOUT = 1.0  # seconds leaving waits for the close handshake (a dead link must not hold a shutdown 10 s)
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,8 @@ class SignalClient:
 async def _open(url: str, timeout: float) -> tuple[ClientConnection, rtc.SignalResponse | None]:
     """Open a signal WebSocket and read its first message (None if undecodable)."""
     try:
-        ws = await asyncio.wait_for(websockets.connect(url, max_size=None, ping_interval=None), timeout)
+        ws = await asyncio.wait_for(
+            websockets.connect(url, max_size=None, ping_interval=None, close_timeout=CLOSE_TIMEOUT), timeout)
     except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
         raise SignalError(f"could not establish signal connection: {_describe(exc)}") from exc
     try:
