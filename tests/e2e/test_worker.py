@@ -37,9 +37,9 @@ from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room
 from support.wsreceiver import Receiver
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RedisBus, RPCClient
-from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RedisBus, RPCClient
+from trackegress.psrpc.wire import PsrpcError, SelectionOpts, StartEgressRequest
 
 Status = egress.EgressStatus
 LIVEKIT_SELECTION = SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5)

@@ -11,9 +11,9 @@ from livekit.protocol import egress, models
 from redis.exceptions import ConnectionError as RedisConnectionError
 from support.fake_bus import FakeBus
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RPCClient
-from trackegress.cluster.psrpc import PsrpcError
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RPCClient
+from trackegress.psrpc.wire import PsrpcError
 from trackegress.reporting.ioinfo_client import RETRY_FOR, IOInfoReporter, retry_until
 from trackegress.reporting.ioinfo_server import IOInfoServer
 from trackegress.reporting.store import Store

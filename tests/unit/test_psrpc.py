@@ -11,9 +11,10 @@ from google.protobuf import any_pb2
 from livekit.protocol import egress
 from support.fake_bus import FakeBus
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import Method, RPCClient, RPCServer
-from trackegress.cluster.psrpc import (
+from trackegress.cluster.worker import affinity
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import Method, RPCClient, RPCServer
+from trackegress.psrpc.wire import (
     ClaimRequest,
     ClaimResponse,
     MalformedMessage,
@@ -24,7 +25,6 @@ from trackegress.cluster.psrpc import (
     SelectionOpts,
     StartEgressRequest,
 )
-from trackegress.cluster.worker import affinity
 
 # envelopes and field numbers
 

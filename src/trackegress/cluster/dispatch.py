@@ -18,13 +18,13 @@ from livekit.protocol import egress
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RedisBus, RPCClient
-from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
 from trackegress.cluster.settings import ClusterSettings
 from trackegress.config import ServiceConfig
 from trackegress.errors import RequestError, twirp_code
 from trackegress.info import new_egress_id
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RedisBus, RPCClient
+from trackegress.psrpc.wire import PsrpcError, SelectionOpts, StartEgressRequest
 from trackegress.reporting.ioinfo_server import IOInfoServer
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender

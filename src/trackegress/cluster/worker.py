@@ -21,9 +21,6 @@ from typing import IO
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
-from trackegress.cluster.psrpc import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.cluster.settings import WorkerConfig, fits
 from trackegress.cpuload import CpuMeter
 from trackegress.errors import RequestError
@@ -31,6 +28,9 @@ from trackegress.info import is_ended, new_egress_id
 from trackegress.manager import EgressManager
 from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import serve_ops
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import Method, RedisBus, RPCClient, RPCServer
+from trackegress.psrpc.wire import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.reporting.ioinfo_client import IOInfoReporter
 from trackegress.reporting.store import Store
 from trackegress.roomservice import LiveKitRooms

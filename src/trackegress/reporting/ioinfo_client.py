@@ -11,9 +11,9 @@ from livekit.protocol import egress
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RPCClient
 from trackegress.info import is_ended
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RPCClient
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
-from trackegress.cluster import psrpc
-from trackegress.cluster.psrpc import ClaimRequest, ClaimResponse, PsrpcError, Request, Response, SelectionOpts
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.wire import ClaimRequest, ClaimResponse, PsrpcError, Request, Response, SelectionOpts
 
 log = logging.getLogger(__name__)
 
