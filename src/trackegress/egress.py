@@ -18,7 +18,16 @@ from livekit import api
 from livekit.protocol import egress, models
 
 from trackegress.config import Config
-from trackegress.errors import HTTP_STATUS, INVALID_ARGUMENT, UNIMPLEMENTED, CodedError, ConfigError
+from trackegress.errors import (
+    ALREADY_EXISTS,
+    HTTP_STATUS,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    CodedError,
+    ConfigError,
+)
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec, EncodedFrame
@@ -246,7 +255,7 @@ class Egress:
         try:
             subscriber = await joined
         except SignalError as exc:
-            raise EgressFailure("unavailable", f"connection to room failed: {_with_cause(exc)}") from exc
+            raise EgressFailure(UNAVAILABLE, f"connection to room failed: {_with_cause(exc)}") from exc
         self._subscriber = subscriber
         self.info.room_id = subscriber.room.sid
         if not self._ended.is_set():
@@ -264,7 +273,7 @@ class Egress:
         try:
             return found.result()
         except TimeoutError:
-            raise EgressFailure("not_found", f"track {self._request.track_id} not found") from None
+            raise EgressFailure(NOT_FOUND, f"track {self._request.track_id} not found") from None
 
     async def _start_media(self, subscriber: JoinedRoom) -> None:
         assert self._source is not None
@@ -326,9 +335,9 @@ class Egress:
                 claim_key(self._storage.base_dir, self._upload_to.backend, key, self.egress_id)
             claim_file(path, self.egress_id)
         except OutputTaken as exc:
-            raise EgressFailure("already_exists", f"output {relative!r} is taken: {exc}") from None
+            raise EgressFailure(ALREADY_EXISTS, f"output {relative!r} is taken: {exc}") from None
         except OSError as exc:
-            raise EgressFailure("unavailable", f"output {relative!r} cannot be created: {exc.strerror}") from None
+            raise EgressFailure(UNAVAILABLE, f"output {relative!r} cannot be created: {exc.strerror}") from None
 
     def _destination(self) -> Destination | None:
         """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""

@@ -18,7 +18,15 @@ from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import ServiceConfig
 from trackegress.cpuload import CpuMeter
 from trackegress.egress import Egress
-from trackegress.errors import RequestError
+from trackegress.errors import (
+    ALREADY_EXISTS,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    RequestError,
+)
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.redact import redact_url
 from trackegress.reporting.store import Store
@@ -101,11 +109,11 @@ class EgressManager:
     async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
         """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info."""
         if not self._accepting:
-            raise RequestError("unavailable", "the egress service is shutting down")
+            raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
         self._check_webhooks(request)
         if egress_id in self._jobs:
-            raise RequestError("already_exists", f"egress {egress_id} is already running")
+            raise RequestError(ALREADY_EXISTS, f"egress {egress_id} is already running")
         if self._admission is not None:
             self._admit(self._admission)
         await self._check_track(request.room_name, request.track_id)
@@ -116,7 +124,7 @@ class EgressManager:
             await self._store.put(job.info)
         except Exception as exc:
             log.error("egress %s not started: the store cannot be written: %s", egress_id, exc)
-            raise RequestError("unavailable", "the egress store cannot be written (data_dir full?)") from None
+            raise RequestError(UNAVAILABLE, "the egress store cannot be written (data_dir full?)") from None
         state = _Job(job, job.info, tuple(request.webhooks))
         self._jobs[egress_id] = state
         if self._admission is not None:
@@ -158,8 +166,8 @@ class EgressManager:
     async def update_stream(self, egress_id: str) -> egress.EgressInfo:
         """Track egress has no stream outputs to change: always an error, like upstream."""
         if egress_id not in self._jobs and await self._store.get(egress_id) is None:
-            raise RequestError("not_found", "egress does not exist")
-        raise RequestError("invalid_argument", "UpdateStream called on non-streaming egress")
+            raise RequestError(NOT_FOUND, "egress does not exist")
+        raise RequestError(INVALID_ARGUMENT, "UpdateStream called on non-streaming egress")
 
     async def close(self) -> None:
         """Stop accepting, stop every running egress (``End reason: Process killed``) and wait for them."""
@@ -178,21 +186,21 @@ class EgressManager:
         self._meter.start()
         measured = self._meter.measured
         if not admission.admits(len(self._jobs), measured):
-            raise RequestError("resource_exhausted", f"at capacity: {len(self._jobs)} egresses running, "
+            raise RequestError(RESOURCE_EXHAUSTED, f"at capacity: {len(self._jobs)} egresses running, "
                                f"{measured:.2f} CPUs measured (cpu_cost: {admission.track_cpu_cost:g} each, "
                                f"budget {admission.budget:g} CPUs)")
 
     def _check_webhooks(self, request: egress.TrackEgressRequest) -> None:
         for hook in request.webhooks:
             if not _is_http_url(hook.url):
-                raise RequestError("invalid_argument", f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
+                raise RequestError(INVALID_ARGUMENT, f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
             if hook.signing_key and hook.signing_key != self._config.egress.api_key:
-                raise RequestError("invalid_argument", "webhook signing_key is not a configured API key")
+                raise RequestError(INVALID_ARGUMENT, "webhook signing_key is not a configured API key")
 
     async def _not_running(self, egress_id: str) -> RequestError:
         info = await self._store.get(egress_id)
         if info is None:
-            return RequestError("not_found", "egress does not exist")
+            return RequestError(NOT_FOUND, "egress does not exist")
         return _cannot_stop(info)
 
     async def _run(self, job: _Job) -> None:
@@ -317,4 +325,4 @@ def _is_http_url(url: str) -> bool:
 
 
 def _cannot_stop(info: egress.EgressInfo) -> RequestError:
-    return RequestError("failed_precondition", f"egress with status {Status.Name(info.status)} cannot be stopped")
+    return RequestError(FAILED_PRECONDITION, f"egress with status {Status.Name(info.status)} cannot be stopped")

@@ -380,7 +380,7 @@ async def _send_garbage(internal: RPCClient, worker: Worker) -> None:
         await internal.bus.publish(channel, b"\x08\x96\x01not a psrpc message")
     with pytest.raises(PsrpcError) as error:
         await internal.call("StartEgress", b"\xff\xff\xff", timeout=3, selection=LIVEKIT_SELECTION)
-    assert error.value.code == psrpc.MALFORMED_REQUEST
+    assert error.value.code == "malformed_request"
     await asyncio.sleep(0.3)
     assert worker.proc is not None and worker.proc.poll() is None
 

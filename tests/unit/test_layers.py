@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from trackegress.errors import HTTP_STATUS
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "trackegress"
 # A module may import modules of its own rank or lower ones. The longest matching prefix names the rank and the unit
@@ -133,3 +135,31 @@ def test_imports_point_down_the_layers() -> None:
     upward = [f"{source} → {target}" for source, targets in _graph().items() for target in sorted(targets)
               if _rank(target) > _rank(source)]
     assert upward == []
+
+
+def _literal_codes(tree: ast.Module) -> list[int]:
+    """Lines where a Twirp code is spelled out as a string in an ``*Error(...)`` / ``*Failure(...)`` call or in
+    a comparison (``errors.py`` names them)."""
+    codes = set(HTTP_STATUS) | {"malformed_request"}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            values = node.args if name.endswith(("Error", "Failure", "error", "__init__")) else []
+        elif isinstance(node, ast.Compare | ast.Tuple):
+            values = [node.left, *node.comparators] if isinstance(node, ast.Compare) else node.elts
+        else:
+            continue
+        lines += [v.lineno for v in values if isinstance(v, ast.Constant) and v.value in codes]
+    return lines
+
+
+def test_error_codes_are_named_in_the_errors_module() -> None:
+    spelled = [f"{name}:{line}" for name, path in _modules().items() if name != "trackegress.errors"
+               for line in _literal_codes(ast.parse(path.read_text()))]
+    assert spelled == []
+
+
+def test_a_spelled_out_error_code_is_found() -> None:
+    tree = ast.parse('raise RequestError("not_found", "x")\nif exc.code == "unauthenticated": pass\nR = (A, "aborted")')
+    assert _literal_codes(tree) == [1, 2, 3]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from livekit.protocol import egress
 
+from trackegress.errors import NOT_FOUND
 from trackegress.info import is_ended
 from trackegress.psrpc import wire as psrpc
 from trackegress.psrpc.bus import Method, RedisBus, RPCServer
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
 Listener = Callable[[egress.EgressInfo], None]
-NOT_FOUND = "not_found"
 
 
 class IOInfoServer:
