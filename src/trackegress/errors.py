@@ -55,6 +55,10 @@ class ConfigError(CodedError):
     """A setting is missing or invalid (``invalid_argument``), or names something unsupported (``unimplemented``)."""
 
 
+class EgressFailure(CodedError):
+    """Ends the egress FAILED with ``message``; ``error_code`` is the HTTP status of the Twirp ``code``."""
+
+
 def twirp_code(psrpc_code: str) -> str:
     """The Twirp code for a psrpc error code (``unknown`` for codes Twirp has no name for)."""
     code = _FROM_PSRPC.get(psrpc_code, psrpc_code)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from livekit.protocol import egress, models
 
@@ -28,10 +26,10 @@ from trackegress.errors import (
     RequestError,
 )
 from trackegress.info import copy_info, is_ended, new_egress_id
-from trackegress.redact import redact_url
+from trackegress.outputs.file import finalised_before_kill, refresh_killed_files
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
-from trackegress.request import check_track_request
+from trackegress.request import check_track_request, check_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +109,7 @@ class EgressManager:
         if not self._accepting:
             raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
-        self._check_webhooks(request)
+        check_webhooks(request, self._config.egress.api_key)
         if egress_id in self._jobs:
             raise RequestError(ALREADY_EXISTS, f"egress {egress_id} is already running")
         if self._admission is not None:
@@ -189,13 +187,6 @@ class EgressManager:
             raise RequestError(RESOURCE_EXHAUSTED, f"at capacity: {len(self._jobs)} egresses running, "
                                f"{measured:.2f} CPUs measured (cpu_cost: {admission.track_cpu_cost:g} each, "
                                f"budget {admission.budget:g} CPUs)")
-
-    def _check_webhooks(self, request: egress.TrackEgressRequest) -> None:
-        for hook in request.webhooks:
-            if not _is_http_url(hook.url):
-                raise RequestError(INVALID_ARGUMENT, f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
-            if hook.signing_key and hook.signing_key != self._config.egress.api_key:
-                raise RequestError(INVALID_ARGUMENT, "webhook signing_key is not a configured API key")
 
     async def _not_running(self, egress_id: str) -> RequestError:
         info = await self._store.get(egress_id)
@@ -281,47 +272,12 @@ async def _finish_killed(info: egress.EgressInfo) -> None:
     """Mark ``info`` FAILED "Process killed" (or ``STATUS_LOST`` when its manifest shows the file was finalised:
     only the final status write was lost); file results from what is on disk now (dropped if absent)."""
     now = time.time_ns()
-    finalised = any([await asyncio.to_thread(_has_manifest, f, info.egress_id) for f in info.file_results])
-    cause = STATUS_LOST if finalised else PROCESS_KILLED
+    cause = STATUS_LOST if await finalised_before_kill(info) else PROCESS_KILLED
     info.status = Status.EGRESS_FAILED
     info.error, info.error_code = cause, 500
     info.details = f"End reason: {cause}"
     info.updated_at = info.ended_at = now
-    kept = [f for f in info.file_results if await asyncio.to_thread(_refresh_from_disk, f)]
-    del info.file_results[:]
-    info.file_results.extend(kept)
-    if kept:
-        info.file.CopyFrom(kept[0])
-    else:
-        info.ClearField("file")
-
-
-def _has_manifest(file: egress.FileInfo, egress_id: str) -> bool:
-    """Whether the manifest (written once the file is finalised) lies beside the file."""
-    try:
-        return os.path.exists(os.path.join(os.path.dirname(file.location), f"{egress_id}.json"))
-    except (OSError, ValueError):
-        return False
-
-
-def _refresh_from_disk(file: egress.FileInfo) -> bool:
-    """Size and end time from the file itself; False if it is not there."""
-    try:
-        stat = os.stat(file.location)
-    except OSError:
-        return False
-    file.size = stat.st_size
-    file.ended_at = max(stat.st_mtime_ns, file.started_at)
-    file.duration = file.ended_at - file.started_at if file.started_at else 0
-    return True
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    await refresh_killed_files(info)
 
 
 def _cannot_stop(info: egress.EgressInfo) -> RequestError:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from livekit.protocol import egress
 
 from trackegress.errors import INVALID_ARGUMENT, ConfigError, RequestError
+from trackegress.redact import redact_url
 from trackegress.sinks.naming import MAX_KEY, MAX_PATH, check_template_limits, validate_template
 from trackegress.sinks.websocket import validate_websocket_url
 from trackegress.storage.local import resolve_under
@@ -29,6 +31,23 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
             raise RequestError(INVALID_ARGUMENT, str(exc)) from None
         return
     _check_file(request.file, local_dir)
+
+
+def check_webhooks(request: egress.TrackEgressRequest, api_key: str) -> None:
+    """Raise ``RequestError`` unless every webhook of the request has an http(s) URL and our API key (if signed)."""
+    for hook in request.webhooks:
+        if not _is_http_url(hook.url):
+            raise RequestError(INVALID_ARGUMENT, f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
+        if hook.signing_key and hook.signing_key != api_key:
+            raise RequestError(INVALID_ARGUMENT, "webhook signing_key is not a configured API key")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
