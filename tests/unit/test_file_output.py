@@ -17,7 +17,8 @@ from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.outputs.file import FileOutput, finalised_before_kill, refresh_killed_files
 from trackegress.room.subscriber import TrackSource
 from trackegress.storage.base import UploadError
-from trackegress.storage.settings import S3, StorageSettings
+from trackegress.storage.s3 import S3
+from trackegress.storage.settings import StorageSettings
 from trackegress.storage.uploader import Uploader
 
 OPUS_SILENCE = b"\xf8\xff\xfe"  # one 20 ms CELT frame
