@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trackegress.media.formats import content_type
+from trackegress.media.codecs import content_type
 from trackegress.storage import azure, gcs, s3
 from trackegress.storage.azure import Azure
 from trackegress.storage.base import object_key

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from trackegress.media.formats import content_type
+from trackegress.media.codecs import content_type
 from trackegress.storage.backends import backend_of
 from trackegress.storage.base import Storage, UploadError, object_key
 from trackegress.storage.settings import Destination
