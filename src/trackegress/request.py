@@ -10,7 +10,7 @@ from livekit.protocol import egress
 from trackegress.errors import INVALID_ARGUMENT, ConfigError, RequestError
 from trackegress.redact import redact_url
 from trackegress.sinks.naming import MAX_KEY, MAX_PATH, check_template_limits, validate_template
-from trackegress.sinks.websocket import validate_websocket_url
+from trackegress.sinks.wslink import validate_websocket_url
 from trackegress.storage.local import resolve_under
 from trackegress.storage.settings import from_request
 

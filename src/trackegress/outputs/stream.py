@@ -12,7 +12,8 @@ from trackegress.config import Config
 from trackegress.errors import INVALID_ARGUMENT, EgressFailure
 from trackegress.media.frames import Codec
 from trackegress.sinks.file import write_error
-from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
+from trackegress.sinks.websocket import SinkStats, WebSocketSink
+from trackegress.sinks.wslink import WebSocketSinkError
 
 StreamSinkFactory = Callable[..., WebSocketSink]
 
