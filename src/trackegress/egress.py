@@ -285,8 +285,8 @@ class Egress:
             else:
                 await self._abort("Start signal not received")
             return
-        loss = self._output.loss_details() if self._output is not None else ""
-        self.info.details = f"End reason: {self._end_reason}" + self._reception_details() + loss
+        self.info.details = f"End reason: {self._end_reason}" + self._reception_details()
+        self.info.details += self._output.loss_details() if self._output is not None else ""
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
         self._output_outcome()
