@@ -69,12 +69,12 @@ STAGES = (
     *common.RECEIVE_STAGES,
     ("↳↳↳↳↳ `WebSocketSink.write` (PCM clock, queue, send)", "trackegress/sinks/websocket.py", "write"),
     ("↳↳↳↳↳↳ `PcmClock.push` (place on the timeline, cut 10 ms chunks)", "trackegress/sinks/pcm.py", "push"),
-    ("↳↳↳↳↳↳ `WebSocketSink._write_queued` (frames, one transport write)", "trackegress/sinks/websocket.py",
+    ("↳↳↳↳↳↳ `WebSocketLink._write_queued` (frames, one transport write)", "trackegress/sinks/wslink.py",
      "_write_queued"),
     ("real-time clock timer: `WebSocketSink._tick`", "trackegress/sinks/websocket.py", "_tick"),
-    ("sender task (reconnects, backpressure): `WebSocketSink._send_loop`", "trackegress/sinks/websocket.py",
+    ("sender task (reconnects, backpressure): `WebSocketLink._send_loop`", "trackegress/sinks/wslink.py",
      "_send_loop"),
-    ("reader task: `WebSocketSink._read_loop`", "trackegress/sinks/websocket.py", "_read_loop"),
+    ("reader task: `WebSocketLink._read_loop`", "trackegress/sinks/wslink.py", "_read_loop"),
     *common.BACKGROUND_STAGES,
 )  # fmt: skip
 

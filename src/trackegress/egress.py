@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
-import posixpath
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import av
@@ -18,23 +15,21 @@ from livekit import api
 from livekit.protocol import egress, models
 
 from trackegress.config import Config
-from trackegress.errors import HTTP_STATUS, INVALID_ARGUMENT, UNIMPLEMENTED, CodedError, ConfigError
+from trackegress.errors import HTTP_STATUS, NOT_FOUND, UNAVAILABLE, UNIMPLEMENTED, EgressFailure
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.outputs.base import Output
+from trackegress.outputs.file import FileOutput, FileSinkFactory, UploaderFactory
+from trackegress.outputs.stream import StreamOutput, StreamSinkFactory
 from trackegress.redact import redact_request
-from trackegress.reporting.manifest import build_manifest
 from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
 from trackegress.room.transport import Reception
 from trackegress.sinks.base import Sink
-from trackegress.sinks.file import FileSink, write_error
-from trackegress.sinks.naming import MAX_KEY, TemplateVars, check_path_limits, output_path
-from trackegress.sinks.websocket import SinkStats, WebSocketSink, WebSocketSinkError
-from trackegress.storage.base import UploadError, object_key
-from trackegress.storage.claims import OutputTaken, claim_file, claim_key
-from trackegress.storage.local import LocalStorage
-from trackegress.storage.settings import SECRET_FIELDS, Destination, StorageSettings
+from trackegress.sinks.file import FileSink
+from trackegress.sinks.websocket import SinkStats, WebSocketSink
+from trackegress.storage.settings import SECRET_FIELDS
 from trackegress.storage.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -58,10 +53,6 @@ def egress_token(config: Config, room_name: str, egress_id: str) -> str:
         .with_ttl(datetime.timedelta(hours=24))
         .to_jwt()
     )
-
-
-class EgressFailure(CodedError):
-    """Ends the egress FAILED with ``message``; ``error_code`` is the HTTP status of the Twirp ``code``."""
 
 
 class JoinedRoom(Protocol):
@@ -92,9 +83,9 @@ class Parts:
     """What an egress is built from: the room join, the sinks and the uploader (tests swap them)."""
 
     join_room: JoinRoom = join_room
-    file_sink: Callable[..., FileSink] = FileSink  # (path, codec, request_keyframe, top=largest layer, top_wait=s)
-    stream_sink: Callable[..., WebSocketSink] = WebSocketSink
-    uploader: Callable[[Destination, Destination | None], Uploader] = Uploader
+    file_sink: FileSinkFactory = FileSink  # (path, codec, request_keyframe, top=largest layer, top_wait=s)
+    stream_sink: StreamSinkFactory = WebSocketSink
+    uploader: UploaderFactory = Uploader
 
 
 class Egress:
@@ -126,12 +117,8 @@ class Egress:
             updated_at=now,
             track=redact_request(request, SECRET_FIELDS),
         )
-        self._storage = LocalStorage(config.local_dir)
-        self._upload_to: Destination | None = None
         self._sink: Sink | None = None
-        self._file: FileSink | None = None
-        self._stream: WebSocketSink | None = None
-        self._filename = ""
+        self._output: Output | None = None
         self._source: TrackSource | None = None
         self._ended = asyncio.Event()
         self._end_reason = SOURCE_CLOSED
@@ -148,31 +135,24 @@ class Egress:
     @property
     def bytes_out(self) -> int:
         """Bytes written so far (file size, or PCM delivered)."""
-        if self._stream is not None:
-            return self._stream.bytes_sent
-        return self._file.size if self._file else 0
+        return self._output.bytes_out if self._output is not None else 0
 
     @property
     def stream_stats(self) -> SinkStats | None:
         """The WebSocket sink's counters (reconnects, frames lost, ...); None for a file egress."""
-        return self._stream.stats if self._stream is not None else None
+        return self._output.stats if isinstance(self._output, StreamOutput) else None
 
     @property
     def partial_file(self) -> egress.FileInfo | None:
         """The file being written (filename, location, size so far) once it is open; None otherwise."""
-        if self._file is None:
+        if not isinstance(self._output, FileOutput):
             return None
-        return egress.FileInfo(
-            filename=self._filename,
-            location=self._storage.location(self._file.path),
-            size=self._file.size,
-            started_at=self._media_started_at,
-        )
+        return self._output.partial_file(self._media_started_at)
 
     @property
     def layer_switches(self) -> int:
         """Times the recorded picture size changed (simulcast / SVC layer switches)."""
-        return self._file.layer_switches if self._file is not None else 0
+        return self._output.layer_switches if isinstance(self._output, FileOutput) else 0
 
     @property
     def reception(self) -> Reception:
@@ -246,7 +226,7 @@ class Egress:
         try:
             subscriber = await joined
         except SignalError as exc:
-            raise EgressFailure("unavailable", f"connection to room failed: {_with_cause(exc)}") from exc
+            raise EgressFailure(UNAVAILABLE, f"connection to room failed: {_with_cause(exc)}") from exc
         self._subscriber = subscriber
         self.info.room_id = subscriber.room.sid
         if not self._ended.is_set():
@@ -264,7 +244,7 @@ class Egress:
         try:
             return found.result()
         except TimeoutError:
-            raise EgressFailure("not_found", f"track {self._request.track_id} not found") from None
+            raise EgressFailure(NOT_FOUND, f"track {self._request.track_id} not found") from None
 
     async def _start_media(self, subscriber: JoinedRoom) -> None:
         assert self._source is not None
@@ -273,88 +253,31 @@ class Egress:
         except ValueError as exc:
             raise EgressFailure(UNIMPLEMENTED, str(exc)) from None
         if self._request.WhichOneof("output") == "websocket_url":
-            self._sink = await self._open_stream(codec, subscriber)
+            stream = StreamOutput.create(
+                self._request.websocket_url, codec, self._config,
+                on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)), on_delay=self._on_delay,
+                catch_up=subscriber.deliver_received, stream_sink=self._parts.stream_sink,
+            )
+            self._output = stream
+            await stream.start()
         else:
-            self._sink = self._open_file(codec)
-        await subscriber.subscribe(codec, pcm=self._stream is not None and codec is Codec.OPUS)
-
-    async def _open_stream(self, codec: Codec, subscriber: JoinedRoom) -> WebSocketSink:
-        if codec.is_video:
-            raise EgressFailure(INVALID_ARGUMENT, f"format websocket incompatible with codec {codec.mime}")
-        self._stream = self._parts.stream_sink(
-            self._request.websocket_url,
-            codec=codec,
-            sample_rate=self._config.websocket_sample_rate,
-            channels=self._config.websocket_channels,
-            on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)),
-            on_delay=self._on_delay,
-            catch_up=subscriber.deliver_received,
-        )
-        try:
-            await self._stream.start()
-        except WebSocketSinkError as exc:
-            raise EgressFailure(INVALID_ARGUMENT, str(exc)) from None
-        return self._stream
-
-    def _open_file(self, codec: Codec) -> FileSink:
-        assert self._source is not None
-        relative = output_path(self._request.file.filepath, codec, self._template_vars())
-        self._upload_to = self._destination()
-        local = f"{self.egress_id}/{posixpath.basename(relative)}" if self._upload_to else relative
-        try:
-            check_path_limits(relative)
-            if self._upload_to is not None:
-                check_path_limits(object_key(self._upload_to.prefix, relative), MAX_KEY)
-            path = self._storage.path_for(local)
-        except ValueError as exc:
-            raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
-        self._claim(path, relative)
-        self._file = self._parts.file_sink(path, codec, self._request_keyframe, top=top_layer(self._source.track),
-                                           top_wait=self._config.top_layer_wait)
-        self._filename = relative
-        return self._file
+            self._output = FileOutput.open(
+                self._request.file, self._config, self.egress_id, self._source, codec,
+                room=(self.info.room_name, self.info.room_id), request_keyframe=self._request_keyframe,
+                file_sink=self._parts.file_sink, uploader=self._parts.uploader,
+            )
+        self._sink = self._output.sink
+        await subscriber.subscribe(codec, pcm=isinstance(self._output, StreamOutput) and codec is Codec.OPUS)
 
     def _request_keyframe(self) -> None:
         if self._subscriber is not None:
             self._subscriber.request_keyframe()
 
-    def _claim(self, path: Path, relative: str) -> None:
-        """Own the output before writing (see ``storage/claims.py``); ``already_exists`` if another egress does."""
-        try:
-            if self._upload_to is not None:
-                key = object_key(self._upload_to.prefix, relative)
-                claim_key(self._storage.base_dir, self._upload_to.backend, key, self.egress_id)
-            claim_file(path, self.egress_id)
-        except OutputTaken as exc:
-            raise EgressFailure("already_exists", f"output {relative!r} is taken: {exc}") from None
-        except OSError as exc:
-            raise EgressFailure("unavailable", f"output {relative!r} cannot be created: {exc.strerror}") from None
-
-    def _destination(self) -> Destination | None:
-        """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
-        try:
-            return (self._config.storage or StorageSettings()).destination(self._request.file)
-        except ConfigError as exc:
-            raise EgressFailure(exc.code, exc.message) from None
-
-    def _template_vars(self) -> TemplateVars:
-        assert self._source is not None
-        track, participant = self._source.track, self._source.participant
-        return TemplateVars(
-            room_name=self.info.room_name,
-            room_id=self.info.room_id,
-            track_id=track.sid,
-            track_type="audio" if track.type == models.TrackType.AUDIO else "video",
-            track_source=models.TrackSource.Name(track.source).lower(),
-            publisher_identity=participant.identity,
-            now=datetime.datetime.now(),
-        )
-
     async def _finalise(self) -> None:
         if self.frames == 0:
             await self._close_sink()
             await self._release_unused_output()
-            self._stream_outcome()
+            self._output_outcome()
             if self._end_error:
                 await self._fail(self._end_error, 500)
             elif self._limit_reached:
@@ -362,12 +285,12 @@ class Egress:
             else:
                 await self._abort("Start signal not received")
             return
-        self.info.details = f"End reason: {self._end_reason}" + self._reception_details() + self._loss_details()
+        self.info.details = f"End reason: {self._end_reason}" + self._reception_details()
+        self.info.details += self._output.loss_details() if self._output is not None else ""
         self._set_status(Status.EGRESS_ENDING)
         await self._close_sink()
-        self.info.details += self._audio_gap_details()
-        self._stream_outcome()
-        upload_error = await self._write_results()
+        self._output_outcome()
+        upload_error = await self._output.write_results(self.info, self._media_started_at) if self._output else None
         if self._end_error:
             await self._fail(self._end_error, 500)
         elif upload_error:
@@ -387,40 +310,15 @@ class Egress:
         log.info("egress %s: received: %s", self.egress_id, reception.summary())
         return f"; received: {reception.summary()}"
 
-    def _loss_details(self) -> str:
-        """``; video: 2 losses, 14 frames dropped until a keyframe, ...`` when the file's video saw losses."""
-        if self._file is None or not self._file.codec.is_video or not self._file.continuity.gaps:
-            return ""
-        stats = self._file.continuity
-        log.info("egress %s: video: %s", self.egress_id, stats.summary())
-        return f"; video: {stats.summary()}"
-
-    def _audio_gap_details(self) -> str:
-        """``; audio: 12 of 750 frames missing ...``: frames missing from the file's timeline (kept there as gaps),
-        once the file is closed."""
-        if self._file is None or self._file.codec.is_video or not self._file.gap_frames:
-            return ""
-        file = self._file
-        total = file.frames + file.gap_frames
-        summary = f"{file.gap_frames} of {total} frames missing on the timeline (loss, DTX or mute)"
-        log.info("egress %s: audio: %s", self.egress_id, summary)
-        return f"; audio: {summary}"
-
-    def _stream_outcome(self) -> None:
-        """A WebSocket sink that failed fails the egress; audio it lost but survived is told in ``details``."""
-        if self._stream is None:
-            return
-        info, stats = self._stream.stream_info(), self._stream.stats
-        if info.status == egress.StreamInfo.FAILED:
-            self._end_error = self._end_error or info.error
-        elif stats.frames_lost:
-            total = stats.frames_lost + stats.bytes_sent // max(1, self._stream.message_size)
-            self.info.details += f"; websocket: {stats.frames_lost} of {total} 10 ms messages not delivered"
+    def _output_outcome(self) -> None:
+        """An output that failed on its own fails the egress; what it lost but survived is told in ``details``."""
+        if self._output is not None:
+            self._end_error = self._end_error or self._output.failure()
+            self.info.details += self._output.closed_details()
 
     async def _release_unused_output(self) -> None:
-        """An output claimed but never written (no media came) is removed: nothing was recorded to protect."""
-        if self._file is not None and self._file.size == 0:
-            await asyncio.to_thread(self._file.path.unlink, True)
+        if self._output is not None:
+            await self._output.release_unused()
 
     async def _close_sink(self) -> None:
         sink, self._sink = self._sink, None
@@ -434,90 +332,12 @@ class Egress:
     def _write_failed(self, exc: OSError | av.FFmpegError) -> None:
         """End with the write error (kept as the egress's error when it was already ending)."""
         log.error("egress %s: writing failed: %s", self.egress_id, exc)
-        directory = self._file.path.parent if self._file is not None else self._storage.base_dir
-        message = f"writing output failed: {write_error(exc, directory)}"
+        assert self._output is not None  # only its sink writes
+        message = f"writing output failed: {self._output.write_error(exc)}"
         if self._ended.is_set():
             self._end_error = self._end_error or message
         else:
             self._finish(SOURCE_CLOSED, message)
-
-    async def _write_results(self) -> str | None:
-        """Fill in the results, uploading the file and its manifest if configured; returns the upload error."""
-        if self._stream is not None:
-            stream_info = self._stream.stream_info()
-            self.info.stream_results.append(stream_info)
-            self.info.stream.info.append(stream_info)
-        if self._file is None:
-            return None
-        if self._upload_to is None:
-            await self._write_file_results(None)
-            return None
-        settings = self._config.storage or StorageSettings()
-        uploader = self._parts.uploader(self._upload_to, settings.backup)
-        try:
-            error = await self._write_file_results(uploader)
-        finally:
-            await uploader.close()
-            self.info.backup_storage_used = uploader.backup_used
-        if error is None:
-            await asyncio.to_thread(_remove_empty_dir, self._file.path.parent)
-        return error
-
-    async def _write_file_results(self, uploader: Uploader | None) -> str | None:
-        """FileInfo and manifest; after an upload failure the manifest stays local and names local paths."""
-        assert self._file is not None
-        file_info = egress.FileInfo(
-            filename=self._filename,
-            location=self._storage.location(self._file.path),
-            size=self._file.size,
-            duration=self._file.duration_ns,
-            started_at=self._media_started_at,
-            ended_at=self._media_started_at + self._file.duration_ns,
-        )
-        error = None
-        if uploader is not None:
-            try:
-                file_info.location = await self._upload(uploader, self._file.path, self._filename)
-            except UploadError as exc:
-                error, uploader = str(exc), None
-        self.info.file_results.append(file_info)
-        self.info.file.CopyFrom(file_info)
-        if not self._request.file.disable_manifest:
-            error = await self._write_manifest(uploader) or error
-        return error
-
-    async def _upload(self, uploader: Uploader, local: Path, filename: str) -> str:
-        """Upload ``local`` as ``filename``, then (only then) delete the local copy; returns the location."""
-        location = await uploader.upload(local, filename)
-        await asyncio.to_thread(local.unlink)
-        return location
-
-    async def _write_manifest(self, uploader: Uploader | None) -> str | None:
-        assert self._file is not None and self._source is not None
-        path = self._file.path.with_name(f"{self.egress_id}.json")
-        track = self._source.track
-        self.info.ended_at = time.time_ns()
-        body = build_manifest(
-            self.info,
-            publisher_identity=self._source.participant.identity,
-            track_id=track.sid,
-            track_kind="audio" if track.type == models.TrackType.AUDIO else "video",
-            track_source=models.TrackSource.Name(track.source).lower(),
-        )
-        try:
-            await asyncio.to_thread(_write_whole, path, body)
-        except OSError as exc:
-            log.error("egress %s: manifest not written: %s", self.egress_id, exc)
-            return f"manifest not written: {exc.strerror or exc}"
-        self.info.manifest_location = self._storage.location(path)
-        if uploader is None:
-            return None
-        filename = posixpath.join(posixpath.dirname(self._filename), path.name)
-        try:
-            self.info.manifest_location = await self._upload(uploader, path, filename)
-        except UploadError as exc:
-            return str(exc)
-        return None
 
     # status changes
 
@@ -532,8 +352,8 @@ class Egress:
         await self._close_sink()
         if self.frames == 0:
             await self._release_unused_output()
-        if self._stream is not None and not self.info.stream_results:
-            await self._write_results()
+        if self._output is not None:
+            await self._output.failed_results(self.info)
         self._set_status(Status.EGRESS_FAILED, ended=True)
 
     async def _abort(self, error: str) -> None:
@@ -555,25 +375,6 @@ class Egress:
             log.exception("egress %s: update callback failed", self.egress_id)
 
 
-def _write_whole(path: Path, body: bytes) -> None:
-    """Write ``path`` all or nothing (a temporary file renamed into place): a full disk leaves no stub."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_bytes(body)
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _remove_empty_dir(path: Path) -> None:
-    """Remove the egress's local directory once everything in it was uploaded."""
-    try:
-        path.rmdir()
-    except OSError:
-        log.warning("local directory %s is not empty after the upload; kept", path)
-
-
 def _without_paths(exc: Exception) -> str:
     """An error for callers: a file error's cause without the server's path it names."""
     if isinstance(exc, (OSError, av.FFmpegError)) and exc.strerror:
@@ -591,10 +392,3 @@ def _with_cause(exc: BaseException) -> str:
             text += f" ({cause})"
     return text
 
-
-def top_layer(track: models.TrackInfo) -> tuple[int, int] | None:
-    """The largest picture the track announces: its biggest simulcast/SVC layer, else its own size."""
-    sizes = [(layer.width, layer.height) for layer in track.layers if layer.width and layer.height]
-    if track.width and track.height:
-        sizes.append((track.width, track.height))
-    return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None

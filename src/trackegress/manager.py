@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from livekit.protocol import egress, models
 
@@ -18,12 +16,20 @@ from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import ServiceConfig
 from trackegress.cpuload import CpuMeter
 from trackegress.egress import Egress
-from trackegress.errors import RequestError
+from trackegress.errors import (
+    ALREADY_EXISTS,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    RequestError,
+)
 from trackegress.info import copy_info, is_ended, new_egress_id
-from trackegress.redact import redact_url
+from trackegress.outputs.file import finalised_before_kill, refresh_killed_files
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
-from trackegress.request import check_track_request
+from trackegress.request import check_track_request, check_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +107,11 @@ class EgressManager:
     async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
         """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info."""
         if not self._accepting:
-            raise RequestError("unavailable", "the egress service is shutting down")
+            raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
-        self._check_webhooks(request)
+        check_webhooks(request, self._config.egress.api_key)
         if egress_id in self._jobs:
-            raise RequestError("already_exists", f"egress {egress_id} is already running")
+            raise RequestError(ALREADY_EXISTS, f"egress {egress_id} is already running")
         if self._admission is not None:
             self._admit(self._admission)
         await self._check_track(request.room_name, request.track_id)
@@ -116,7 +122,7 @@ class EgressManager:
             await self._store.put(job.info)
         except Exception as exc:
             log.error("egress %s not started: the store cannot be written: %s", egress_id, exc)
-            raise RequestError("unavailable", "the egress store cannot be written (data_dir full?)") from None
+            raise RequestError(UNAVAILABLE, "the egress store cannot be written (data_dir full?)") from None
         state = _Job(job, job.info, tuple(request.webhooks))
         self._jobs[egress_id] = state
         if self._admission is not None:
@@ -158,8 +164,8 @@ class EgressManager:
     async def update_stream(self, egress_id: str) -> egress.EgressInfo:
         """Track egress has no stream outputs to change: always an error, like upstream."""
         if egress_id not in self._jobs and await self._store.get(egress_id) is None:
-            raise RequestError("not_found", "egress does not exist")
-        raise RequestError("invalid_argument", "UpdateStream called on non-streaming egress")
+            raise RequestError(NOT_FOUND, "egress does not exist")
+        raise RequestError(INVALID_ARGUMENT, "UpdateStream called on non-streaming egress")
 
     async def close(self) -> None:
         """Stop accepting, stop every running egress (``End reason: Process killed``) and wait for them."""
@@ -178,21 +184,14 @@ class EgressManager:
         self._meter.start()
         measured = self._meter.measured
         if not admission.admits(len(self._jobs), measured):
-            raise RequestError("resource_exhausted", f"at capacity: {len(self._jobs)} egresses running, "
+            raise RequestError(RESOURCE_EXHAUSTED, f"at capacity: {len(self._jobs)} egresses running, "
                                f"{measured:.2f} CPUs measured (cpu_cost: {admission.track_cpu_cost:g} each, "
                                f"budget {admission.budget:g} CPUs)")
-
-    def _check_webhooks(self, request: egress.TrackEgressRequest) -> None:
-        for hook in request.webhooks:
-            if not _is_http_url(hook.url):
-                raise RequestError("invalid_argument", f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
-            if hook.signing_key and hook.signing_key != self._config.egress.api_key:
-                raise RequestError("invalid_argument", "webhook signing_key is not a configured API key")
 
     async def _not_running(self, egress_id: str) -> RequestError:
         info = await self._store.get(egress_id)
         if info is None:
-            return RequestError("not_found", "egress does not exist")
+            return RequestError(NOT_FOUND, "egress does not exist")
         return _cannot_stop(info)
 
     async def _run(self, job: _Job) -> None:
@@ -273,48 +272,13 @@ async def _finish_killed(info: egress.EgressInfo) -> None:
     """Mark ``info`` FAILED "Process killed" (or ``STATUS_LOST`` when its manifest shows the file was finalised:
     only the final status write was lost); file results from what is on disk now (dropped if absent)."""
     now = time.time_ns()
-    finalised = any([await asyncio.to_thread(_has_manifest, f, info.egress_id) for f in info.file_results])
-    cause = STATUS_LOST if finalised else PROCESS_KILLED
+    cause = STATUS_LOST if await finalised_before_kill(info) else PROCESS_KILLED
     info.status = Status.EGRESS_FAILED
     info.error, info.error_code = cause, 500
     info.details = f"End reason: {cause}"
     info.updated_at = info.ended_at = now
-    kept = [f for f in info.file_results if await asyncio.to_thread(_refresh_from_disk, f)]
-    del info.file_results[:]
-    info.file_results.extend(kept)
-    if kept:
-        info.file.CopyFrom(kept[0])
-    else:
-        info.ClearField("file")
-
-
-def _has_manifest(file: egress.FileInfo, egress_id: str) -> bool:
-    """Whether the manifest (written once the file is finalised) lies beside the file."""
-    try:
-        return os.path.exists(os.path.join(os.path.dirname(file.location), f"{egress_id}.json"))
-    except (OSError, ValueError):
-        return False
-
-
-def _refresh_from_disk(file: egress.FileInfo) -> bool:
-    """Size and end time from the file itself; False if it is not there."""
-    try:
-        stat = os.stat(file.location)
-    except OSError:
-        return False
-    file.size = stat.st_size
-    file.ended_at = max(stat.st_mtime_ns, file.started_at)
-    file.duration = file.ended_at - file.started_at if file.started_at else 0
-    return True
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    await refresh_killed_files(info)
 
 
 def _cannot_stop(info: egress.EgressInfo) -> RequestError:
-    return RequestError("failed_precondition", f"egress with status {Status.Name(info.status)} cannot be stopped")
+    return RequestError(FAILED_PRECONDITION, f"egress with status {Status.Name(info.status)} cannot be stopped")

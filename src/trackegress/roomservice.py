@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import aiohttp
 from livekit import api
 
-from trackegress.errors import RequestError
+from trackegress.errors import NOT_FOUND, UNAVAILABLE, RequestError
 
 
 class LiveKitRooms:
@@ -36,14 +36,14 @@ class LiveKitRooms:
             deadline = time.monotonic() + self._grace
             while not await self._has_track(room_name, track_id):
                 if time.monotonic() >= deadline:
-                    raise RequestError("not_found", f"track {track_id} not found in room {room_name}")
+                    raise RequestError(NOT_FOUND, f"track {track_id} not found in room {room_name}")
                 await asyncio.sleep(0.2)
 
     async def _room_sid(self, room_name: str) -> str:
         rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
         sid = next((room.sid for room in rooms.rooms if room.name == room_name), None)
         if sid is None:
-            raise RequestError("not_found", "requested room does not exist")
+            raise RequestError(NOT_FOUND, "requested room does not exist")
         return str(sid)
 
     async def _has_track(self, room_name: str, track_id: str) -> bool:
@@ -60,6 +60,6 @@ def _server_errors() -> Iterator[None]:
     try:
         yield
     except api.TwirpError as exc:
-        raise RequestError("unavailable", f"LiveKit server refused RoomService: {exc.code}") from None
+        raise RequestError(UNAVAILABLE, f"LiveKit server refused RoomService: {exc.code}") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RequestError("unavailable", f"LiveKit server unreachable: {type(exc).__name__}") from None
+        raise RequestError(UNAVAILABLE, f"LiveKit server unreachable: {type(exc).__name__}") from None

@@ -37,9 +37,9 @@ from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room
 from support.wsreceiver import Receiver
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RedisBus, RPCClient
-from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RedisBus, RPCClient
+from trackegress.psrpc.wire import PsrpcError, SelectionOpts, StartEgressRequest
 
 Status = egress.EgressStatus
 LIVEKIT_SELECTION = SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5)
@@ -380,7 +380,7 @@ async def _send_garbage(internal: RPCClient, worker: Worker) -> None:
         await internal.bus.publish(channel, b"\x08\x96\x01not a psrpc message")
     with pytest.raises(PsrpcError) as error:
         await internal.call("StartEgress", b"\xff\xff\xff", timeout=3, selection=LIVEKIT_SELECTION)
-    assert error.value.code == psrpc.MALFORMED_REQUEST
+    assert error.value.code == "malformed_request"
     await asyncio.sleep(0.3)
     assert worker.proc is not None and worker.proc.poll() is None
 

@@ -1,4 +1,4 @@
-"""An in-memory stand-in for ``trackegress.cluster.bus.RedisBus``, for psrpc tests without Redis."""
+"""An in-memory stand-in for ``trackegress.psrpc.bus.RedisBus``, for psrpc tests without Redis."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from trackegress.media.codecs import is_blank
 from trackegress.media.frames import Codec
-from trackegress.room.blank import is_blank
 
 TRAILER = b"\x01\x02LKROCKS"  # what an E2EE trailer would append
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trackegress.storage.claims import OutputTaken, claim_file, claim_key
-from trackegress.storage.settings import GCP, S3
+from trackegress.storage.gcs import GCP
+from trackegress.storage.s3 import S3
 
 
 def test_a_file_is_claimed_once(tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ def test_an_existing_recording_is_never_overwritten(tmp_path: Path) -> None:
 def test_object_keys_are_claimed_per_bucket_across_processes(tmp_path: Path) -> None:
     claim_key(tmp_path, S3(bucket="b"), "r/x.ogg", "EG_first")
     code = ("import sys; from pathlib import Path; from trackegress.storage.claims import claim_key;"
-            "from trackegress.storage.settings import S3;"
+            "from trackegress.storage.s3 import S3;"
             "claim_key(Path(sys.argv[1]), S3(bucket='b'), 'r/x.ogg', 'EG_2')")
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert other.returncode != 0 and "already claimed by EG_first" in other.stderr

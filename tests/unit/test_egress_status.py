@@ -18,7 +18,8 @@ from trackegress.room.transport import Reception
 from trackegress.sinks import file as file_sink
 from trackegress.sinks.file import FileSink, write_error
 from trackegress.storage.base import UploadError
-from trackegress.storage.settings import S3, Destination, StorageSettings
+from trackegress.storage.s3 import S3
+from trackegress.storage.settings import Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
 
 Status = egress.EgressStatus

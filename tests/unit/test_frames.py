@@ -4,7 +4,7 @@ from pathlib import PurePath
 
 import pytest
 
-from trackegress.media.formats import content_type, output_format
+from trackegress.media.codecs import CODECS, content_type, output_format
 from trackegress.media.frames import Codec
 
 
@@ -30,3 +30,12 @@ def test_content_types(name: str, expected: str) -> None:
 def test_unsupported_codec_error_names_it_like_upstream() -> None:
     with pytest.raises(ValueError, match=r"^audio/g722 is not yet supported$"):
         Codec.from_mime("audio/G722")
+
+
+def test_every_codec_has_a_row_and_every_video_row_its_bitstream_traits() -> None:
+    assert set(CODECS) == set(Codec)
+    audio = CODECS[Codec.OPUS]
+    for codec in (c for c in Codec if c.is_video):
+        row = CODECS[codec]
+        assert row.keyframe is not audio.keyframe and row.dimensions is not audio.dimensions, codec
+        assert row.silence is None and row.format.extension in ("webm", "mp4"), codec

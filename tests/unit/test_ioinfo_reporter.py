@@ -11,9 +11,9 @@ from livekit.protocol import egress, models
 from redis.exceptions import ConnectionError as RedisConnectionError
 from support.fake_bus import FakeBus
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RPCClient
-from trackegress.cluster.psrpc import PsrpcError
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RPCClient
+from trackegress.psrpc.wire import PsrpcError
 from trackegress.reporting.ioinfo_client import RETRY_FOR, IOInfoReporter, retry_until
 from trackegress.reporting.ioinfo_server import IOInfoServer
 from trackegress.reporting.store import Store
@@ -22,13 +22,13 @@ Status = egress.EgressStatus
 
 
 def test_the_retry_budget_is_spent_only_while_redis_is_up() -> None:
-    timeout = PsrpcError(psrpc.DEADLINE_EXCEEDED, "request timed out")
+    timeout = PsrpcError("deadline_exceeded", "request timed out")
     assert retry_until(100.0, 90.0, timeout, redis_up=True) == 100.0  # livekit-server not answering: budget
     assert retry_until(100.0, 90.0, timeout, redis_up=False) == 90.0 + RETRY_FOR  # the bus has no connection
     assert retry_until(100.0, 90.0, RedisConnectionError("refused"), redis_up=True) == 90.0 + RETRY_FOR
     assert retry_until(500.0, 90.0, OSError("reset"), redis_up=True) == 500.0  # never shortened
-    assert retry_until(100.0, 90.0, PsrpcError(psrpc.UNAVAILABLE, "no response"), redis_up=True) == 100.0
-    assert retry_until(100.0, 90.0, PsrpcError(psrpc.INVALID_ARGUMENT, "bad"), redis_up=False) is None
+    assert retry_until(100.0, 90.0, PsrpcError("unavailable", "no response"), redis_up=True) == 100.0
+    assert retry_until(100.0, 90.0, PsrpcError("invalid_argument", "bad"), redis_up=False) is None
 
 
 class Hooks:

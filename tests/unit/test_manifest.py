@@ -4,7 +4,7 @@ import json
 
 from livekit.protocol import egress
 
-from trackegress.reporting.manifest import build_manifest
+from trackegress.outputs.manifest import build_manifest
 
 
 def _info() -> egress.EgressInfo:

@@ -21,7 +21,7 @@ from support.media import (
 )
 
 from trackegress.media import av1, h264, h265, vp8, vp9
-from trackegress.media.formats import output_format
+from trackegress.media.codecs import output_format
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.sinks.muxer import Muxer
 

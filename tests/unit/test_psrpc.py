@@ -11,9 +11,10 @@ from google.protobuf import any_pb2
 from livekit.protocol import egress
 from support.fake_bus import FakeBus
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import Method, RPCClient, RPCServer
-from trackegress.cluster.psrpc import (
+from trackegress.cluster.worker import affinity
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import Method, RPCClient, RPCServer
+from trackegress.psrpc.wire import (
     ClaimRequest,
     ClaimResponse,
     MalformedMessage,
@@ -24,7 +25,6 @@ from trackegress.cluster.psrpc import (
     SelectionOpts,
     StartEgressRequest,
 )
-from trackegress.cluster.worker import affinity
 
 # envelopes and field numbers
 
@@ -134,7 +134,7 @@ def test_zero_affinity_never_wins() -> None:
     selection.offer(claim("a", 0.0))
     with pytest.raises(PsrpcError, match=r"no servers available \(received 1 responses\)") as error:
         selection.best()
-    assert error.value.code == psrpc.UNAVAILABLE
+    assert error.value.code == "unavailable"
 
 
 def test_no_claims_is_no_response() -> None:
@@ -209,7 +209,7 @@ async def test_no_claim_means_unavailable() -> None:
     await client.start()
     with pytest.raises(PsrpcError) as error:
         await client.call("Echo", b"x", topic="topic", selection=SelectionOpts(affinity_timeout=0.2))
-    assert (error.value.code, error.value.message) == (psrpc.UNAVAILABLE, "no response from servers")
+    assert (error.value.code, error.value.message) == ("unavailable", "no response from servers")
 
 
 async def test_malformed_request_body_is_answered_malformed_request() -> None:
@@ -219,7 +219,7 @@ async def test_malformed_request_body_is_answered_malformed_request() -> None:
     await client.start()
     with pytest.raises(PsrpcError) as error:
         await client.call("Echo", b"!oops", topic="topic", selection=SelectionOpts(affinity_timeout=0.2))
-    assert error.value.code == psrpc.MALFORMED_REQUEST and calls == [[]]
+    assert error.value.code == "malformed_request" and calls == [[]]
 
 
 async def test_expired_requests_and_garbage_are_ignored(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,10 +11,10 @@ import pytest
 from livekit.protocol import egress, models
 from support.fake_bus import FakeBus
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import Method, RPCClient, RPCServer
 from trackegress.cluster.dispatch import request_error
-from trackegress.cluster.psrpc import GetEgressRequest, PsrpcError, Request
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import Method, RPCClient, RPCServer
+from trackegress.psrpc.wire import GetEgressRequest, PsrpcError, Request
 from trackegress.reporting.ioinfo_server import IOInfoServer
 from trackegress.reporting.store import Store
 

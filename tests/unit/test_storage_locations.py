@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from trackegress.media.formats import content_type
+from trackegress.media.codecs import content_type
 from trackegress.storage import azure, gcs, s3
+from trackegress.storage.azure import Azure
 from trackegress.storage.base import object_key
-from trackegress.storage.settings import GCP, S3, Azure
+from trackegress.storage.gcs import GCP
+from trackegress.storage.s3 import S3
 
 
 @pytest.mark.parametrize(("prefix", "filename", "key"), [

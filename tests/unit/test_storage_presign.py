@@ -13,9 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from support.signed_urls import gcs_v4_problem
 
 from trackegress.storage import azure, gcs
+from trackegress.storage.azure import Azure
 from trackegress.storage.base import UploadError
-from trackegress.storage.gcs import GCSStorage
-from trackegress.storage.settings import GCP, Azure, Retry
+from trackegress.storage.gcs import GCP, GCSStorage
+from trackegress.storage.options import Retry
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 EMAIL = "recorder@project.iam.gserviceaccount.com"

@@ -7,7 +7,11 @@ from livekit.protocol import egress
 
 from trackegress.errors import ConfigError, RequestError
 from trackegress.request import check_track_request
-from trackegress.storage.settings import GCP, S3, Azure, Destination, Proxy, Retry, StorageSettings
+from trackegress.storage.azure import Azure
+from trackegress.storage.gcs import GCP
+from trackegress.storage.options import Proxy, Retry
+from trackegress.storage.s3 import S3
+from trackegress.storage.settings import Destination, StorageSettings
 
 
 def test_no_storage_keeps_files_local() -> None:

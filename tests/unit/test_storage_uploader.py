@@ -1,5 +1,6 @@
 """The upload step: destination first, backup after a failure (for every later file too), errors redacted."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,11 +9,13 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from trackegress.storage import uploader as uploader_module
+from trackegress.storage.backends import BACKENDS
 from trackegress.storage.base import UploadError, proxy_note, redact
-from trackegress.storage.gcs import _describe, _secrets
+from trackegress.storage.gcs import GCP, _describe, _secrets
 from trackegress.storage.objectstore import summary
-from trackegress.storage.settings import GCP, S3, Destination, Proxy, Retry
+from trackegress.storage.options import Proxy, Retry
+from trackegress.storage.s3 import S3
+from trackegress.storage.settings import Destination
 from trackegress.storage.uploader import Uploader
 
 
@@ -43,8 +46,8 @@ def storages(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeStorage]:
         made[backend.bucket] = FakeStorage(backend.bucket, fail=backend.bucket.startswith("down"))
         return made[backend.bucket]
 
-    for kind in (S3, GCP):  # the registry of backend clients
-        monkeypatch.setitem(uploader_module.OPENERS, kind, fake_open)
+    for key in ("s3", "gcp"):  # the backend table's clients
+        monkeypatch.setitem(BACKENDS, key, dataclasses.replace(BACKENDS[key], open=fake_open))
     return made
 
 

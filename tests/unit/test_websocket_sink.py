@@ -18,13 +18,8 @@ from support.wsreceiver import LEFT_HZ, RATE, RIGHT_HZ, Receiver, channels, free
 from websockets.protocol import State
 
 from trackegress.media.frames import EncodedFrame
-from trackegress.sinks.websocket import (
-    MUTED,
-    UNMUTED,
-    WebSocketSink,
-    WebSocketSinkError,
-    validate_websocket_url,
-)
+from trackegress.sinks.websocket import MUTED, UNMUTED, WebSocketSink
+from trackegress.sinks.wslink import WebSocketSinkError, validate_websocket_url
 
 pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("clock")]  # asserts latency and deadlines
 FRAME = 0.02  # 20 ms Opus packets
@@ -306,7 +301,7 @@ async def test_transcription_format(receiver: Receiver, rate: int, nch: int) -> 
 async def test_receiver_outage_is_bridged_in_order_without_duplicates(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "trackegress.sinks.websocket")
+    caplog.set_level(logging.INFO, "trackegress.sinks")
     sink = WebSocketSink(receiver.url("/audio?token=abc"), late_allowance=0.3)
     await sink.start()
     t0 = time.monotonic()
@@ -342,7 +337,7 @@ async def test_receiver_outage_is_bridged_in_order_without_duplicates(
 async def test_buffer_overflow_drops_the_oldest_audio_and_mute_state_survives(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "trackegress.sinks.websocket")
+    caplog.set_level(logging.WARNING, "trackegress.sinks")
     sink = WebSocketSink(receiver.url(), max_buffer=0.3, late_allowance=0.3)
     await sink.start()
     t0 = time.monotonic()
@@ -438,7 +433,7 @@ async def test_keepalive_with_a_strict_websockets_server() -> None:
         (conn,) = rx.conns
         assert conn.ws.state is State.OPEN and not conn.done.is_set()
         assert conn.ws.latency > 0  # the server got pongs to its pings
-        assert sink._conn is not None and sink._conn.latency > 0  # our pings were answered
+        assert sink._link._conn is not None and sink._link._conn.latency > 0  # our pings were answered
         assert sink.stats.reconnects == 0
         await sink.close()
         await asyncio.wait_for(conn.done.wait(), 2)

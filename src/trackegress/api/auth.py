@@ -5,7 +5,7 @@ from __future__ import annotations
 import jwt
 from livekit import api
 
-from trackegress.errors import RequestError
+from trackegress.errors import PERMISSION_DENIED, UNAUTHENTICATED, RequestError
 
 
 class Authenticator:
@@ -19,13 +19,13 @@ class Authenticator:
         permission_denied) otherwise."""
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise RequestError("unauthenticated", "missing Bearer token in the Authorization header")
+            raise RequestError(UNAUTHENTICATED, "missing Bearer token in the Authorization header")
         try:
             claims = self._verifier.verify(token.strip())
         except Exception as exc:  # PyJWT errors, and odd claims TokenVerifier cannot map
-            raise RequestError("unauthenticated", f"invalid token: {_reason(exc)}") from None
+            raise RequestError(UNAUTHENTICATED, f"invalid token: {_reason(exc)}") from None
         if claims.video is None or claims.video.room_record is not True:
-            raise RequestError("permission_denied", "permissions denied: the token lacks video.roomRecord")
+            raise RequestError(PERMISSION_DENIED, "permissions denied: the token lacks video.roomRecord")
         return claims
 
 

@@ -28,7 +28,18 @@ from livekit.protocol import egress
 
 from trackegress.api.auth import Authenticator
 from trackegress.dispatcher import Dispatcher
-from trackegress.errors import HTTP_STATUS, RequestError
+from trackegress.errors import (
+    BAD_ROUTE,
+    DEADLINE_EXCEEDED,
+    HTTP_STATUS,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    MALFORMED,
+    RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED,
+    UNIMPLEMENTED,
+    RequestError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +74,7 @@ class Throttled(RequestError):
     """``resource_exhausted``, with the seconds after which to retry."""
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__("resource_exhausted", message)
+        super().__init__(RESOURCE_EXHAUSTED, message)
         self.retry_after = retry_after
 
 
@@ -101,11 +112,11 @@ class _TwirpErrorHandler(RequestHandler):
     ) -> StreamResponse:
         log.info("unparseable HTTP request from %s: %s", request.remote, message or exc)
         if status >= 500:
-            response = twirp_error("internal", "internal error")
+            response = twirp_error(INTERNAL, "internal error")
         elif isinstance(exc, LineTooLong) or "Too many headers" in str(message):
-            response = twirp_error("malformed", "request headers too large")
+            response = twirp_error(MALFORMED, "request headers too large")
         else:
-            response = twirp_error("malformed", "the HTTP request could not be parsed")
+            response = twirp_error(MALFORMED, "the HTTP request could not be parsed")
         response.force_close()
         return response
 
@@ -155,21 +166,21 @@ class TwirpServer:
             return twirp_error(exc.code, exc.message)
         except Exception:
             log.exception("twirp %s failed", request.path)
-            return twirp_error("internal", "internal error")
+            return twirp_error(INTERNAL, "internal error")
 
     async def _handle(self, request: web.Request) -> web.Response:
         name = request.path.removeprefix(PREFIX) if request.path.startswith(PREFIX) else ""
         method = self._methods.get(name)
         if method is None and name not in _OTHER_METHODS:
-            raise RequestError("bad_route", f"no handler for path {request.path}")
+            raise RequestError(BAD_ROUTE, f"no handler for path {request.path}")
         if request.method != "POST":
-            raise RequestError("bad_route", f"unsupported method {request.method} (only POST is allowed)")
+            raise RequestError(BAD_ROUTE, f"unsupported method {request.method} (only POST is allowed)")
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type not in (JSON, PROTOBUF):
-            raise RequestError("bad_route", f"unexpected Content-Type: {content_type or '(none)'}")
+            raise RequestError(BAD_ROUTE, f"unexpected Content-Type: {content_type or '(none)'}")
         self._authenticate(request)
         if method is None:
-            raise RequestError("unimplemented", f"{name} is not supported: trackegress only runs StartTrackEgress")
+            raise RequestError(UNIMPLEMENTED, f"{name} is not supported: trackegress only runs StartTrackEgress")
         message = _decode(await _read(request), content_type, method.request_type)
         return _encode(await method.handler(message), content_type)
 
@@ -179,7 +190,7 @@ class TwirpServer:
         try:
             self._auth.require_record(request.headers.get("Authorization"))
         except RequestError as exc:
-            if exc.code == "unauthenticated":
+            if exc.code == UNAUTHENTICATED:
                 self._throttle.failed(address)
             raise
 
@@ -213,7 +224,7 @@ def _page_key(token: str) -> tuple[int, str]:
         started_at, _, egress_id = base64.urlsafe_b64decode(token.encode()).decode().partition("/")
         return int(started_at), egress_id
     except (ValueError, binascii.Error, UnicodeError):
-        raise RequestError("invalid_argument", "invalid page_token") from None
+        raise RequestError(INVALID_ARGUMENT, "invalid page_token") from None
 
 
 async def _read(request: web.Request) -> bytes:
@@ -221,9 +232,9 @@ async def _read(request: web.Request) -> bytes:
         async with asyncio.timeout(BODY_TIMEOUT):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise RequestError("malformed", f"request body larger than {MAX_BODY} bytes") from None
+        raise RequestError(MALFORMED, f"request body larger than {MAX_BODY} bytes") from None
     except TimeoutError:
-        raise RequestError("deadline_exceeded", f"request body not received within {BODY_TIMEOUT:g}s") from None
+        raise RequestError(DEADLINE_EXCEEDED, f"request body not received within {BODY_TIMEOUT:g}s") from None
 
 
 def _decode(body: bytes, content_type: str, request_type: type[Message]) -> Message:
@@ -240,7 +251,7 @@ def _decode(body: bytes, content_type: str, request_type: type[Message]) -> Mess
         raise
     except (DecodeError, ParseError, UnicodeDecodeError, RecursionError, ValueError) as exc:
         kind = "protobuf" if content_type == PROTOBUF else "JSON"
-        raise RequestError("malformed", f"the {kind} request body could not be decoded: {_short(exc)}") from None
+        raise RequestError(MALFORMED, f"the {kind} request body could not be decoded: {_short(exc)}") from None
     return message
 
 
@@ -248,7 +259,7 @@ def _check_shape(value: object, descriptor: Any, where: str) -> None:
     """``invalid_argument`` unless ``value`` is a JSON object whose message-typed fields hold objects (protobuf's
     parser would read ``"file": "abc"`` or a ``[]`` body as empty messages)."""
     if not isinstance(value, dict):
-        raise RequestError("invalid_argument", f"{where or 'the request body'} must be a JSON object")
+        raise RequestError(INVALID_ARGUMENT, f"{where or 'the request body'} must be a JSON object")
     for key, item in value.items():
         field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
         if field is None or item is None or field.message_type is None:
@@ -258,7 +269,7 @@ def _check_shape(value: object, descriptor: Any, where: str) -> None:
         name = f"{where}.{field.name}" if where else field.name
         if field.is_repeated:
             if not isinstance(item, list):
-                raise RequestError("invalid_argument", f"{name} must be a JSON array")
+                raise RequestError(INVALID_ARGUMENT, f"{name} must be a JSON array")
             for element in item:
                 _check_shape(element, field.message_type, name)
         else:

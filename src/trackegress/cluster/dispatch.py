@@ -18,13 +18,13 @@ from livekit.protocol import egress
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RedisBus, RPCClient
-from trackegress.cluster.psrpc import PsrpcError, SelectionOpts, StartEgressRequest
 from trackegress.cluster.settings import ClusterSettings
 from trackegress.config import ServiceConfig
-from trackegress.errors import RequestError, twirp_code
+from trackegress.errors import FAILED_PRECONDITION, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, RequestError, twirp_code
 from trackegress.info import new_egress_id
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RedisBus, RPCClient
+from trackegress.psrpc.wire import PsrpcError, SelectionOpts, StartEgressRequest
 from trackegress.reporting.ioinfo_server import IOInfoServer
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
@@ -39,7 +39,7 @@ START_TIMEOUT = 8.0  # a worker answers once its CreateEgress is through (track 
 START_ATTEMPTS = 3  # as livekit-server: retried while no worker claims, backoff 1 s * 2^n * [1, 2)
 _START_BACKOFF = Backoff(1.0, jitter=True)
 HANDLER_TIMEOUT = 5.0  # a worker answers StopEgress within 2 s
-_RETRYABLE = (psrpc.UNAVAILABLE, "resource_exhausted")
+_RETRYABLE = (UNAVAILABLE, RESOURCE_EXHAUSTED)
 
 
 def request_error(exc: PsrpcError) -> RequestError:
@@ -77,7 +77,7 @@ class ClusterDispatcher:
     async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
         """Validate, pick a worker by affinity, store the STARTING info it answers (``egress_started``)."""
         if not self._accepting:
-            raise RequestError("unavailable", "the egress service is shutting down")
+            raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
         start = StartEgressRequest(
             egress_id or new_egress_id(), "track", request, room_id=await self._rooms.room_sid(request.room_name),
@@ -128,10 +128,10 @@ class ClusterDispatcher:
         except PsrpcError as exc:
             info = await self._store.get(egress_id)
             if info is None:
-                raise RequestError("not_found", "egress does not exist") from None
+                raise RequestError(NOT_FOUND, "egress does not exist") from None
             if info.status in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE):
                 raise request_error(exc) from None
-            raise RequestError("failed_precondition",
+            raise RequestError(FAILED_PRECONDITION,
                                f"egress with status {Status.Name(info.status)} cannot be {verb}") from None
         return egress.EgressInfo.FromString(raw)
 
@@ -141,7 +141,7 @@ async def _call(call: Awaitable[bytes]) -> bytes:
     try:
         return await call
     except (RedisError, OSError) as exc:
-        raise PsrpcError(psrpc.UNAVAILABLE, f"Redis unreachable: {type(exc).__name__}") from None
+        raise PsrpcError(UNAVAILABLE, f"Redis unreachable: {type(exc).__name__}") from None
 
 
 async def open_cluster(

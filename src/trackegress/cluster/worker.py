@@ -22,16 +22,16 @@ from typing import IO
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import Method, RedisBus, RPCClient, RPCServer
-from trackegress.cluster.psrpc import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.cluster.settings import WorkerConfig, fits
 from trackegress.cpuload import CpuMeter
-from trackegress.errors import RequestError
+from trackegress.errors import ALREADY_EXISTS, INVALID_ARGUMENT, UNAVAILABLE, RequestError
 from trackegress.info import is_ended, new_egress_id
 from trackegress.manager import EgressManager
 from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import serve_ops
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import Method, RedisBus, RPCClient, RPCServer
+from trackegress.psrpc.wire import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.reporting.ioinfo_client import IOInfoReporter
 from trackegress.reporting.store import Store
 from trackegress.roomservice import LiveKitRooms
@@ -168,12 +168,12 @@ class Worker:
         pending = self._pending.pop(request.request_id, None)
         track = start.track
         if track is None:
-            raise PsrpcError(psrpc.INVALID_ARGUMENT, "only track egress requests are served here")
+            raise PsrpcError(INVALID_ARGUMENT, "only track egress requests are served here")
         egress_id = start.egress_id or new_egress_id()
         running = self._running.get(egress_id)
         if running is None:
             if not self._accepting:
-                raise PsrpcError(psrpc.UNAVAILABLE, "worker is shutting down")
+                raise PsrpcError(UNAVAILABLE, "worker is shutting down")
             cost = pending.cost if pending else start.estimated_cpu or self._config.track_cpu_cost
             launch = asyncio.ensure_future(self._launch(egress_id, track))
             running = self._running[egress_id] = _Running(cost, start.room_id, launch)
@@ -211,7 +211,7 @@ class Worker:
         if await self._bus.redis.set(OWNER_PREFIX + egress_id, self.server_id, nx=True, ex=OWNER_TTL):
             return
         if await self._owner(egress_id) != self.server_id:
-            raise PsrpcError(psrpc.ALREADY_EXISTS, f"egress {egress_id} already exists")
+            raise PsrpcError(ALREADY_EXISTS, f"egress {egress_id} already exists")
 
     async def _owner(self, egress_id: str) -> str | None:
         owner = await self._bus.redis.get(OWNER_PREFIX + egress_id)

@@ -161,3 +161,22 @@ def dimensions(data: bytes) -> tuple[int, int] | None:
     except ValueError:
         return None
     return size if key else None
+
+
+class SpatialLayer:
+    """AV1 SVC: a keyframe unit establishes the spatial layer the recording follows (its highest). With Chromium's
+    L3T3_KEY the layers predict only from themselves after the keyframe, so a unit whose highest layer differs
+    references pictures the recording does not have (seen: the SFU moving from 320x180 to 640x360 mid-GOP)."""
+
+    def __init__(self) -> None:
+        self._layer: int | None = None
+
+    def follows(self, data: bytes) -> bool:
+        """Record this unit; False if its spatial layer is not the one the last keyframe established."""
+        start, layer = start_and_layer(data)
+        if layer is None:
+            return True
+        if start:
+            self._layer = layer
+            return True
+        return self._layer is None or layer == self._layer

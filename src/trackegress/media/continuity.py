@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from trackegress.media import av1, h264, h265, vp8, vp9
+from trackegress.media.codecs import CODECS
 from trackegress.media.frames import Codec, EncodedFrame
 
 log = logging.getLogger(__name__)
@@ -43,56 +43,6 @@ class ContinuityStats:
         )
 
 
-class _H264FrameNums:
-    """Detects a lost reference picture from ``frame_num`` (7.4.3): after a reference picture the next
-    picture's frame_num is one more (mod 2^bits); after a non-reference one it stays the same."""
-
-    def __init__(self) -> None:
-        self._bits: int | None = None
-        self._expected: int | None = None
-
-    def follows(self, data: bytes) -> bool:
-        """Record this access unit; False if a reference picture between the last one and it is missing."""
-        bits = h264.frame_num_bits(data) or self._bits
-        self._bits = bits
-        parsed = h264.slice_frame_num(data, bits) if bits else None
-        if parsed is None:
-            self._expected = None
-            return True
-        frame_num, reference = parsed
-        ok = h264.is_keyframe(data) or self._expected is None or frame_num == self._expected
-        assert bits is not None
-        self._expected = (frame_num + 1) % (1 << bits) if reference else frame_num
-        return ok
-
-
-class _Av1SpatialLayer:
-    """AV1 SVC: a keyframe unit establishes the spatial layer the recording follows (its highest). With Chromium's
-    L3T3_KEY the layers predict only from themselves after the keyframe, so a unit whose highest layer differs
-    references pictures the recording does not have (seen: the SFU moving from 320x180 to 640x360 mid-GOP)."""
-
-    def __init__(self) -> None:
-        self._layer: int | None = None
-
-    def follows(self, data: bytes) -> bool:
-        """Record this unit; False if its spatial layer is not the one the last keyframe established."""
-        start, layer = av1.start_and_layer(data)
-        if layer is None:
-            return True
-        if start:
-            self._layer = layer
-            return True
-        return self._layer is None or layer == self._layer
-
-
-# Where a decoder can start, per codec (H.264 and H.265 also need their parameter sets: KeyframeGate).
-_KEYFRAME: Mapping[Codec, Callable[[bytes], bool]] = {
-    Codec.VP8: vp8.is_keyframe,
-    Codec.VP9: vp9.is_keyframe,
-    Codec.AV1: lambda data: av1.start_and_layer(data)[0],  # a KEY_FRAME unit that carries its sequence header
-}
-
-
 class KeyframeGate:
     """Decides, frame by frame, what the file sink may write (see the module docstring).
 
@@ -108,6 +58,7 @@ class KeyframeGate:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.codec = codec
+        self._traits = CODECS[codec]
         self.stats = ContinuityStats()
         self._request = request_keyframe
         self._min_interval = min_interval
@@ -116,10 +67,8 @@ class KeyframeGate:
         self._waiting = True
         self._last_request = float("-inf")
         self._params_seen = False
-        self._follows: Callable[[bytes], bool] | None = (
-            _H264FrameNums().follows if codec is Codec.H264 else _Av1SpatialLayer().follows if codec is Codec.AV1
-            else None
-        )
+        check = self._traits.continuity
+        self._follows: Callable[[bytes], bool] | None = check().follows if check is not None else None
 
     @property
     def waiting(self) -> bool:
@@ -157,13 +106,11 @@ class KeyframeGate:
     def _recovery_point(self, frame: EncodedFrame) -> bool:
         """A keyframe a decoder can start from, by the codec's own bitstream (H.264 / H.265: once the parameter
         sets came, in band; AV1: a keyframe temporal unit carries its sequence header)."""
-        if self.codec is Codec.H264:
-            self._params_seen |= h264.parameter_sets(frame.data) is not None
-            return self._params_seen and h264.is_keyframe(frame.data)
-        if self.codec is Codec.H265:
-            self._params_seen |= h265.dimensions(frame.data) is not None
-            return self._params_seen and h265.is_keyframe(frame.data)
-        return _KEYFRAME[self.codec](frame.data)
+        traits = self._traits
+        if traits.parameter_sets is not None:
+            self._params_seen |= traits.parameter_sets(frame.data)
+            return self._params_seen and traits.keyframe(frame.data)
+        return traits.keyframe(frame.data)
 
     def _ask(self) -> None:
         now = self._clock()

@@ -6,12 +6,8 @@ Samples are expanded with ITU-T G.711's tables and raised from 8 kHz to 48 kHz b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import numpy.typing as npt
-
-from trackegress.media.frames import Codec
 
 RATIO = 6  # 48 kHz / 8 kHz: RTP timestamp units to the PCM timeline's
 _STEPS = np.arange(1, RATIO + 1) / RATIO
@@ -32,7 +28,7 @@ def _alaw() -> npt.NDArray[np.int16]:
 
 
 TABLES = {"pcmu": _mulaw(), "pcma": _alaw()}
-SILENCE: Mapping[Codec, int] = {Codec.PCMU: 0xFF, Codec.PCMA: 0xD5}  # the code of a zero sample
+MULAW_SILENCE, ALAW_SILENCE = 0xFF, 0xD5  # the code of a zero sample
 
 
 class G711Decoder:

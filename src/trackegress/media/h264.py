@@ -209,3 +209,26 @@ def slice_frame_num(data: bytes, bits: int) -> tuple[int, bool] | None:
             except ValueError:
                 return None
     return None
+
+
+class FrameNums:
+    """Detects a lost reference picture from ``frame_num`` (7.4.3): after a reference picture the next
+    picture's frame_num is one more (mod 2^bits); after a non-reference one it stays the same."""
+
+    def __init__(self) -> None:
+        self._bits: int | None = None
+        self._expected: int | None = None
+
+    def follows(self, data: bytes) -> bool:
+        """Record this access unit; False if a reference picture between the last one and it is missing."""
+        bits = frame_num_bits(data) or self._bits
+        self._bits = bits
+        parsed = slice_frame_num(data, bits) if bits else None
+        if parsed is None:
+            self._expected = None
+            return True
+        frame_num, reference = parsed
+        ok = is_keyframe(data) or self._expected is None or frame_num == self._expected
+        assert bits is not None
+        self._expected = (frame_num + 1) % (1 << bits) if reference else frame_num
+        return ok

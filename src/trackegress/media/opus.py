@@ -40,3 +40,11 @@ def opus_packet_samples(packet: bytes) -> int:
     if samples == 0 or samples > MAX_PACKET_SAMPLES:
         raise ValueError(f"invalid Opus packet: {samples} samples (TOC 0x{packet[0]:02x})")
     return samples
+
+
+def packet_samples_or_zero(packet: bytes) -> int:
+    """``opus_packet_samples``, 0 if the packet is empty or invalid."""
+    try:
+        return opus_packet_samples(packet)
+    except ValueError:
+        return 0

@@ -1,1 +1,2 @@
-"""Operations: health and Prometheus metrics endpoints."""
+"""Operations: health.py (the health endpoint), metrics.py (Prometheus), ports.py (``health_port`` /
+``prometheus_port`` listeners)."""

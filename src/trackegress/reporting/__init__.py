@@ -1,1 +1,2 @@
-"""Reporting: what happens to an egress is stored, sent as webhooks, reported over IOInfo and written as a manifest."""
+"""What happens to an egress, told to others: store.py (EgressInfo in SQLite), webhooks.py (LiveKit-format, signed),
+ioinfo_client.py (a worker's reports to IOInfo), ioinfo_server.py (``serve``'s IOInfo for its workers)."""

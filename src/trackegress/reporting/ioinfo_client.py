@@ -11,15 +11,16 @@ from livekit.protocol import egress
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import RPCClient
+from trackegress.errors import DEADLINE_EXCEEDED, UNAVAILABLE
 from trackegress.info import is_ended
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import RPCClient
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0
 RETRY_FOR = 60.0  # seconds an update is retried while livekit-server does not answer (upstream: 1 min)
-_RETRYABLE = (psrpc.DEADLINE_EXCEEDED, psrpc.UNAVAILABLE)
+_RETRYABLE = (DEADLINE_EXCEEDED, UNAVAILABLE)
 CREATE, UPDATE = "CreateEgress", "UpdateEgress"
 _BACKOFF = Backoff(0.5, cap=8.0)
 

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 from livekit.protocol import egress
 
-from trackegress.cluster import psrpc
-from trackegress.cluster.bus import Method, RedisBus, RPCServer
-from trackegress.cluster.psrpc import GetEgressRequest, PsrpcError, Request
+from trackegress.errors import NOT_FOUND
 from trackegress.info import is_ended
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.bus import Method, RedisBus, RPCServer
+from trackegress.psrpc.wire import GetEgressRequest, PsrpcError, Request
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
 Listener = Callable[[egress.EgressInfo], None]
-NOT_FOUND = "not_found"
 
 
 class IOInfoServer:

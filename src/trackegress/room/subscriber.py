@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from livekit.protocol import models, rtc
 
+from trackegress.media.codecs import is_blank
 from trackegress.media.frames import Codec, EncodedFrame
-from trackegress.room.blank import is_blank
 from trackegress.room.native import NativeTransport
 from trackegress.room.signal import Resume, SignalClient, SignalError
 from trackegress.room.transport import (

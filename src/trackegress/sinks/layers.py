@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from trackegress.media.dimensions import keyframe_size
+from trackegress.media.codecs import keyframe_size
 from trackegress.media.frames import Codec, EncodedFrame
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Opus → Ogg, G.711 → WAV, VP8 / VP9 / AV1 → WebM, H.264 / H.265 → fragmented MP4 (a fragment per keyframe or
 per half second, the moov up front), so a process killed mid-way leaves a file that plays up to its last fragment
-(the table: ``media/formats.py``); a VP9 SVC picture shows its top layer only (``vp9.show_top_layer_only``).
+(the table: ``media/codecs.py``); a VP9 SVC picture shows its top layer only (its row's ``picture``).
 Timestamps are the RTP timestamps relative to the first frame: a gap in the track stays a gap in the file
 (audio: filled, as Ogg and WAV have no per-packet time).
 """
@@ -18,9 +18,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from trackegress.media import g711, vp9
-from trackegress.media.dimensions import keyframe_size
-from trackegress.media.formats import output_format
+from trackegress.media.codecs import CODECS, keyframe_size, output_format
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.media.opus import opus_packet_samples
 
@@ -36,6 +34,7 @@ class Muxer:
     def __init__(self, path: Path, codec: Codec, size: tuple[int, int] | None = None) -> None:
         self.path = path
         self.codec = codec
+        self._traits = CODECS[codec]
         self.size = size  # the header's picture size: the largest layer, when the track announces its layers
         # Video times stay at least 1 ms apart (WebM's resolution): the SFU stamps a layer switch's keyframe a
         # tick after the previous layer's last frame.
@@ -66,7 +65,7 @@ class Muxer:
         if self._closed:
             return
         audio = not self.codec.is_video
-        duration = self._samples(frame.data) if audio else 0
+        duration = self._traits.samples(frame.data) if audio else 0
         if (audio and not duration) or (self._container is None and not self._open(frame)) or (
             frame.timestamp <= self._last_ts
         ):
@@ -79,8 +78,7 @@ class Muxer:
             duration = timestamp - self._last_ts if self.frames else 0
         elif self.frames and timestamp > self._last_ts + self._last_duration:  # a gap
             self._fill_until(timestamp)
-        data = vp9.show_top_layer_only(frame.data) if self.codec is Codec.VP9 else frame.data
-        self._mux(data, timestamp, frame.keyframe, duration)
+        self._mux(self._traits.picture(frame.data), timestamp, frame.keyframe, duration)
 
     def close(self) -> None:
         """Finish the file (idempotent)."""
@@ -125,17 +123,13 @@ class Muxer:
         context.extradata = _OPUS_HEAD
         return stream
 
-    def _samples(self, data: bytes) -> int:
-        """Samples in an audio frame: Opus from its TOC (0 if invalid), G.711 one per byte."""
-        return _opus_samples(data) if self.codec is Codec.OPUS else len(data)
-
     def _fill_until(self, timestamp: int) -> None:
         """Cover an audio gap (loss, DTX, mute): Opus with TOC-only packets, which decoders treat as lost frames,
         G.711 with silence.
 
         Ogg and WAV have no per-packet time: without them players would close the gap and drift out of sync.
         """
-        silence = g711.SILENCE.get(self.codec)  # G.711 gaps in WAV: zero samples
+        silence = self._traits.silence  # G.711 gaps in WAV: zero samples
         if silence is not None:  # a second at most per packet; ``filled`` counts frames of the last one's length
             frame = self._last_duration
             while (start := self._last_ts + self._last_duration) < timestamp:
@@ -163,10 +157,3 @@ class Muxer:
         self._last_toc = data[0]
         self.frames += 1
 
-
-def _opus_samples(packet: bytes) -> int:
-    """Samples per channel in an Opus packet; 0 if it is empty or invalid."""
-    try:
-        return opus_packet_samples(packet)
-    except ValueError:
-        return 0

@@ -7,7 +7,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from trackegress.media.formats import KNOWN_EXTENSIONS, output_format
+from trackegress.media.codecs import KNOWN_EXTENSIONS, output_format
 from trackegress.media.frames import Codec
 
 MAX_COMPONENT = 255  # bytes in one path component (NAME_MAX of Linux filesystems)

@@ -1,4 +1,5 @@
-"""Azure Blob storage, configured like upstream's ``AzureBlobUpload``.
+"""Azure Blob storage, configured like upstream's ``AzureBlobUpload``: its settings, their parsers (``storage.azure``
+in egress.yaml, a request's ``AzureBlobUpload``) and its client.
 
 ``AZURITE_BLOB_STORAGE_URL`` (e.g. ``http://127.0.0.1:10000``) sends uploads to an Azurite emulator instead; the
 location then names the emulator's URL.
@@ -13,16 +14,53 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from livekit.protocol import egress
 from obstore.store import AzureStore
 
+from trackegress.configfile import Section
+from trackegress.errors import INVALID_ARGUMENT, ConfigError
 from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, url_path
 from trackegress.storage.objectstore import ObjectStoreStorage, client_options, retry_config
-from trackegress.storage.settings import Azure, Retry
+from trackegress.storage.options import BackendSettings, Retry
 
 EMULATOR_ENV = "AZURITE_BLOB_STORAGE_URL"
 SAS_VERSION = "2023-11-03"
+SECRETS = {"account_key": "{account_key}"}  # request fields that are credentials → placeholder
+_FIELDS = ("account_name", "account_key", "container_name")
+
+
+@dataclass(frozen=True)
+class Azure(BackendSettings):
+    """``AzureBlobUpload`` / ``storage.azure``."""
+
+    account_name: str
+    account_key: str
+    container_name: str
+
+
+def from_request(file: egress.DirectFileOutput) -> Azure:
+    az = file.azure
+    return _check(Azure(az.account_name, az.account_key, az.container_name))
+
+
+def from_config(raw: Section) -> Azure:
+    raw.refuse_unknown(frozenset(_FIELDS))
+    return _check(Azure(raw.text("account_name"), raw.text("account_key"), raw.text("container_name")))
+
+
+def _check(azure: Azure) -> Azure:
+    missing = [name for name in _FIELDS if not getattr(azure, name)]
+    if missing:
+        raise ConfigError(INVALID_ARGUMENT, f"azure.{', azure.'.join(missing)} required")
+    return azure
+
+
+def bucket_id(azure: Azure) -> str:
+    """Which container a key lives in (no credentials)."""
+    return f"azure:{azure.account_name}:{azure.container_name}"
 
 
 def account_url(azure: Azure, env: Mapping[str, str] = os.environ) -> str:

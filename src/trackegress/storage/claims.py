@@ -12,7 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from trackegress.storage.settings import GCP, S3, Azure, Backend
+from trackegress.storage.backends import backend_of
+from trackegress.storage.options import BackendSettings
 
 CLAIMS_DIR = ".trackegress-claims"
 
@@ -30,11 +31,11 @@ def claim_file(path: Path, owner: str) -> None:
     os.close(fd)
 
 
-def claim_key(base_dir: Path, backend: Backend, key: str, owner: str) -> None:
+def claim_key(base_dir: Path, backend: BackendSettings, key: str, owner: str) -> None:
     """Claim ``key`` at ``backend`` for ``owner``; ``OutputTaken`` if another egress claimed it."""
     folder = base_dir / CLAIMS_DIR
     folder.mkdir(exist_ok=True)
-    name = hashlib.sha256(f"{_destination(backend)}\0{key}".encode()).hexdigest()
+    name = hashlib.sha256(f"{backend_of(backend).bucket(backend)}\0{key}".encode()).hexdigest()
     try:
         fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -43,12 +44,3 @@ def claim_key(base_dir: Path, backend: Backend, key: str, owner: str) -> None:
     with os.fdopen(fd, "w") as file:
         file.write(owner)
 
-
-def _destination(backend: Backend) -> str:
-    """Which bucket a key lives in (no credentials)."""
-    if isinstance(backend, S3):
-        return f"s3:{backend.endpoint}:{backend.bucket}"
-    if isinstance(backend, GCP):
-        return f"gcs:{backend.bucket}"
-    assert isinstance(backend, Azure)
-    return f"azure:{backend.account_name}:{backend.container_name}"

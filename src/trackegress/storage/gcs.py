@@ -1,4 +1,5 @@
-"""Google Cloud Storage through gcloud-aio-storage (JSON API, resumable uploads), like upstream's ``GCPUpload``.
+"""Google Cloud Storage through gcloud-aio-storage (JSON API, resumable uploads), like upstream's ``GCPUpload``: its
+settings, their parsers (``storage.gcp`` in egress.yaml, a request's ``GCPUpload``) and its client.
 
 ``STORAGE_EMULATOR_HOST`` (Google's convention, e.g. ``http://127.0.0.1:4443``) sends uploads to an emulator such as
 fake-gcs-server; requests are still authenticated when credentials are given, and the location names the emulator.
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -23,10 +25,21 @@ import aiohttp
 from gcloud.aio.auth import Token
 from gcloud.aio.storage import Blob
 from gcloud.aio.storage import Storage as GCSClient
+from livekit.protocol import egress
 
 from trackegress.backoff import Backoff
+from trackegress.configfile import Section
+from trackegress.errors import INVALID_ARGUMENT, ConfigError
 from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, proxy_note, redact, url_path
-from trackegress.storage.settings import GCP, Retry
+from trackegress.storage.options import (
+    PROXY_SECRETS,
+    BackendSettings,
+    Proxy,
+    Retry,
+    check_proxy,
+    proxy_from_config,
+    proxy_from_request,
+)
 
 log = logging.getLogger(__name__)
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
@@ -37,6 +50,46 @@ _SIGNING_HOST = "storage.googleapis.com"
 _MARKUP = re.compile(r"<(?:!doctype|\?xml|html)", re.IGNORECASE)  # an HTML error page, e.g. from a proxy
 _TAG = re.compile(r"<[^>]*>")
 T = TypeVar("T")
+SECRETS = {"credentials": "{credentials}", **PROXY_SECRETS}  # request fields that are credentials → placeholder
+
+
+@dataclass(frozen=True)
+class GCP(BackendSettings):
+    """``GCPUpload`` / ``storage.gcp``: ``credentials_json`` is a service account (or ADC) JSON document."""
+
+    bucket: str
+    credentials_json: str = ""
+    proxy: Proxy | None = None
+
+
+def from_request(file: egress.DirectFileOutput) -> GCP:
+    gcp = file.gcp
+    proxy = proxy_from_request(gcp.proxy) if gcp.HasField("proxy") else None
+    return _check(GCP(bucket=gcp.bucket, credentials_json=gcp.credentials, proxy=proxy))
+
+
+def from_config(raw: Section) -> GCP:
+    raw.refuse_unknown(frozenset({"credentials_json", "bucket", "proxy_config"}))
+    return _check(GCP(raw.text("bucket"), raw.text("credentials_json"), proxy_from_config(raw)))
+
+
+def _check(gcp: GCP) -> GCP:
+    if not gcp.bucket:
+        raise ConfigError(INVALID_ARGUMENT, "gcp.bucket is required")
+    if gcp.credentials_json:
+        try:
+            document = json.loads(gcp.credentials_json)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise ConfigError(INVALID_ARGUMENT, "gcp.credentials must be a JSON object (a service account key)")
+    check_proxy("gcp.proxy", gcp.proxy)
+    return gcp
+
+
+def bucket_id(gcp: GCP) -> str:
+    """Which bucket a key lives in (no credentials)."""
+    return f"gcs:{gcp.bucket}"
 
 
 def emulator(env: Mapping[str, str] = os.environ) -> str:

@@ -13,7 +13,7 @@ from obstore.exceptions import BaseError
 from obstore.store import AzureStore, S3Store
 
 from trackegress.storage.base import PRESIGN_EXPIRY, UploadError, proxy_note, redact
-from trackegress.storage.settings import Retry
+from trackegress.storage.options import Retry
 
 if TYPE_CHECKING:
     from obstore import Attributes

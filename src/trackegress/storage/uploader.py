@@ -5,25 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from trackegress.media.formats import content_type
-from trackegress.storage.azure import open_azure
+from trackegress.media.codecs import content_type
+from trackegress.storage.backends import backend_of
 from trackegress.storage.base import Storage, UploadError, object_key
-from trackegress.storage.gcs import GCSStorage
-from trackegress.storage.s3 import open_s3
-from trackegress.storage.settings import GCP, S3, Azure, Destination, Retry
+from trackegress.storage.settings import Destination
 
 log = logging.getLogger(__name__)
 
 
-# Each backend's client, by its settings type (their parsers: ``settings.PARSERS``).
-OPENERS: dict[type, Callable[[Any, Retry], Storage]] = {S3: open_s3, GCP: GCSStorage, Azure: open_azure}
-
-
 def open_storage(destination: Destination) -> Storage:
     """The backend client for ``destination``."""
-    return OPENERS[type(destination.backend)](destination.backend, destination.retry)
+    storage: Storage = backend_of(destination.backend).open(destination.backend, destination.retry)
+    return storage
 
 
 class Uploader:

@@ -36,8 +36,11 @@ from support.storage_servers import (
     service_account,
 )
 
+from trackegress.storage.gcs import GCP
 from trackegress.storage.objectstore import PART_SIZE
-from trackegress.storage.settings import GCP, S3, Destination, Retry, StorageSettings
+from trackegress.storage.options import Retry
+from trackegress.storage.s3 import S3
+from trackegress.storage.settings import Destination, StorageSettings
 from trackegress.storage.uploader import Uploader
 
 

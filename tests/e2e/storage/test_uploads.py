@@ -45,9 +45,9 @@ from support.storage_servers import (
     service_account,
 )
 
-from trackegress.storage.azure import presigned_url
+from trackegress.storage.azure import Azure, presigned_url
 from trackegress.storage.objectstore import PART_SIZE
-from trackegress.storage.settings import Azure, StorageSettings
+from trackegress.storage.settings import StorageSettings
 from trackegress.storage.uploader import Uploader
 
 # one backend each: object, Content-Type, key, location, manifest

@@ -10,8 +10,7 @@ trailer may follow, so only the start (Opus, G.711, VP8) or the SPS (H.264) is c
 
 from __future__ import annotations
 
-from trackegress.media import g711
-from trackegress.media.frames import Codec
+from collections.abc import Callable
 
 OPUS_SILENCE = b"\xf8\xff\xfe" + bytes(77)
 VP8_KEYFRAME_8X8 = bytes.fromhex("1002009d012a080008000047088585888584880202000c0d6000feffab5080")
@@ -19,13 +18,19 @@ H264_SPS_2X2 = bytes.fromhex("6742c01f0fd91f888884000003000400000300c83c60c920")
 G711_FRAME = 160  # samples of the SFU's 20 ms G.711 silence
 
 
-def is_blank(codec: Codec, data: bytes) -> bool:
-    """Whether ``data`` is one of the SFU's blank frames for ``codec``."""
-    if codec is Codec.OPUS:
-        return data.startswith(OPUS_SILENCE)
-    if codec is Codec.VP8:
-        return data.startswith(VP8_KEYFRAME_8X8)
-    if codec is Codec.H264:
-        return b"\x00\x00\x01" + H264_SPS_2X2 in data
-    silence = g711.SILENCE.get(codec)
-    return silence is not None and data.startswith(bytes([silence]) * G711_FRAME)
+def opus_blank(data: bytes) -> bool:
+    return data.startswith(OPUS_SILENCE)
+
+
+def vp8_blank(data: bytes) -> bool:
+    return data.startswith(VP8_KEYFRAME_8X8)
+
+
+def h264_blank(data: bytes) -> bool:
+    return b"\x00\x00\x01" + H264_SPS_2X2 in data
+
+
+def g711_blank(silence: int) -> Callable[[bytes], bool]:
+    """The test for 20 ms of G.711 silence coded as ``silence`` (the code of a zero sample)."""
+    frame = bytes([silence]) * G711_FRAME
+    return lambda data: data.startswith(frame)

@@ -19,8 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from trackegress.backoff import Backoff
-from trackegress.cluster import psrpc
-from trackegress.cluster.psrpc import ClaimRequest, ClaimResponse, PsrpcError, Request, Response, SelectionOpts
+from trackegress.errors import DEADLINE_EXCEEDED, INTERNAL, MALFORMED_REQUEST, UNKNOWN
+from trackegress.psrpc import wire as psrpc
+from trackegress.psrpc.wire import ClaimRequest, ClaimResponse, PsrpcError, Request, Response, SelectionOpts
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class RPCServer:
             body = method.decode(request.raw_request)
         except psrpc.MalformedMessage as exc:
             log.warning("psrpc: malformed %s request %s: %s", method.name, request.request_id, exc)
-            await self._respond(request, error=PsrpcError(psrpc.MALFORMED_REQUEST, str(exc)))
+            await self._respond(request, error=PsrpcError(MALFORMED_REQUEST, str(exc)))
             return
         if method.claim and not await self._claim(method, request, body):
             if method.unclaimed is not None:
@@ -271,7 +272,7 @@ class RPCServer:
             await self._respond(request, error=exc)
         except Exception as exc:
             log.exception("psrpc: %s.%s failed", self.service, method.name)
-            await self._respond(request, error=PsrpcError(psrpc.INTERNAL, str(exc)))
+            await self._respond(request, error=PsrpcError(INTERNAL, str(exc)))
         else:
             await self._respond(request, raw=raw)
 
@@ -316,7 +317,7 @@ class RPCClient:
                                            psrpc.wrap(chosen))
                 return _result(await responses.get())
         except TimeoutError:
-            raise PsrpcError(psrpc.DEADLINE_EXCEEDED, "request timed out") from None
+            raise PsrpcError(DEADLINE_EXCEEDED, "request timed out") from None
         finally:
             self._claims.pop(request.request_id, None)
             self._responses.pop(request.request_id, None)
@@ -394,5 +395,5 @@ async def _select(
 
 def _result(response: Response) -> bytes:
     if response.error:
-        raise PsrpcError(response.code or psrpc.UNKNOWN, response.error)
+        raise PsrpcError(response.code or UNKNOWN, response.error)
     return response.raw_response

@@ -21,21 +21,14 @@ from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_fa
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import egress
 
+from trackegress.errors import UNAVAILABLE
+
 TYPE_URL_PREFIX = "type.googleapis.com/"
 # psrpc service names (livekit/protocol rpc/*.proto)
 EGRESS_INTERNAL = "EgressInternal"  # StartEgress, ListActiveEgress: topic cluster_id
 EGRESS_HANDLER = "EgressHandler"  # StopEgress, UpdateStream: topic egress id
 IOINFO = "IOInfo"  # CreateEgress, UpdateEgress, GetEgress, ListEgress
 LOCK_TTL_MS = 5000  # psrpc's queue lock: SET <sha256 of payload> <rand> NX PX 5000
-
-# psrpc ErrorCode strings we send or act on (psrpc errors.go); RequestError codes pass through as they are
-MALFORMED_REQUEST = "malformed_request"
-DEADLINE_EXCEEDED = "deadline_exceeded"
-UNAVAILABLE = "unavailable"
-INVALID_ARGUMENT = "invalid_argument"
-ALREADY_EXISTS = "already_exists"
-INTERNAL = "internal"
-UNKNOWN = "unknown"
 
 _ALPHANUM = string.ascii_letters + string.digits
 _F = descriptor_pb2.FieldDescriptorProto
