@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from livekit import api
 from livekit.protocol import egress
 from support import netns
 from support.egress_helpers import file_request, until, wait_status
+from support.media import make_h264
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room
@@ -349,3 +352,72 @@ async def test_sigterm_while_cut_off_stops_in_time_and_the_next_start_reports_th
     path = worker.local_dir / info.file_results[0].filename
     assert decode_errors(path) == ""
     assert seconds_of(path) > 2.5  # 3 s before the cut (nothing arrives after it)
+
+
+LOSSY_SECONDS = 20
+
+
+@pytest.fixture(scope="module")
+def lossy_h264(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of H.264 640x360 at 25 fps, a keyframe every 2 s (what the lossy-link comparison publishes)."""
+    return make_h264(tmp_path_factory.mktemp("lossy") / "lossy.h264", seconds=LOSSY_SECONDS, fps=25, gop=50)
+
+
+@pytest.mark.parametrize("percent", [5])
+async def test_random_loss_on_the_worker_link_keeps_as_many_frames_as_a_libwebrtc_viewer(
+    site: Site, host: netns.Host, lossy_h264: Path, tmp_path: Path, percent: int,
+) -> None:
+    """``percent`` % of the packets dropped at random each way on the worker's host (NACKs and retransmissions
+    too), a publisher that cannot answer a PLI: the recording completes and plays, beside LiveKit's rtc SDK
+    (libwebrtc) decodes on the same link: the figures of both are printed (``pytest -s``) for the README."""
+    worker = worker_on(host, site, tmp_path / "w", media_protocols=["udp"]).start()
+    creds = (site.server.api_key, site.server.api_secret)
+    try:
+        async with room(site) as (client, name):
+            async with Publisher(site.server.url, creds, name, "hal", lossy_h264, start_delay=None,
+                                 prime=True) as hal:
+                viewer = await _viewer(host, site, name, hal.track_sid)
+                started = await client.egress.start_track_egress(file_request(name, hal.track_sid, "lossy.mp4"))
+                joined = f"media connection connected [{started.egress_id}]"
+                await until(lambda: joined in worker.log_text(), timeout=15)
+                await asyncio.sleep(1.5)  # subscriptions negotiated
+                host.drop_random(percent)
+                hal.begin()
+                await asyncio.wait_for(hal.done, LOSSY_SECONDS + 10)
+                await asyncio.sleep(1)
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=20)
+            out, _ = await asyncio.wait_for(viewer.communicate(), 20)
+            host.heal()
+    finally:
+        worker.close()
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    path = worker.local_dir / info.file_results[0].filename
+    kept = frames_in(path)
+    print(f"\n{percent} % loss each way: recording kept {kept} of {LOSSY_SECONDS * 25} frames, the libwebrtc viewer "
+          f"decoded {seen['frames']} ({seen}); egress details: {info.details}")
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    assert decode_errors(path) == ""
+    assert kept > 0 and seen["frames"] > 0
+    # Not asserted yet: kept >= seen["frames"]. Measured 207 against libwebrtc's 461 (README, "what happens when
+    # the network fails"): unrepaired losses cost us the rest of the GOP where libwebrtc repairs more of them.
+
+
+async def _viewer(host: netns.Host, site: Site, room_name: str, track_sid: str) -> asyncio.subprocess.Process:
+    """LiveKit's rtc SDK subscribing to the track from ``host`` (the worker's link), once it has joined."""
+    grants = api.VideoGrants(room_join=True, room=room_name, can_subscribe=True, can_publish=False)
+    token = api.AccessToken(site.server.api_key, site.server.api_secret).with_identity("viewer") \
+        .with_grants(grants).to_jwt()
+    url = f"ws://{site.ip}:{site.server.port}"
+    proc = await asyncio.create_subprocess_exec(
+        *host.command([sys.executable, "-m", "support.rtc_viewer", url, token, track_sid, "60"]),
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[1])
+    assert proc.stdout is not None
+    assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) == {"joined": True}
+    return proc
+
+
+def frames_in(path: Path) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+                          "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out)
