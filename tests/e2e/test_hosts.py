@@ -421,3 +421,32 @@ def frames_in(path: Path) -> int:
                           "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
                          check=True).stdout
     return int(out)
+
+
+async def test_an_sfu_behind_a_one_to_one_nat_is_reached_through_a_peer_reflexive_candidate(
+    site: Site, sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """livekit-server advertises ``node_ip`` but its media sockets sit on another address (a cloud's 1:1 NAT): its
+    checks reach the worker from an address it never signalled, which the media core takes as peer-reflexive."""
+    with netns.Host("nat", sfu_ip=site.ip) as host, netns.Host("media") as media, \
+            RedisServer(also_bind=site.ip) as redis, \
+            LiveKitServer(redis_address=redis.address, host_ip=site.ip, media_ip=media.gateway) as server:
+        worker = Worker(tmp_path / "w", server, redis, host, media_protocols=["udp"]).start()
+        client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
+        try:
+            name = await create_room(client, "nat")
+            async with Publisher(server.url, (server.api_key, server.api_secret), name, "ida", sample_media["opus"],
+                                 loop=True) as ida:
+                started = await client.egress.start_track_egress(file_request(name, ida.track_sid, "nat.ogg"))
+                await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
+                since = time.monotonic()
+                await asyncio.sleep(4)
+            left = time.monotonic()
+            info = await wait_status(client, started.egress_id, *ENDED, timeout=20)
+        finally:
+            worker.close()
+            await client.aclose()
+    assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    path = worker.local_dir / info.file_results[0].filename
+    assert decode_errors(path) == ""
+    assert abs(seconds_of(path) - (left - since)) < 1.0

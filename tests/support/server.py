@@ -77,13 +77,14 @@ class LiveKitServer:
 
     def __init__(
         self, binary: Path = BINARY, startup_timeout: float = 20.0, *, redis_address: str = "",
-        webhook_urls: Sequence[str] = (), relay_ip: str = "", host_ip: str = "",
+        webhook_urls: Sequence[str] = (), relay_ip: str = "", host_ip: str = "", media_ip: str = "",
     ) -> None:
         self.binary = binary
         self.redis_address = redis_address
         self.webhook_urls = tuple(webhook_urls)
         self.relay_ip = relay_ip  # advertised instead of 127.0.0.1, with ICE lite: see impair.UdpRelay
         self.host_ip = host_ip  # also bound, and its link the only one for media: the SFU host of netns.Host
+        self.media_ip = media_ip or host_ip  # the media sockets' address, when not the advertised one (1:1 NAT)
         self.port = free_port()
         self.tcp_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
@@ -122,7 +123,7 @@ class LiveKitServer:
             "--port", str(self.port),
             "--udp-port", str(self.udp_port),
             "--config-body", config_body(self.tcp_port, self.redis_address, self.webhook_urls, bool(self.relay_ip),
-                                         self.host_ip or "127.0.0.1"),
+                                         self.media_ip or "127.0.0.1"),
         ]  # fmt: skip
 
     def log_tail(self, lines: int = 40) -> str:
