@@ -67,7 +67,6 @@ if [ ! -f "$root$deps_stamp" ]; then
   echo "py313: the pinned dependencies into /opt/venv (Python $(chroot "$root" python3 -V | cut -d' ' -f2))"
   in_root '
     [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv
-    python -m pip install -q --disable-pip-version-check --upgrade pip
     python - >/tmp/requirements.txt <<EOF
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
