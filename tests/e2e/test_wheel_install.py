@@ -73,11 +73,12 @@ def test_the_native_wheel_links_only_what_manylinux_allows(tmp_path: Path) -> No
 
 def test_the_installed_command_says_its_versions(installed: tuple[Path, dict[str, str]]) -> None:
     bin_dir, env = installed
+    project, native = (wheel.name.split("-")[1] for wheel in _wheels())
     done = subprocess.run([str(bin_dir / "trackegress"), "--version"], capture_output=True, text=True, env=env,
                           timeout=60, check=True)
     lines = done.stdout.splitlines()
-    assert lines[:4] == ["trackegress 0.1.0", "trackegress-native 0.1.0", "str0m 0.24.0",
-                         "libopus 1.3 (audiopus_sys 0.2.2)"]
+    assert lines[:2] == [f"trackegress {project}", f"trackegress-native {native}"]
+    assert re.fullmatch(r"str0m \S+", lines[2]) and re.fullmatch(r"libopus 1\.\S+ \(audiopus_sys \S+\)", lines[3])
     assert re.fullmatch(r"OpenSSL 3\.\d+\.\d+ .+", lines[4]) and len(lines) == 5
 
 
