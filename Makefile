@@ -1,4 +1,4 @@
-.PHONY: install install-test lint checks test test-parallel demo bench
+.PHONY: install install-test lint checks test test-parallel test-py313 py313-tests dist demo bench
 
 # The Rust toolchain (rustup) that builds and lints native/.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -25,15 +25,33 @@ checks:  ## what lint runs, without the install step (the native core's target d
 # CPUs): pytest-xdist workers, one test file per worker (its module fixtures start once). Then the tests that
 # assert wall-clock timing, in two lanes side by side: the end-to-end ones (a browser, spinning processes, ICE
 # restarts) one after another, and the WebSocket sink's in-process deadlines (xdist_group "cpu" / "clock").
+# Beside them, as a third job once one of those two is done, the Python 3.13 run (py313-tests).
 # `make test PYTEST_WORKERS=0` runs the parallel part in one process.
 PYTEST_WORKERS ?= 6
 
-test: install-test
-	$(MAKE) --no-print-directory -j2 --output-sync=target checks test-parallel
+test: install-test dist
+	$(MAKE) --no-print-directory -j2 --output-sync=target checks test-parallel py313-tests
 	.venv/bin/pytest -q -n 2 --dist loadgroup -m timing --durations=5
 
 test-parallel:
 	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not timing" --durations=10
+
+# Python 3.13, in a Debian trixie root (scripts/py313.sh: laid once by debootstrap, cached in ~/.cache/trackegress):
+# the unit suite and a file and a WebSocket e2e, on dist/'s wheels.
+PY313_E2E = "tests/e2e/test_file_egress.py::test_published_frames_are_recorded_byte_for_byte[h264]" \
+	tests/e2e/test_websocket_egress.py::test_tone_arrives_as_48k_stereo_pcm
+
+test-py313: dist
+	$(MAKE) --no-print-directory py313-tests
+
+# What make test runs beside the lint and the parallel run (dist/ made before): its servers take ports from a block
+# of their own (tests/support/server.py free_port: the block of worker 19, which no run here has).
+py313-tests:
+	bash scripts/py313.sh dist/*.whl -- env PYTEST_XDIST_WORKER=gw19 \
+		python -m pytest -q -p no:cacheprovider -m "not timing" tests/unit $(PY313_E2E)
+
+dist: install  ## dist/: the project's wheel and the native core's manylinux abi3 wheel (no toolchain to install)
+	bash scripts/dist.sh
 
 demo: install
 	.venv/bin/python scripts/demo.py

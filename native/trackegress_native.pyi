@@ -2,7 +2,10 @@
 
 from typing import Any, Final
 
+VERSION: Final[str]
 STR0M_VERSION: Final[str]
+LIBOPUS_VERSION: Final[str]
+OPENSSL_VERSION: Final[str]
 
 def host_addresses() -> list[str]:
     """The IPv4 addresses of the machine's interfaces that are up (loopback included)."""

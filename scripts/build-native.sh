@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds trackegress's native media core (native/: str0m 0.24.0 + PyO3 0.27 + libopus, packaged by maturin) and installs
-# the wheel into .venv. The wheel is cached by a hash of native/'s sources, the Rust toolchain and the Python
-# version in ~/.cache/trackegress/native-<hash>/ (built in a temporary directory, then moved there atomically:
-# several clones may install at once), so another clone or worktree only runs `pip install`.
+# Builds trackegress's native media core (native/: str0m 0.24.0 + PyO3 0.27 + libopus + OpenSSL, packaged by
+# maturin: the manylinux abi3 wheel of `make dist`) and installs it into .venv. The wheel is cached by a hash of
+# native/'s sources, the Rust toolchain and the Python version in ~/.cache/trackegress/native-<hash>/ (built in a
+# temporary directory, then moved there atomically: several clones may install at once), so another clone or
+# worktree only runs `pip install`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 maturin_version=1.16.0
@@ -20,11 +21,11 @@ stamp=.venv/.native-$hash
 root="$HOME/.cache/trackegress"
 cache="$root/native-$hash"
 if ! compgen -G "$cache/*.whl" >/dev/null; then
-  # openssl-sys links the system OpenSSL (str0m's DTLS): it needs the headers and pkg-config; audiopus_sys builds
-  # the libopus it bundles with cmake.
-  if ! dpkg -s libssl-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null || ! command -v cmake >/dev/null; then
-    echo "install: apt libssl-dev pkg-config cmake"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config cmake >/dev/null
+  # openssl-sys builds OpenSSL from the openssl-src crate (`vendored`: perl and make) and audiopus_sys the libopus
+  # it bundles (cmake); both are linked statically.
+  if ! command -v perl >/dev/null || ! command -v make >/dev/null || ! command -v cmake >/dev/null; then
+    echo "install: apt perl make cmake"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq perl make cmake >/dev/null
   fi
   if [ "$(.venv/bin/maturin --version 2>/dev/null)" != "maturin $maturin_version" ]; then
     "$py" -m pip install -q "maturin==$maturin_version"
@@ -34,11 +35,13 @@ if ! compgen -G "$cache/*.whl" >/dev/null; then
   tmp=$(mktemp -d "$root/native-build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   # One cargo target directory for every clone: compiled dependencies are reused (cargo locks it while building).
-  # A wheel for this machine (plain `linux` tag): it links the system's libssl.so.3 instead of bundling it.
+  # The wheel `make dist` ships: manylinux, abi3 (one wheel for Python >= 3.11); maturin checks what it links
+  # against the manylinux policy of its tag (the glibc symbol versions this machine's glibc gives it) and fails
+  # the build if it links anything that policy does not allow.
   CARGO_TARGET_DIR="$root/native-target" nice -n 10 .venv/bin/maturin build --release --locked \
-    --compatibility linux --auditwheel skip \
+    --auditwheel check \
     --manifest-path native/Cargo.toml --interpreter "$py" --out "$tmp/wheel" --quiet
   mv -T "$tmp/wheel" "$cache" 2>/dev/null || true  # another install may have finished first: keep that one
 fi
 "$py" -m pip install -q --force-reinstall --no-deps "$cache"/*.whl
-rm -f .venv/.native-* && touch "$stamp"
+rm -f .venv/.native-* && echo "$cache"/*.whl > "$stamp"  # the stamp names the wheel (scripts/dist.sh copies it)

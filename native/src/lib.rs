@@ -373,6 +373,11 @@ fn host_addresses() -> PyResult<Vec<String>> {
 fn trackegress_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(host_addresses, m)?)?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add("STR0M_VERSION", "0.24.0")?;
+    // libopus's own opus_get_version_string() says "libopus unknown": the source audiopus_sys bundles (Opus 1.3,
+    // pinned =0.2.2 in Cargo.toml) carries no version stamp for its cmake build.
+    m.add("LIBOPUS_VERSION", "1.3 (audiopus_sys 0.2.2)")?;
+    m.add("OPENSSL_VERSION", openssl::version::version())?;
     Ok(())
 }

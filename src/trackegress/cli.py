@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import importlib.metadata
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import trackegress_native
 import uvloop
 from google.protobuf.json_format import MessageToJson, Parse, ParseError
 from livekit import api
@@ -48,7 +50,9 @@ DEFAULT_API_URL = "http://127.0.0.1:7990"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trackegress", description="Export one LiveKit track.")
+    parser = argparse.ArgumentParser(prog="trackegress", description="Export one LiveKit track.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # --version's 2 lines
+    parser.add_argument("--version", action="version", version=versions())
     parser.add_argument("--log-level", help="debug, info, warning, error (default info, or the config's)")
     commands = parser.add_subparsers(dest="command", required=True)
     record = commands.add_parser("record", help="record one track until it ends; prints the final EgressInfo")
@@ -73,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds SIGTERM lets running egresses go on before stopping them (default 60)")
     _client_commands(commands)
     return parser
+
+
+def versions() -> str:
+    """What ``--version`` prints, one line each: the package, the native core, and the str0m, libopus and OpenSSL
+    built into the core."""
+    native = trackegress_native
+    return "\n".join((
+        f"trackegress {importlib.metadata.version('trackegress')}",
+        f"trackegress-native {native.VERSION}",
+        f"str0m {native.STR0M_VERSION}",
+        f"libopus {native.LIBOPUS_VERSION}",
+        native.OPENSSL_VERSION,  # "OpenSSL 3.6.3 9 Jun 2026"
+    ))
 
 
 def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
