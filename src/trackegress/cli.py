@@ -21,13 +21,7 @@ from livekit.protocol import egress
 
 from trackegress.api.server import serve_api
 from trackegress.cluster.dispatch import open_cluster
-from trackegress.cluster.settings import (
-    ClusterSettings,
-    CpuAdmission,
-    cluster_settings,
-    cpu_admission,
-    load_worker_config,
-)
+from trackegress.cluster.settings import ClusterSettings, cluster_settings, load_worker_config
 from trackegress.cluster.worker import run_worker
 from trackegress.config import Config, ServiceConfig, load_service_config
 from trackegress.configfile import read_config
@@ -174,7 +168,6 @@ def _serve_main(args: argparse.Namespace) -> int:
         raw = read_config(args.config)
         config = load_service_config(raw=raw, api_port=args.port, bind=args.bind)
         cluster = cluster_settings(raw)
-        admission = cpu_admission(raw)
     except ConfigError as exc:
         setup_logging(args.log_level or "info")
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
@@ -182,12 +175,10 @@ def _serve_main(args: argparse.Namespace) -> int:
     redis_password = cluster.redis.password if cluster else ""
     setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
                    secrets=(config.egress.api_secret, redis_password))
-    return _run_until_signalled(lambda stop: _serve(config, cluster, admission, stop), "cannot serve")
+    return _run_until_signalled(lambda stop: _serve(config, cluster, stop), "cannot serve")
 
 
-async def _serve(
-    config: ServiceConfig, cluster: ClusterSettings | None, admission: CpuAdmission, stop: asyncio.Event
-) -> None:
+async def _serve(config: ServiceConfig, cluster: ClusterSettings | None, stop: asyncio.Event) -> None:
     """Store, webhooks and the dispatcher (in-process, admitted by ``cpu_cost`` as on a worker, or the
     cluster's), then the API until ``stop``."""
     egress_config = config.egress
@@ -202,7 +193,7 @@ async def _serve(
         dispatcher: Dispatcher
         if cluster is None:
             manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
-                                    admission=admission)
+                                    admission=config.admission)
             metrics.watch(manager)
             manager.add_listener(metrics.observe)
             await manager.recover()  # what a previous run left unfinished is reported FAILED first

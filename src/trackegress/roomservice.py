@@ -29,15 +29,16 @@ class LiveKitRooms:
         with _server_errors():
             return await self._room_sid(room_name)
 
-    async def check_track(self, room_name: str, track_id: str) -> None:
-        """``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
+    async def check_track(self, room_name: str, track_id: str) -> int:
+        """The track's ``TrackType``; ``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
         with _server_errors():
             await self._room_sid(room_name)
             deadline = time.monotonic() + self._grace
-            while not await self._has_track(room_name, track_id):
+            while (track_type := await self._track_type(room_name, track_id)) is None:
                 if time.monotonic() >= deadline:
                     raise RequestError("not_found", f"track {track_id} not found in room {room_name}")
                 await asyncio.sleep(0.2)
+            return track_type
 
     async def _room_sid(self, room_name: str) -> str:
         rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
@@ -46,9 +47,10 @@ class LiveKitRooms:
             raise RequestError("not_found", "requested room does not exist")
         return str(sid)
 
-    async def _has_track(self, room_name: str, track_id: str) -> bool:
+    async def _track_type(self, room_name: str, track_id: str) -> int | None:
         people = await self._api.room.list_participants(api.ListParticipantsRequest(room=room_name))
-        return any(track.sid == track_id for person in people.participants for track in person.tracks)
+        types = (int(t.type) for person in people.participants for t in person.tracks if t.sid == track_id)
+        return next(types, None)
 
     async def aclose(self) -> None:
         await self._api.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from trackegress.config import ServiceConfig
@@ -22,7 +24,11 @@ async def listen(
     return runner
 
 
-async def serve_ops(config: ServiceConfig, manager: Dispatcher, metrics: Metrics) -> list[web.AppRunner]:
-    """The health and metrics ports that ``config`` sets (``health_port``, ``prometheus_port``; 0 = off)."""
-    apps = ((config.health_port, health_app(manager)), (config.prometheus_port, metrics.app()))
+async def serve_ops(
+    config: ServiceConfig, manager: Dispatcher, metrics: Metrics,
+    capacity: Callable[[], dict[str, int] | None] | None = None,
+) -> list[web.AppRunner]:
+    """The health and metrics ports that ``config`` sets (``health_port``, ``prometheus_port``; 0 = off); health
+    shows ``capacity()`` (how many more egresses of each kind would be admitted) when given."""
+    apps = ((config.health_port, health_app(manager, capacity)), (config.prometheus_port, metrics.app()))
     return [await listen(app, config.bind, port, idle_timeout=config.idle_timeout) for port, app in apps if port]
