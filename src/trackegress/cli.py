@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -21,8 +22,8 @@ from livekit.protocol import egress
 
 from trackegress.api.server import serve_api
 from trackegress.cluster.dispatch import open_cluster
-from trackegress.cluster.settings import ClusterSettings, cluster_settings, load_worker_config
-from trackegress.cluster.worker import run_worker
+from trackegress.cluster.settings import ClusterSettings, WorkerConfig, cluster_settings, load_worker_config
+from trackegress.cluster.worker import lock_data_dir, run_worker
 from trackegress.config import Config, ServiceConfig, load_service_config
 from trackegress.configfile import read_config
 from trackegress.dispatcher import Dispatcher
@@ -36,6 +37,7 @@ from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
 from trackegress.request import check_track_request
 from trackegress.roomservice import LiveKitRooms
+from trackegress.supervisor import Supervisor, child_dir, child_index
 
 log = logging.getLogger("trackegress")
 DEFAULT_API_URL = "http://127.0.0.1:7990"
@@ -215,7 +217,30 @@ def _worker_main(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
                    secrets=(config.service.egress.api_secret, config.redis.password))
-    return _run_until_signalled(lambda stop: run_worker(config, stop, args.shutdown_grace), "worker failed")
+    index, processes = child_index(), config.service.processes
+    if index is None and processes > 1:  # the supervisor: one worker process per core (or as configured)
+        argv = ["worker", "--shutdown-grace", str(args.shutdown_grace)]
+        argv += (["--config", str(args.config)] if args.config else []) + _log_level_args(args)
+        supervisor = Supervisor(config.service, argv, processes)
+        return _run_until_signalled(lambda stop: _supervise(supervisor, config, stop, args.shutdown_grace),
+                                    "worker failed")
+    if index is not None:
+        config = dataclasses.replace(config, service=dataclasses.replace(
+            config.service, data_dir=child_dir(config.service.data_dir, index), health_port=0, prometheus_port=0))
+    return _run_until_signalled(lambda stop: run_worker(config, stop, args.shutdown_grace, index is not None),
+                                "worker failed")
+
+
+async def _supervise(supervisor: Supervisor, config: WorkerConfig, stop: asyncio.Event, grace: float) -> None:
+    lock = await asyncio.to_thread(lock_data_dir, config.service.data_dir)
+    try:
+        await supervisor.run(stop, grace)
+    finally:
+        lock.close()
+
+
+def _log_level_args(args: argparse.Namespace) -> list[str]:
+    return ["--log-level", args.log_level] if args.log_level else []
 
 
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], failure: str) -> int:

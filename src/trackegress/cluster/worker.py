@@ -296,11 +296,12 @@ def _empty(data: bytes) -> None:
     """``rpc.ListActiveEgressRequest`` has no fields."""
 
 
-async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully (see ``Worker.shutdown``)."""
+async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float, supervised: bool = False) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully (see ``Worker.shutdown``). ``supervised``: one of a
+    node's processes (``supervisor.py``), its health and metrics on Unix sockets in its data_dir."""
     service = config.service
     async with contextlib.AsyncExitStack() as stack:
-        lock = await asyncio.to_thread(_lock_data_dir, service.data_dir)
+        lock = await asyncio.to_thread(lock_data_dir, service.data_dir)
         stack.callback(lock.close)
         redis = config.redis.connect()
         stack.push_async_callback(redis.aclose)
@@ -317,14 +318,15 @@ async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) ->
         worker = Worker(config, bus, manager)
         metrics.watch(manager, worker.available)
         await worker.start()
-        for runner in await serve_ops(service, manager, metrics, worker.available):
+        sockets = service.data_dir if supervised else None
+        for runner in await serve_ops(service, manager, metrics, worker.available, sockets=sockets):
             stack.push_async_callback(runner.cleanup)
         await stop.wait()
         log.info("shutting down")
         await worker.shutdown(grace)
 
 
-def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """One worker per data dir: its store is what a restart reports as killed."""
     data_dir.mkdir(parents=True, exist_ok=True)
     handle = open(data_dir / "worker.lock", "wb")  # held for the process's lifetime
