@@ -1,9 +1,10 @@
 """Benchmark: N Opus -> Ogg egresses asked of ``trackegress serve`` at once, as an operator would (issue 22).
 
 Starts a dev ``livekit-server`` on loopback and a separate publisher process (the looping stereo Opus tone of
-``file_egress.py``), then, for each (processes, N), a fresh ``trackegress serve`` with the DEFAULT admission
-(``processes`` set, nothing else about CPU) and N ``StartTrackEgress`` calls sent together through LiveKit's
-Python client. It reports:
+``file_egress.py``), then, for each (processes, N), ``processes`` fresh ``trackegress serve`` processes with the
+DEFAULT admission (``processes`` set, so each takes its share of the cores; nothing else about CPU) and N
+``StartTrackEgress`` calls sent together through LiveKit's Python client, spread over them in turn (``serve``
+runs one process: a node's processes are separate ``serve``s here). It reports:
 
 - admitted / refused (``resource_exhausted``) and how long until every admitted egress was ACTIVE (``ListEgress``
   polled every 20 ms, from the moment the first request was sent);
@@ -47,6 +48,7 @@ class Row:
     admitted: int
     refused: int
     errors: int
+    answered: float  # seconds from the first request until the last answer
     all_active: float  # seconds from the first request until every admitted egress was ACTIVE
     median_active: float
     cpu_ms_per_track_second: float
@@ -58,7 +60,8 @@ class Row:
 
     def line(self) -> str:
         return (f"| {self.processes} | {self.asked} | {self.admitted} | {self.refused} | {self.errors} | "
-                f"{self.median_active:.2f} / {self.all_active:.2f} | {self.cpu_ms_per_track_second:.2f} | "
+                f"{self.answered:.2f} | {self.median_active:.2f} / {self.all_active:.2f} | "
+                f"{self.cpu_ms_per_track_second:.2f} | "
                 f"{self.complete} | {self.frames} / {self.expected} | {self.behind} | {self.machine_busy:.0%} |")
 
 
@@ -79,34 +82,45 @@ def tree_cpu_seconds(pid: int) -> float:
 
 async def one_run(server: LiveKitServer, room: str, track: str, processes: int, count: int, seconds: float,
                   workdir: Path) -> Row:
-    service = EgressService(server, workdir, processes=processes, logging={"level": "info"})
-    client = api.LiveKitAPI(service.url, server.api_key, server.api_secret)
+    services = [EgressService(server, workdir / f"process-{i}", processes=processes, logging={"level": "info"})
+                for i in range(processes)]
+    clients = [api.LiveKitAPI(s.url, server.api_key, server.api_secret) for s in services]
     try:
         began = time.monotonic()
-        answers = await asyncio.gather(*(client.egress.start_track_egress(egress.TrackEgressRequest(
-            room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=f"{n}.ogg"))) for n in range(count)),
-            return_exceptions=True)
+        answered: list[float] = []
+
+        async def start(n: int) -> egress.EgressInfo:
+            try:
+                return await clients[n % processes].egress.start_track_egress(egress.TrackEgressRequest(
+                    room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=f"{n}.ogg")))
+            finally:
+                answered.append(time.monotonic() - began)
+
+        answers = await asyncio.gather(*(start(n) for n in range(count)), return_exceptions=True)
         admitted = [a.egress_id for a in answers if isinstance(a, egress.EgressInfo)]
+        owner = {a.egress_id: clients[n % processes] for n, a in enumerate(answers) if isinstance(a, egress.EgressInfo)}
         refused = sum(1 for a in answers if isinstance(a, api.TwirpError) and a.code == "resource_exhausted")
         active_at: dict[str, float] = {}
         while len(active_at) < len(admitted) and time.monotonic() - began < 60:
-            listed = await client.egress.list_egress(egress.ListEgressRequest(room_name=room))
+            listed = await asyncio.gather(*(list_all(c, room) for c in clients))
             now = time.monotonic() - began
-            for info in listed.items:
+            for info in (i for infos in listed for i in infos):
                 if info.status != Status.EGRESS_STARTING and info.egress_id not in active_at:
                     active_at[info.egress_id] = now
             await asyncio.sleep(POLL)
         times = sorted(active_at.values()) or [0.0]
         await asyncio.sleep(3)  # warm-up
-        cpu0, busy0 = tree_cpu_seconds(service.proc.pid), common.machine_busy_jiffies()
+        cpu0, busy0 = sum(tree_cpu_seconds(s.proc.pid) for s in services), common.machine_busy_jiffies()
         await asyncio.sleep(seconds)
-        cpu1, busy1 = tree_cpu_seconds(service.proc.pid), common.machine_busy_jiffies()
-        await asyncio.gather(*(client.egress.stop_egress(egress.StopEgressRequest(egress_id=e)) for e in admitted),
+        cpu1, busy1 = sum(tree_cpu_seconds(s.proc.pid) for s in services), common.machine_busy_jiffies()
+        await asyncio.gather(*(owner[e].egress.stop_egress(egress.StopEgressRequest(egress_id=e)) for e in admitted),
                              return_exceptions=True)
-        ended = await wait_ended(client, admitted)
+        ended = [i for c in clients for i in await wait_ended(c, room, admitted)]
     finally:
-        await client.aclose()
-        service.stop()
+        for c in clients:
+            await c.aclose()
+        for s in services:
+            s.stop()
     frames = expected = behind = 0
     for info in ended:
         if info.status != Status.EGRESS_COMPLETE or not info.file_results:
@@ -115,16 +129,27 @@ async def one_run(server: LiveKitServer, room: str, track: str, processes: int, 
         should = round(info.file_results[0].duration / 1e9 * FRAMES_PER_SECOND)
         frames, expected, behind = frames + got, expected + should, behind + (got < 0.98 * should)
     busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
-    return Row(processes, count, len(admitted), refused, count - len(admitted) - refused, times[-1],
+    return Row(processes, count, len(admitted), refused, count - len(admitted) - refused, max(answered), times[-1],
                times[len(times) // 2], (cpu1 - cpu0) * 1000 / seconds / max(len(admitted), 1),
                sum(1 for i in ended if i.status == Status.EGRESS_COMPLETE), behind, frames, expected, busy)
 
 
-async def wait_ended(client: api.LiveKitAPI, ids: list[str]) -> list[egress.EgressInfo]:
+async def list_all(client: api.LiveKitAPI, room: str) -> list[egress.EgressInfo]:
+    """Every egress of ``room``, page after page."""
+    infos: list[egress.EgressInfo] = []
+    request = egress.ListEgressRequest(room_name=room)
+    while True:
+        page = await client.egress.list_egress(request)
+        infos.extend(page.items)
+        if not page.next_page_token.token:
+            return infos
+        request.page_token.token = page.next_page_token.token
+
+
+async def wait_ended(client: api.LiveKitAPI, room: str, ids: list[str]) -> list[egress.EgressInfo]:
     deadline = time.monotonic() + 60
     while True:
-        listed = await client.egress.list_egress(egress.ListEgressRequest())
-        mine = [i for i in listed.items if i.egress_id in set(ids)]
+        mine = [i for i in await list_all(client, room) if i.egress_id in set(ids)]
         if all(i.status not in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE, Status.EGRESS_ENDING) for i in mine) \
                 or time.monotonic() > deadline:
             return mine
@@ -148,10 +173,11 @@ async def run(processes: list[int], counts: list[int], seconds: float) -> None:
                     workdir = Path(tmp) / f"p{procs}-n{count}"
                     rows.append(await one_run(server, "bench-serve", track, procs, count, seconds, workdir))
                     print(rows[-1].line(), file=sys.stderr, flush=True)
-    print("| processes | N asked | admitted | refused | other errors | s until ACTIVE (median / all) | "
+    print("| processes | N asked | admitted | refused | other errors | s until the last answer | "
+          "s until ACTIVE (median / all) | "
           "serve CPU ms per track-second | COMPLETE | Opus frames in the files / expected | files behind | "
           "machine busy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row.line())
     print(f"\n{os.cpu_count()} CPUs ({common.cpu_model()}), window {seconds:g} s after a 3 s warm-up, 1-minute load "
