@@ -100,12 +100,15 @@ async def one_run(server: LiveKitServer, room: str, track: str, processes: int, 
         admitted = [a.egress_id for a in answers if isinstance(a, egress.EgressInfo)]
         owner = {a.egress_id: clients[n % processes] for n, a in enumerate(answers) if isinstance(a, egress.EgressInfo)}
         refused = sum(1 for a in answers if isinstance(a, api.TwirpError) and a.code == "resource_exhausted")
+        errors = {str(a) for a in answers if isinstance(a, BaseException)}
+        if errors:
+            print(f"bench: errors: {sorted(errors)[:3]}", file=sys.stderr)
         active_at: dict[str, float] = {}
         while len(active_at) < len(admitted) and time.monotonic() - began < 60:
             listed = await asyncio.gather(*(list_all(c, room) for c in clients))
             now = time.monotonic() - began
             for info in (i for infos in listed for i in infos):
-                if info.status != Status.EGRESS_STARTING and info.egress_id not in active_at:
+                if info.status == Status.EGRESS_ACTIVE and info.egress_id not in active_at:
                     active_at[info.egress_id] = now
             await asyncio.sleep(POLL)
         times = sorted(active_at.values()) or [0.0]
@@ -122,6 +125,7 @@ async def one_run(server: LiveKitServer, room: str, track: str, processes: int, 
         for s in services:
             s.stop()
     frames = expected = behind = 0
+    print(f"bench: ended {sorted({(Status.Name(i.status), i.error) for i in ended})[:3]}", file=sys.stderr)
     for info in ended:
         if info.status != Status.EGRESS_COMPLETE or not info.file_results:
             continue
