@@ -1,10 +1,9 @@
 """Benchmark: N Opus -> Ogg egresses asked of ``trackegress serve`` at once, as an operator would (issue 22).
 
-Starts a dev ``livekit-server`` on loopback and a separate publisher process (the looping stereo Opus tone of
-``file_egress.py``), then, for each (processes, N), ``processes`` fresh ``trackegress serve`` processes with the
-DEFAULT admission (``processes`` set, so each takes its share of the cores; nothing else about CPU) and N
-``StartTrackEgress`` calls sent together through LiveKit's Python client, spread over them in turn (``serve``
-runs one process: a node's processes are separate ``serve``s here). It reports:
+Starts a dev ``livekit-server`` on loopback, then, for each (processes, N), a separate publisher process (the
+looping stereo Opus tone of ``file_egress.py``, a room of its own), a fresh ``trackegress serve`` with the DEFAULT
+admission and ``processes: P`` (one API process in front of P egress processes; nothing else about CPU) and N
+``StartTrackEgress`` calls sent together through LiveKit's Python client. It reports:
 
 - admitted / refused (``resource_exhausted``) and how long until every admitted egress was ACTIVE (``ListEgress``
   polled every 20 ms, from the moment the first request was sent);
@@ -82,8 +81,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 async def one_run(server: LiveKitServer, room: str, track: str, processes: int, count: int, seconds: float,
                   workdir: Path) -> Row:
-    services = [EgressService(server, workdir / f"process-{i}", processes=processes, logging={"level": "info"})
-                for i in range(processes)]
+    services = [EgressService(server, workdir, processes=processes, logging={"level": "info"})]
     clients = [api.LiveKitAPI(s.url, server.api_key, server.api_secret) for s in services]
     try:
         began = time.monotonic()
@@ -91,14 +89,14 @@ async def one_run(server: LiveKitServer, room: str, track: str, processes: int, 
 
         async def start(n: int) -> egress.EgressInfo:
             try:
-                return await clients[n % processes].egress.start_track_egress(egress.TrackEgressRequest(
+                return await clients[0].egress.start_track_egress(egress.TrackEgressRequest(
                     room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=f"{n}.ogg")))
             finally:
                 answered.append(time.monotonic() - began)
 
         answers = await asyncio.gather(*(start(n) for n in range(count)), return_exceptions=True)
         admitted = [a.egress_id for a in answers if isinstance(a, egress.EgressInfo)]
-        owner = {a.egress_id: clients[n % processes] for n, a in enumerate(answers) if isinstance(a, egress.EgressInfo)}
+        owner = {a.egress_id: clients[0] for a in answers if isinstance(a, egress.EgressInfo)}
         refused = sum(1 for a in answers if isinstance(a, api.TwirpError) and a.code == "resource_exhausted")
         errors = {str(a) for a in answers if isinstance(a, BaseException)}
         if errors:
@@ -170,13 +168,14 @@ async def run(processes: list[int], counts: list[int], seconds: float) -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, LiveKitServer() as server:
         media = make_opus_ogg(Path(tmp) / "tone.ogg", seconds=10.0)
-        with common.publishing(server, "bench-serve", media) as track:
-            for procs in processes:
-                for count in counts:
-                    print(f"bench: processes={procs} N={count} ...", file=sys.stderr, flush=True)
+        for procs in processes:
+            for count in counts:
+                print(f"bench: processes={procs} N={count} ...", file=sys.stderr, flush=True)
+                room = f"bench-serve-{procs}-{count}"  # a fresh publisher each run (one that died ends only its run)
+                with common.publishing(server, room, media) as track:
                     workdir = Path(tmp) / f"p{procs}-n{count}"
-                    rows.append(await one_run(server, "bench-serve", track, procs, count, seconds, workdir))
-                    print(rows[-1].line(), file=sys.stderr, flush=True)
+                    rows.append(await one_run(server, room, track, procs, count, seconds, workdir))
+                print(rows[-1].line(), file=sys.stderr, flush=True)
     print("| processes | N asked | admitted | refused | other errors | s until the last answer | "
           "s until ACTIVE (median / all) | "
           "serve CPU ms per track-second | COMPLETE | Opus frames in the files / expected | files behind | "

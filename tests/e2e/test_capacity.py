@@ -4,6 +4,8 @@ room admitted by what they cost here, recorded in full, refused (never FAILED) p
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -138,3 +140,65 @@ async def test_ten_egresses_started_together_are_active_about_as_fast_as_one(
     assert took < 1.5
     await asyncio.gather(*(client.egress.stop_egress(egress.StopEgressRequest(egress_id=e)) for e in ids))
     await until_all(client, room, ids, UNFINISHED, 30)
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+async def test_serve_on_two_processes_spreads_egresses_and_a_crashed_process_ends_only_its_own(
+    livekit_server: LiveKitServer, track: tuple[str, str], tmp_path: Path,
+) -> None:
+    """``processes: 2``: one API, two egress processes; kill -9 of one: its egresses (only) are FAILED "Process
+    killed" once it is started again, the other's record on and complete."""
+    room, track_sid = track
+    svc = EgressService(livekit_server, tmp_path / "node", processes=2, logging={"level": "info"})
+    client = api.LiveKitAPI(svc.url, livekit_server.api_key, livekit_server.api_secret)
+    try:
+        await until_ready(svc)
+        ids = {a.egress_id for a in await start_together(client, room, track_sid, 4)
+               if isinstance(a, egress.EgressInfo)}
+        assert len(ids) == 4
+        await until_all(client, room, ids, (Status.EGRESS_STARTING,), 20)
+        health = svc.health()
+        assert [p["active_egresses"] for p in health["processes"]] == [2, 2], "spread over the processes"
+        assert health["available"]["audio_file"] > 400
+        assert 'trackegress_egress_active{process="1"} 2.0' in svc.metrics()
+        victim = child_pids(svc.proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        async with asyncio.timeout(30):  # its egresses are reported once it is started again
+            while True:
+                infos = await listed(client, room)
+                if sum(i.status == Status.EGRESS_FAILED for i in infos.values()) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+        killed = {e for e, i in infos.items() if i.status == Status.EGRESS_FAILED}
+        assert len(killed) == 2 and {infos[e].error for e in killed} == {"Process killed"}
+        survivors = ids - killed
+        assert {Status.Name(infos[e].status) for e in survivors} == {"EGRESS_ACTIVE"}
+        await asyncio.sleep(1)
+        for egress_id in survivors:
+            await client.egress.stop_egress(egress.StopEgressRequest(egress_id=egress_id))
+        done = await until_all(client, room, survivors, UNFINISHED, 30)
+        assert {Status.Name(i.status) for i in done.values()} == {"EGRESS_COMPLETE"}
+        assert all(i.file_results[0].duration > 2e9 for i in done.values())  # recorded on through the crash
+        with pytest.raises(api.TwirpError) as missing:
+            await client.egress.stop_egress(egress.StopEgressRequest(egress_id="EG_nonexistent0"))
+        assert missing.value.code == "not_found"
+        assert "exited with -9; starting it again" in svc.log_text()
+    finally:
+        await client.aclose()
+        svc.stop()
+
+
+async def until_ready(svc: EgressService) -> None:
+    """Until every egress process answers the node's health."""
+    def ready() -> bool:
+        try:
+            return all(p.get("status") == "ok" for p in svc.health().get("processes", [{}]))
+        except OSError:  # 503 while none answers
+            return False
+
+    async with asyncio.timeout(20):
+        while not ready():
+            await asyncio.sleep(0.1)

@@ -20,7 +20,7 @@ RANKS = {
     "trackegress.reporting": 4, "trackegress.egress": 4, "trackegress.cluster.settings": 4,
     "trackegress.manager": 5,
     "trackegress.ops": 6, "trackegress.api": 6, "trackegress.cluster": 6,
-    "trackegress.cli": 7, "trackegress.supervisor": 7, "trackegress.native": 1,
+    "trackegress.cli": 7, "trackegress.supervisor": 7, "trackegress.children": 6, "trackegress.native": 1,
 }
 
 

@@ -39,8 +39,8 @@ async def serve_ops(
     Health shows ``capacity()`` (how many more egresses of each kind would be admitted; default the manager's)."""
     health, prometheus = health_app(manager, capacity), metrics.app()
     if sockets is not None:
-        return [await _listen_unix(health, ops_socket(sockets, "health")),
-                await _listen_unix(prometheus, ops_socket(sockets, "metrics"))]
+        return [await listen_unix(health, ops_socket(sockets, "health")),
+                await listen_unix(prometheus, ops_socket(sockets, "metrics"))]
     apps = ((config.health_port, health), (config.prometheus_port, prometheus))
     return [await listen(app, config.bind, port, idle_timeout=config.idle_timeout) for port, app in apps if port]
 
@@ -52,7 +52,8 @@ def ops_socket(data_dir: Path, name: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"trackegress-{digest}-{name}.sock")
 
 
-async def _listen_unix(app: web.Application, address: str) -> web.AppRunner:
+async def listen_unix(app: web.Application, address: str) -> web.AppRunner:
+    """Serve ``app`` on the Unix socket ``address`` (one a killed predecessor left is replaced)."""
     with contextlib.suppress(FileNotFoundError):
         await asyncio.to_thread(os.unlink, address)  # left by a killed predecessor
     runner = web.AppRunner(app, access_log=None)
