@@ -26,7 +26,7 @@ RECORD_SECONDS = 5.0
 
 @pytest.fixture
 def service(livekit_server: LiveKitServer, tmp_path: Path) -> Iterator[EgressService]:
-    svc = EgressService(livekit_server, tmp_path, logging={"level": "info"})  # no cpu_cost, no processes: defaults
+    svc = EgressService(livekit_server, tmp_path, logging={"level": "info"}, processes=None)  # the defaults
     yield svc
     svc.stop()
 
