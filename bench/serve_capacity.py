@@ -82,48 +82,45 @@ def tree_cpu_seconds(pid: int) -> float:
 
 async def one_run(server: LiveKitServer, room: str, track: str, processes: int, count: int, seconds: float,
                   workdir: Path) -> Row:
-    services = [EgressService(server, workdir, processes=processes, logging={"level": "info"})]
-    clients = [api.LiveKitAPI(s.url, server.api_key, server.api_secret) for s in services]
+    service = EgressService(server, workdir, processes=processes, logging={"level": "info"})
+    client = api.LiveKitAPI(service.url, server.api_key, server.api_secret)
     try:
         began = time.monotonic()
         answered: list[float] = []
 
         async def start(n: int) -> egress.EgressInfo:
             try:
-                return await clients[0].egress.start_track_egress(egress.TrackEgressRequest(
+                return await client.egress.start_track_egress(egress.TrackEgressRequest(
                     room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=f"{n}.ogg")))
             finally:
                 answered.append(time.monotonic() - began)
 
         answers = await asyncio.gather(*(start(n) for n in range(count)), return_exceptions=True)
         admitted = [a.egress_id for a in answers if isinstance(a, egress.EgressInfo)]
-        owner = {a.egress_id: clients[0] for a in answers if isinstance(a, egress.EgressInfo)}
         refused = sum(1 for a in answers if isinstance(a, api.TwirpError) and a.code == "resource_exhausted")
         errors = {str(a) for a in answers if isinstance(a, BaseException)}
         if errors:
             print(f"bench: errors: {sorted(errors)[:3]}", file=sys.stderr)
         active_at: dict[str, float] = {}
         while len(active_at) < len(admitted) and time.monotonic() - began < 60:
-            listed = await asyncio.gather(*(list_all(c, room) for c in clients))
+            infos = await list_all(client, room)
             now = time.monotonic() - began
-            for info in (i for infos in listed for i in infos):
+            for info in infos:
                 if info.status == Status.EGRESS_ACTIVE and info.egress_id not in active_at:
                     active_at[info.egress_id] = now
             await asyncio.sleep(POLL)
         times = sorted(active_at.values()) or [0.0]
         await asyncio.sleep(3)  # warm-up
-        cpu0, busy0 = sum(tree_cpu_seconds(s.proc.pid) for s in services), common.machine_busy_jiffies()
+        cpu0, busy0 = tree_cpu_seconds(service.proc.pid), common.machine_busy_jiffies()
         await asyncio.sleep(seconds)
-        cpu1, busy1 = sum(tree_cpu_seconds(s.proc.pid) for s in services), common.machine_busy_jiffies()
+        cpu1, busy1 = tree_cpu_seconds(service.proc.pid), common.machine_busy_jiffies()
         stopped_at = time.monotonic() - began
-        await asyncio.gather(*(owner[e].egress.stop_egress(egress.StopEgressRequest(egress_id=e)) for e in admitted),
+        await asyncio.gather(*(client.egress.stop_egress(egress.StopEgressRequest(egress_id=e)) for e in admitted),
                              return_exceptions=True)
-        ended = [i for c in clients for i in await wait_ended(c, room, admitted)]
+        ended = await wait_ended(client, room, admitted)
     finally:
-        for c in clients:
-            await c.aclose()
-        for s in services:
-            s.stop()
+        await client.aclose()
+        service.stop()
     frames = expected = behind = 0
     print(f"bench: ended {sorted({(Status.Name(i.status), i.error) for i in ended})[:3]}", file=sys.stderr)
     for info in ended:
