@@ -14,7 +14,7 @@ import av
 import pytest
 from livekit import api
 from livekit.protocol import egress
-from support.egress_helpers import file_request
+from support.egress_helpers import file_request, until
 from support.egress_service import EgressService
 from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory
@@ -37,6 +37,7 @@ async def track(livekit_server: LiveKitServer, make_room: RoomFactory,
     """(room, track SID) of a looping Opus publisher."""
     room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
     async with Publisher(livekit_server.url, creds, room, "alice", sample_media["opus"], loop=True) as pub:
+        await until(lambda: pub.sent, timeout=10)  # sending already: an egress is ACTIVE on its first frame
         yield room, pub.track_sid
 
 
@@ -128,7 +129,8 @@ async def test_250_at_once_are_admitted_or_refused_never_failed(
 async def test_ten_egresses_started_together_are_active_about_as_fast_as_one(
     service: EgressService, client: api.LiveKitAPI, track: tuple[str, str],
 ) -> None:
-    """Issue 22's target is 0.5 s (bench/serve_capacity.py measures it); asserted loosely on a shared machine."""
+    """Issue 22's target is 0.5 s (bench/serve_capacity.py measures it, and N = 100); asserted at 1 s here for a
+    shared machine (0.39-0.48 s measured)."""
     room, track_sid = track
     began = time.monotonic()
     answers = await start_together(client, room, track_sid, 10)
@@ -137,7 +139,7 @@ async def test_ten_egresses_started_together_are_active_about_as_fast_as_one(
     await until_all(client, room, ids, (Status.EGRESS_STARTING,), 10)
     took = time.monotonic() - began
     print(f"10 egresses started together: all ACTIVE after {took:.2f} s")
-    assert took < 1.5
+    assert took < 1.0
     await asyncio.gather(*(client.egress.stop_egress(egress.StopEgressRequest(egress_id=e)) for e in ids))
     await until_all(client, room, ids, UNFINISHED, 30)
 
