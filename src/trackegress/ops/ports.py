@@ -53,9 +53,15 @@ def ops_socket(data_dir: Path, name: str) -> str:
 
 
 async def listen_unix(app: web.Application, address: str) -> web.AppRunner:
-    """Serve ``app`` on the Unix socket ``address`` (one a killed predecessor left is replaced)."""
-    with contextlib.suppress(FileNotFoundError):
-        await asyncio.to_thread(os.unlink, address)  # left by a killed predecessor
+    """Serve ``app`` on the Unix socket ``address`` (one a killed predecessor left is replaced; removed on
+    ``runner.cleanup()``)."""
+
+    async def remove(_: web.Application | None = None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, address)
+
+    await remove()
+    app.on_cleanup.append(remove)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, address).start()
