@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import logging
@@ -22,15 +23,11 @@ from livekit import api
 from livekit.protocol import egress
 
 from trackegress.api.server import serve_api
+from trackegress.children import SOCKET as CHILD_SOCKET
+from trackegress.children import ChildrenDispatcher, child_app
 from trackegress.cluster.dispatch import open_cluster
-from trackegress.cluster.settings import (
-    ClusterSettings,
-    CpuAdmission,
-    cluster_settings,
-    cpu_admission,
-    load_worker_config,
-)
-from trackegress.cluster.worker import run_worker
+from trackegress.cluster.settings import ClusterSettings, WorkerConfig, cluster_settings, load_worker_config
+from trackegress.cluster.worker import lock_data_dir, run_worker
 from trackegress.config import Config, ServiceConfig, load_service_config
 from trackegress.configfile import read_config
 from trackegress.dispatcher import Dispatcher
@@ -40,13 +37,16 @@ from trackegress.info import is_ended
 from trackegress.logs import setup_logging
 from trackegress.manager import EgressManager
 from trackegress.ops.metrics import Metrics
+from trackegress.ops.ports import listen_unix, ops_socket, serve_ops
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
 from trackegress.request import check_track_request
 from trackegress.roomservice import LiveKitRooms
+from trackegress.supervisor import Supervisor, child_dir, child_index
 
 log = logging.getLogger("trackegress")
 DEFAULT_API_URL = "http://127.0.0.1:7990"
+SERVE_CHILD_GRACE = 15.0  # seconds serve's egress processes get to stop their egresses on SIGTERM
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,7 +191,6 @@ def _serve_main(args: argparse.Namespace) -> int:
         raw = read_config(args.config)
         config = load_service_config(raw=raw, api_port=args.port, bind=args.bind)
         cluster = cluster_settings(raw)
-        admission = cpu_admission(raw)
     except ConfigError as exc:
         setup_logging(args.log_level or "info")
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
@@ -199,12 +198,19 @@ def _serve_main(args: argparse.Namespace) -> int:
     redis_password = cluster.redis.password if cluster else ""
     setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
                    secrets=(config.egress.api_secret, redis_password))
-    return _run_until_signalled(lambda stop: _serve(config, cluster, admission, stop), "cannot serve")
+    index = child_index()
+    if index is not None:  # one of the node's egress processes, behind the API process
+        child = dataclasses.replace(config, data_dir=child_dir(config.data_dir, index), health_port=0,
+                                    prometheus_port=0)
+        return _run_until_signalled(lambda stop: _serve_child(child, stop), "cannot serve")
+    if cluster is None and config.processes > 1:
+        argv = ["serve"] + (["--config", str(args.config)] if args.config else []) + _log_level_args(args)
+        supervisor = Supervisor(config, argv, config.processes)
+        return _run_until_signalled(lambda stop: _serve_front(config, supervisor, stop), "cannot serve")
+    return _run_until_signalled(lambda stop: _serve(config, cluster, stop), "cannot serve")
 
 
-async def _serve(
-    config: ServiceConfig, cluster: ClusterSettings | None, admission: CpuAdmission, stop: asyncio.Event
-) -> None:
+async def _serve(config: ServiceConfig, cluster: ClusterSettings | None, stop: asyncio.Event) -> None:
     """Store, webhooks and the dispatcher (in-process, admitted by ``cpu_cost`` as on a worker, or the
     cluster's), then the API until ``stop``."""
     egress_config = config.egress
@@ -219,7 +225,7 @@ async def _serve(
         dispatcher: Dispatcher
         if cluster is None:
             manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
-                                    admission=admission)
+                                    admission=config.admission)
             metrics.watch(manager)
             manager.add_listener(metrics.observe)
             await manager.recover()  # what a previous run left unfinished is reported FAILED first
@@ -227,6 +233,49 @@ async def _serve(
         else:
             dispatcher = await open_cluster(stack, config, cluster, store, rooms, webhooks, metrics.observe)
         await serve_api(config, dispatcher, metrics, stop)
+
+
+async def _serve_front(config: ServiceConfig, supervisor: Supervisor, stop: asyncio.Event) -> None:
+    """The API in front of ``config.processes`` egress processes (``children.py``); the supervisor serves the
+    node's health and metrics ports."""
+    lock = await asyncio.to_thread(lock_data_dir, config.data_dir)
+    try:
+        dispatcher = ChildrenDispatcher(config.data_dir, config.processes)
+        api_only = dataclasses.replace(config, health_port=0, prometheus_port=0)
+        children = asyncio.create_task(supervisor.run(stop, SERVE_CHILD_GRACE))
+        await dispatcher.start_polling()
+        try:
+            await serve_api(api_only, dispatcher, Metrics(), stop)
+        finally:
+            stop.set()
+            await children
+    finally:
+        lock.close()
+
+
+async def _serve_child(config: ServiceConfig, stop: asyncio.Event) -> None:
+    """One egress process of ``serve``: its egresses, store and webhooks, driven over its dispatch socket."""
+    egress_config = config.egress
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(config.data_dir / "egress.db")
+        stack.push_async_callback(store.close)
+        rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
+        stack.push_async_callback(rooms.aclose)
+        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls)
+        stack.push_async_callback(webhooks.close)
+        metrics = Metrics()
+        manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
+                                admission=config.admission)
+        metrics.watch(manager)
+        manager.add_listener(metrics.observe)
+        await manager.recover()  # what a killed predecessor left unfinished is reported FAILED first
+        stack.push_async_callback(manager.close)
+        runners = [await listen_unix(child_app(manager), ops_socket(config.data_dir, CHILD_SOCKET)),
+                   *await serve_ops(config, manager, metrics, sockets=config.data_dir)]
+        for runner in runners:
+            stack.push_async_callback(runner.cleanup)
+        log.info("egress process serving (data_dir %s)", config.data_dir)
+        await stop.wait()
 
 
 # worker
@@ -241,7 +290,30 @@ def _worker_main(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
                    secrets=(config.service.egress.api_secret, config.redis.password))
-    return _run_until_signalled(lambda stop: run_worker(config, stop, args.shutdown_grace), "worker failed")
+    index, processes = child_index(), config.service.processes
+    if index is None and processes > 1:  # the supervisor: one worker process per core (or as configured)
+        argv = ["worker", "--shutdown-grace", str(args.shutdown_grace)]
+        argv += (["--config", str(args.config)] if args.config else []) + _log_level_args(args)
+        supervisor = Supervisor(config.service, argv, processes)
+        return _run_until_signalled(lambda stop: _supervise(supervisor, config, stop, args.shutdown_grace),
+                                    "worker failed")
+    if index is not None:
+        config = dataclasses.replace(config, service=dataclasses.replace(
+            config.service, data_dir=child_dir(config.service.data_dir, index), health_port=0, prometheus_port=0))
+    return _run_until_signalled(lambda stop: run_worker(config, stop, args.shutdown_grace, index is not None),
+                                "worker failed")
+
+
+async def _supervise(supervisor: Supervisor, config: WorkerConfig, stop: asyncio.Event, grace: float) -> None:
+    lock = await asyncio.to_thread(lock_data_dir, config.service.data_dir)
+    try:
+        await supervisor.run(stop, grace)
+    finally:
+        lock.close()
+
+
+def _log_level_args(args: argparse.Namespace) -> list[str]:
+    return ["--log-level", args.log_level] if args.log_level else []
 
 
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], failure: str) -> int:

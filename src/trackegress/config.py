@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trackegress.configfile import Section, parse_duration, read_config
+from trackegress.cpuload import DEFAULT_ADMISSION, CpuAdmission
 from trackegress.errors import INVALID_ARGUMENT, ConfigError
 from trackegress.room.transport import MEDIA_PROTOCOLS
 from trackegress.sinks.layers import TOP_LAYER_WAIT
@@ -83,7 +84,7 @@ _TOP_KEYS = frozenset({
     "api_key", "api_secret", "ws_url", "health_port", "prometheus_port", "logging", "session_limits", "storage",
     "webhook", "api_port", "bind", "data_dir", "local_dir", "track_wait_timeout", "signal_resume_timeout", "backup",
     "top_layer_wait", "idle_timeout", "media_protocols",
-    "websocket", "redis", "cluster_id", "cpu_cost",  # the last three read by cluster/settings.py
+    "websocket", "processes", "cpu_cost", "redis", "cluster_id",  # the last two read by cluster/settings.py
 })
 
 
@@ -111,6 +112,8 @@ class ServiceConfig:
     session_limits: SessionLimits = SessionLimits()
     webhook_urls: tuple[str, ...] = ()
     idle_timeout: float = IDLE_TIMEOUT  # seconds a served connection may stay without a complete request
+    processes: int = 1  # egress processes on this node (``processes``; absent: one per core, one with track_cpu_cost)
+    admission: CpuAdmission = DEFAULT_ADMISSION  # ``cpu_cost``, for one of those processes
 
 
 def load_service_config(
@@ -165,6 +168,9 @@ def load_service_config(
         "webhook_urls": _webhook_urls(webhook, egress_values["api_key"]),
         "idle_timeout": raw.duration("idle_timeout") or IDLE_TIMEOUT,
     }
+    cpus = os.cpu_count() or 1
+    values["processes"] = raw.integer("processes") or (1 if CpuAdmission.priced(raw) else cpus)
+    values["admission"] = CpuAdmission.from_config(raw, cpus, values["processes"])
     for key, value in overrides.items():
         if value is None:
             continue

@@ -16,6 +16,10 @@ class Dispatcher(Protocol):
     @property
     def accepting(self) -> bool: ...
 
+    def available(self) -> dict[str, int] | None:
+        """How many more egresses of each kind (``cpuload.KINDS``) would be admitted now; None if not known here."""
+        ...
+
     async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo: ...
 
     async def list(self, room_name: str = "", egress_id: str = "", active: bool = False, *, limit: int = 0,

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import egress, models
 
-from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import ServiceConfig
-from trackegress.cpuload import CpuMeter
+from trackegress.cpuload import CpuAdmission, CpuMeter, egress_kind
 from trackegress.egress import Egress
 from trackegress.errors import (
     ALREADY_EXISTS,
@@ -35,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
 Listener = Callable[[egress.EgressInfo], None]
-TrackCheck = Callable[[str, str], Awaitable[None]]
+TrackCheck = Callable[[str, str], Awaitable[int | None]]  # raises unless the track exists; its TrackType if known
 Tasks = list[asyncio.Task[object]]
 PROCESS_KILLED = "Process killed"
 STATUS_LOST = "Process stopped before the final status was stored; the output was finalised"
@@ -48,6 +47,8 @@ class _Job:
     runner: Egress
     info: egress.EgressInfo
     webhooks: tuple[models.WebhookConfig, ...]
+    kind: str = ""  # cpuload.KINDS
+    cost: float = 0.0  # CPUs it is priced at (admission)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: Tasks = field(default_factory=list)
 
@@ -71,8 +72,9 @@ class EgressManager:
         self._store = store
         self._check_track = check_track
         self._webhooks = webhooks
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener] = [self._meter.observe]
         self._jobs: dict[str, _Job] = {}
+        self._admitting: dict[str, float] = {}  # admitted, its store entry being written: egress id -> cost
         self._accepting = True
 
     @property
@@ -112,21 +114,22 @@ class EgressManager:
         check_webhooks(request, self._config.egress.api_key)
         if egress_id in self._jobs:
             raise RequestError(ALREADY_EXISTS, f"egress {egress_id} is already running")
-        if self._admission is not None:
-            self._admit(self._admission)
-        await self._check_track(request.room_name, request.track_id)
+        track_type = await self._check_track(request.room_name, request.track_id)
         egress_id = egress_id or new_egress_id()
+        kind = egress_kind(request, track_type)
+        cost = self._admit(egress_id, kind)  # reserved from here on
         job = Egress(request, self._config.egress, egress_id=egress_id,
                      on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
         try:
             await self._store.put(job.info)
         except Exception as exc:
+            self._meter.release(egress_id)
             log.error("egress %s not started: the store cannot be written: %s", egress_id, exc)
             raise RequestError(UNAVAILABLE, "the egress store cannot be written (data_dir full?)") from None
-        state = _Job(job, job.info, tuple(request.webhooks))
+        finally:
+            self._admitting.pop(egress_id, None)
+        state = _Job(job, job.info, tuple(request.webhooks), kind, cost)
         self._jobs[egress_id] = state
-        if self._admission is not None:
-            self._meter.reserve(self._admission.track_cpu_cost)
         self._announce(job.info, state.webhooks)
         state.tasks = [
             asyncio.create_task(self._run(state), name=f"egress {job.egress_id}"),
@@ -179,14 +182,36 @@ class EgressManager:
 
     # internals
 
-    def _admit(self, admission: CpuAdmission) -> None:
-        """``resource_exhausted`` unless one more egress fits (``CpuAdmission``)."""
+    def kind(self, egress_id: str) -> str | None:
+        """What kind of egress (``cpuload.KINDS``) ``egress_id`` is, while it runs here."""
+        job = self._jobs.get(egress_id)
+        return job.kind if job else None
+
+    def available(self) -> dict[str, int] | None:
+        """How many more egresses of each kind this process would admit now (None without admission)."""
+        if self._admission is None:
+            return None
         self._meter.start()
-        measured = self._meter.measured
-        if not admission.admits(len(self._jobs), measured):
+        return self._admission.available(self._reserved(), self._meter.measured)
+
+    def _admit(self, egress_id: str, kind: str) -> float:
+        """Reserve what an egress of ``kind`` costs, or ``resource_exhausted`` if it does not fit; the cost."""
+        if self._admission is None:
+            return 0.0
+        self._meter.start()
+        cost, reserved, measured = self._admission.cost(kind), self._reserved(), self._meter.measured
+        if not self._admission.admits(reserved, measured, cost):
             raise RequestError(RESOURCE_EXHAUSTED, f"at capacity: {len(self._jobs)} egresses running, "
-                               f"{measured:.2f} CPUs measured (cpu_cost: {admission.track_cpu_cost:g} each, "
-                               f"budget {admission.budget:g} CPUs)")
+                               f"{reserved:.2f} CPUs reserved, {measured:.2f} measured; a {kind} egress costs "
+                               f"{cost:g}, budget {self._admission.budget:g} CPUs")
+        self._meter.reserve(egress_id, cost)
+        self._admitting[egress_id] = cost
+        return cost
+
+    def _reserved(self) -> float:
+        """What the running egresses are priced at, and those being admitted (reserved, not yet jobs)."""
+        running = sum(job.cost for job in self._jobs.values() if not is_ended(job.info))
+        return running + sum(self._admitting.values())
 
     async def _not_running(self, egress_id: str) -> RequestError:
         info = await self._store.get(egress_id)

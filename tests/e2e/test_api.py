@@ -50,7 +50,11 @@ async def test_python_client_start_list_stop_with_webhooks(
         active = await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE, interval=0.1)
         assert active.room_id.startswith("RM_") and active.updated_at > started.updated_at
         assert active.file_results[0].filename == f"{room}/alice.ogg"
-        assert service.health() == {"status": "ok", "active_egresses": 1, "accepting": True}
+        health = service.health()
+        assert (health["status"], health["active_egresses"], health["accepting"]) == ("ok", 1, True)
+        room_left = health["available"]  # default admission: one process's share of a core, priced per kind
+        assert 100 < room_left["audio_file"] < 300 and room_left["websocket"] < room_left["video_file"] > 50
+        assert f'trackegress_egress_available{{kind="audio_file"}} {room_left["audio_file"]}' in service.metrics()
         assert "trackegress_egress_active 1.0" in service.metrics()
         assert "trackegress_packets_lost_total 0.0" in service.metrics()
         listed = await client.egress.list_egress(egress.ListEgressRequest(room_name=room, active=True))

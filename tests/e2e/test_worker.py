@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import http.server
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,7 +36,7 @@ from support.egress_helpers import file_request, until, wait_status
 from support.process import LogFile, stop_process, wait_ready
 from support.publisher import Publisher
 from support.redis_server import RedisServer
-from support.server import BINARY, LiveKitServer, create_room
+from support.server import BINARY, LiveKitServer, create_room, free_port
 from support.wsreceiver import Receiver
 
 from trackegress.psrpc import wire as psrpc
@@ -87,7 +89,7 @@ class Worker:
         config = {
             "api_key": server.api_key, "api_secret": server.api_secret, "ws_url": server.url,
             "redis": {"address": redis.address}, "local_dir": str(self.local_dir), "data_dir": str(workdir / "data"),
-            "track_wait_timeout": "5s", "logging": {"level": "debug"},
+            "track_wait_timeout": "5s", "logging": {"level": "debug"}, "processes": 1,  # one psrpc server, unless set
         } | settings
         self.config.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -537,3 +539,66 @@ def _probe_duration(path: Path) -> float:
     out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
                          capture_output=True, text=True, check=True).stdout
     return float(out)
+
+
+def child_pids(proc: subprocess.Popen[bytes]) -> list[int]:
+    """The supervisor's children (one worker process each)."""
+    return [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+            for pid in (task / "children").read_text().split()]
+
+
+async def test_a_node_runs_a_worker_process_per_core_and_a_crashed_one_ends_only_its_own(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], sample_media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """``processes: 2``: two psrpc servers claiming by their own load; kill -9 one: its egresses (only) end FAILED
+    "Process killed" once the supervisor has started it again, the other's record on."""
+    health_port, prometheus_port = free_port(), free_port()
+    worker = Worker(tmp_path / "node", lk_redis, redis_server, processes=2, health_port=health_port,
+                    prometheus_port=prometheus_port)
+    workers.append(worker.start())
+    await until(lambda: worker.log_text().count("serving (cluster_id") == 2, timeout=20)
+    assert worker.proc is not None and len(child_pids(worker.proc)) == 2
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    async with livekit(lk_redis) as (client, room), bus_client(redis_server, "EgressInternal") as internal, \
+            Publisher(lk_redis.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
+        started = [await client.egress.start_track_egress(file_request(room, pub.track_sid, f"erin-{n}.ogg"))
+                   for n in range(4)]
+        for info in started:
+            await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+        listed = await internal.multi("ListActiveEgress", b"", timeout=0.5)
+        per_process = sorted(len(psrpc.ListActiveEgressResponse.decode(r).egress_ids) for r in listed)
+        assert per_process == [2, 2], "claims spread over the processes"
+        health = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{health_port}/")
+        assert (health["active_egresses"], len(health["processes"])) == (4, 2)
+        assert health["available"]["audio_file"] > 2 * 200  # two processes' room, each on its own core
+        metrics = await asyncio.to_thread(_get_text, f"http://127.0.0.1:{prometheus_port}/metrics")
+        assert 'trackegress_egress_active{process="0"} 2.0' in metrics
+        assert 'trackegress_egress_available{kind="websocket",process="1"}' in metrics
+
+        victim = child_pids(worker.proc)[0]
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        listed = await internal.multi("ListActiveEgress", b"", timeout=0.5)
+        survivors = {e for r in listed for e in psrpc.ListActiveEgressResponse.decode(r).egress_ids}
+        killed = {info.egress_id for info in started} - survivors
+        assert len(survivors) == len(killed) == 2
+        for egress_id in killed:  # reported by the restarted process from its own store
+            failed = await wait_status(client, egress_id, Status.EGRESS_FAILED, timeout=30)
+            assert failed.error == "Process killed" and failed.file_results[0].size > 0
+        await until(lambda: len(child_pids(worker.proc)) == 2 and victim not in child_pids(worker.proc))  # type: ignore[arg-type]
+        for egress_id in survivors:
+            assert (await wait_status(client, egress_id, Status.EGRESS_ACTIVE)).status == Status.EGRESS_ACTIVE
+            await client.egress.stop_egress(api.StopEgressRequest(egress_id=egress_id))
+            done = await wait_status(client, egress_id, Status.EGRESS_COMPLETE)
+            assert done.file_results[0].duration > 2_000_000_000  # recorded on through the other's crash
+    assert "exited with -9; starting it again" in worker.log_text()
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    return dict(json.loads(_get_text(url)))
+
+
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())

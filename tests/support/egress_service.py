@@ -31,7 +31,7 @@ class EgressService(OpsEndpoints):
             "api_key": server.api_key, "api_secret": server.api_secret, "ws_url": server.url,
             "api_port": self.port, "health_port": self.health_port, "prometheus_port": self.prometheus_port,
             "local_dir": str(self.local_dir), "data_dir": str(self.data_dir), "track_wait_timeout": "5s",
-            "logging": {"level": "debug"},
+            "logging": {"level": "debug"}, "processes": 1,  # one process unless a test asks for more
         } | settings
         env = {k: v for k, v in os.environ.items() if k != "EGRESS_CONFIG_FILE"}
         env["EGRESS_CONFIG_BODY"] = yaml.safe_dump(config)

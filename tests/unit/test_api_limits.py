@@ -18,8 +18,8 @@ from support.server import free_port
 
 from trackegress.api.auth import Authenticator
 from trackegress.api.twirp import PAGE_SIZE, TwirpRunner, TwirpServer
-from trackegress.cluster.settings import CpuAdmission
 from trackegress.config import load_service_config
+from trackegress.cpuload import CpuAdmission
 from trackegress.egress import Egress
 from trackegress.manager import EgressManager
 from trackegress.ops.ports import listen
@@ -58,7 +58,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Api]:
     body = f"api_key: {KEY}\napi_secret: {SECRET}\nws_url: ws://127.0.0.1:1\nlocal_dir: {tmp_path / 'rec'}\n"
     config = load_service_config(env={"EGRESS_CONFIG_BODY": body + "track_wait_timeout: 1s\n"})
     store = await Store.open(tmp_path / "egress.db")
-    manager = EgressManager(config, store, present, admission=CpuAdmission(0.5, 0.8, 2))  # 3 egresses fit
+    manager = EgressManager(config, store, present, admission=CpuAdmission(1.6, 0.5, 0.5, 0.5))  # 3 fit
     port = free_port()
     runner = await listen(TwirpServer(manager, Authenticator(KEY, SECRET)).app(), "127.0.0.1", port,
                           runner_class=TwirpRunner, idle_timeout=1.0)

@@ -19,13 +19,11 @@ RANKS = {
     "trackegress.media": 1, "trackegress.psrpc": 1,
     "trackegress.sinks": 2, "trackegress.storage": 2, "trackegress.room": 2,
     "trackegress.config": 3, "trackegress.request": 3, "trackegress.roomservice": 3, "trackegress.dispatcher": 3,
-    # a unit of its own while manager.py imports its CpuAdmission (issue 20: admission moves next to the CPU meter)
-    "trackegress.cluster.settings": 3,
     "trackegress.reporting": 4, "trackegress.outputs": 4,
     "trackegress.egress": 5,
     "trackegress.manager": 6,
-    "trackegress.ops": 7, "trackegress.api": 7, "trackegress.cluster": 7,
-    "trackegress.cli": 8,
+    "trackegress.ops": 7, "trackegress.api": 7, "trackegress.cluster": 7, "trackegress.children": 7,
+    "trackegress.cli": 8, "trackegress.supervisor": 8,
 }
 
 

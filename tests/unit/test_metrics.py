@@ -28,9 +28,14 @@ class Job:
 @dataclass
 class Manager:
     jobs: list[Job] = field(default_factory=list)
+    room: dict[str, int] | None = None
+    accepting: bool = True
 
     def running(self) -> list[Job]:
         return self.jobs
+
+    def available(self) -> dict[str, int] | None:
+        return self.room
 
 
 def scrape(metrics: Metrics) -> str:
@@ -54,6 +59,21 @@ def test_counters_sum_running_egresses_and_survive_their_end() -> None:
     manager.jobs = []
     text = scrape(metrics)
     assert "trackegress_egress_active 0.0" in text and "trackegress_packets_lost_total 4.0" in text
+
+
+def test_how_many_more_egresses_of_each_kind_and_upstreams_gauges() -> None:
+    manager = Manager([Job("EG_a")], room={"audio_file": 265, "video_file": 159, "websocket": 0})
+    metrics = Metrics()
+    metrics.watch(manager)  # type: ignore[arg-type]
+    text = scrape(metrics)
+    assert 'trackegress_egress_available{kind="audio_file"} 265.0' in text
+    assert 'trackegress_egress_available{kind="websocket"} 0.0' in text
+    assert "livekit_egress_available 0.0" in text and "livekit_egress_can_accept_request 1.0" in text
+    manager.jobs, manager.room = [], dict.fromkeys(("audio_file", "video_file", "websocket"), 0)
+    text = scrape(metrics)
+    assert "livekit_egress_available 1.0" in text and "livekit_egress_can_accept_request 0.0" in text
+    manager.accepting = False  # shutting down: nothing more
+    assert "livekit_egress_available 0.0" in scrape(metrics)
 
 
 def test_websocket_delay_histogram() -> None:

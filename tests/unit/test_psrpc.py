@@ -12,6 +12,7 @@ from livekit.protocol import egress
 from support.fake_bus import FakeBus
 
 from trackegress.cluster.worker import affinity
+from trackegress.cpuload import CpuAdmission
 from trackegress.psrpc import wire as psrpc
 from trackegress.psrpc.bus import Method, RPCClient, RPCServer
 from trackegress.psrpc.wire import (
@@ -149,15 +150,18 @@ def test_minimum_affinity_and_first_available() -> None:
 
 
 def test_affinity_is_the_free_share_of_the_cpu_budget() -> None:
-    assert affinity(budget=1.6, reserved=0.0, measured=0.01, cost=0.5) == 1.0
-    assert affinity(budget=1.6, reserved=0.8, measured=0.01, cost=0.5) == pytest.approx(0.5)
-    assert affinity(budget=1.6, reserved=1.5, measured=0.01, cost=0.5) == -1.0  # would exceed the budget: no claim
-    assert affinity(budget=1.0, reserved=0.0, measured=0.0, cost=1.0) == 1.0
-    assert affinity(budget=1.0, reserved=1.0, measured=0.0, cost=1.0) == -1.0
-    assert affinity(budget=0.0, reserved=0.0, measured=0.0, cost=0.5) == -1.0
+    def admission(budget: float) -> CpuAdmission:
+        return CpuAdmission(budget, 0.5, 0.5, 0.5)
+
+    assert affinity(admission(1.6), reserved=0.0, measured=0.01, cost=0.5) == 1.0
+    assert affinity(admission(1.6), reserved=0.8, measured=0.01, cost=0.5) == pytest.approx(0.5)
+    assert affinity(admission(1.6), reserved=1.5, measured=0.01, cost=0.5) == -1.0  # would exceed the budget
+    assert affinity(admission(1.0), reserved=0.0, measured=0.0, cost=1.0) == 1.0
+    assert affinity(admission(1.0), reserved=1.0, measured=0.0, cost=1.0) == -1.0
+    assert affinity(admission(0.0), reserved=0.0, measured=0.0, cost=0.5) == -1.0
     # a process that really uses its budget claims nothing, whatever its egresses were reserved at
-    assert affinity(budget=1.6, reserved=0.1, measured=1.2, cost=0.5) == -1.0
-    assert affinity(budget=1.6, reserved=0.1, measured=1.0, cost=0.5) == pytest.approx(0.9375)
+    assert affinity(admission(1.6), reserved=0.1, measured=1.2, cost=0.5) == -1.0
+    assert affinity(admission(1.6), reserved=0.1, measured=1.0, cost=0.5) == pytest.approx(0.9375)
 
 
 # the server's claim protocol over an in-memory bus

@@ -70,6 +70,10 @@ class ClusterDispatcher:
     def accepting(self) -> bool:
         return self._accepting
 
+    def available(self) -> None:
+        """Each worker knows its own room (its health and metrics ports say it), not serve."""
+        return None
+
     async def start_clients(self) -> None:
         await self._internal.start()
         await self._handler.start()

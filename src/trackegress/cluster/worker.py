@@ -22,8 +22,8 @@ from typing import IO
 from livekit.protocol import egress
 from redis.exceptions import RedisError
 
-from trackegress.cluster.settings import WorkerConfig, fits
-from trackegress.cpuload import CpuMeter
+from trackegress.cluster.settings import WorkerConfig
+from trackegress.cpuload import CpuAdmission, CpuMeter, egress_kind
 from trackegress.errors import ALREADY_EXISTS, INVALID_ARGUMENT, UNAVAILABLE, RequestError
 from trackegress.info import is_ended, new_egress_id
 from trackegress.manager import EgressManager
@@ -46,13 +46,12 @@ DRAIN_TIMEOUT = 5.0  # queued reports get this at shutdown (one call; final stat
 QUIET_WAIT = 2.0  # a Redis call of the shutdown (unsubscribing) gives up after this
 
 
-def affinity(budget: float, reserved: float, measured: float, cost: float) -> float:
+def affinity(admission: CpuAdmission, reserved: float, measured: float, cost: float) -> float:
     """Claim affinity: the share of the CPU budget not ``reserved`` (running and claimed egresses at their cost), or
-    -1 (no claim) when ``cost`` does not fit next to that or next to what is ``measured`` (``CpuMeter``, plus the
-    reservations of egresses too young to show in it)."""
-    if budget <= 0 or not fits(budget, reserved, measured, cost):
+    -1 (no claim) when ``cost`` does not fit next to that or next to what is ``measured`` (``CpuMeter.measured``)."""
+    if admission.budget <= 0 or not admission.admits(reserved, measured, cost):
         return -1.0
-    return (budget - reserved) / budget
+    return admission.share(reserved)
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, bus: RedisBus, manager: EgressManager) -> None:
         self.server_id = psrpc.new_id("SRV_")
         self._config = config
+        self._admission = config.service.admission
         self._bus = bus
         self._manager = manager
         self._internal = RPCServer(bus, psrpc.EGRESS_INTERNAL, self.server_id)
@@ -102,6 +102,7 @@ class Worker:
         """Report what a previous run left unfinished (FAILED "Process killed"), then start claiming."""
         await self._io.start()
         self._meter.start()
+        self._manager.add_listener(self._meter.observe)
         self._manager.add_listener(self._on_update)
         self._bus.on_reconnect(self._on_reconnect)
         for info in await self._manager.recover():
@@ -112,8 +113,10 @@ class Worker:
             self._reporter.report(info)
         await self._internal.register(self._start_method, self._config.cluster_id)
         await self._internal.register(self._list_method, self._config.cluster_id)
-        log.info("worker %s serving (cluster_id %r, CPU budget %.2f, track cost %.2f)", self.server_id,
-                 self._config.cluster_id, self._config.cpu_budget, self._config.track_cpu_cost)
+        admission = self._admission
+        log.info("worker %s serving (cluster_id %r, CPU budget %.2f; costs: audio file %g, video file %g, "
+                 "websocket %g)", self.server_id, self._config.cluster_id, admission.budget, admission.audio_file,
+                 admission.video_file, admission.websocket)
 
     async def shutdown(self, grace: float) -> None:
         """Stop claiming; let running egresses end for ``grace`` seconds, stop the rest; report everything.
@@ -148,17 +151,32 @@ class Worker:
             return 1.0  # a repeat of one we run or are starting: answer it again
         if start.egress_id and await self._owner(start.egress_id) not in (None, self.server_id):
             return -1.0  # another worker runs it
-        cost = start.estimated_cpu or self._config.track_cpu_cost
-        claimed = sum(c.cost for c in self._pending.values())
-        reserved = sum(r.cost for r in self._running.values()) + claimed
-        measured = self._meter.measured + claimed
-        value = affinity(self._config.cpu_budget, reserved, measured, cost)
+        cost = self._cost(start)
+        reserved, measured = self._load()
+        value = affinity(self._admission, reserved, measured, cost)
         if value < 0:
             log.info("egress %s: not claimed, at capacity (%.2f CPUs reserved, %.3f measured, of %.2f)",
-                     start.egress_id, reserved, measured, self._config.cpu_budget)
+                     start.egress_id, reserved, measured, self._admission.budget)
         else:
             self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
         return value
+
+    def available(self) -> dict[str, int]:
+        """How many more egresses of each kind this worker would claim now."""
+        return self._admission.available(*self._load())
+
+    def _cost(self, start: StartEgressRequest) -> float:
+        """CPUs a StartEgress is priced at: livekit-server's estimate, else the kind's cost (a file of a track of
+        unknown type at the video price until it runs)."""
+        if start.estimated_cpu:
+            return start.estimated_cpu
+        return self._admission.cost(egress_kind(start.track)) if start.track else self._admission.video_file
+
+    def _load(self) -> tuple[float, float]:
+        """CPUs reserved (running and claimed egresses at their cost) and measured (claims included)."""
+        claimed = sum(c.cost for c in self._pending.values())
+        reserved = sum(r.cost for r in self._running.values()) + claimed
+        return reserved, self._meter.measured + claimed
 
     def _release(self, request: Request) -> None:
         """Another worker got the request: its cost is no longer reserved here."""
@@ -174,10 +192,10 @@ class Worker:
         if running is None:
             if not self._accepting:
                 raise PsrpcError(UNAVAILABLE, "worker is shutting down")
-            cost = pending.cost if pending else start.estimated_cpu or self._config.track_cpu_cost
-            launch = asyncio.ensure_future(self._launch(egress_id, track))
+            cost = pending.cost if pending else self._cost(start)
+            launch = asyncio.ensure_future(self._launch(egress_id, track, not start.estimated_cpu))
             running = self._running[egress_id] = _Running(cost, start.room_id, launch)
-            self._meter.reserve(cost)
+            self._meter.reserve(egress_id, cost)
         elif running.launch.done():
             log.info("egress %s: repeated StartEgress, answering with its current state", egress_id)
         try:
@@ -189,7 +207,7 @@ class Worker:
         answer.room_id = answer.room_id or start.room_id
         return answer.SerializeToString()
 
-    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest) -> egress.EgressInfo:
+    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest, reprice: bool) -> egress.EgressInfo:
         owned = False
         try:
             await self._own(egress_id)
@@ -198,11 +216,15 @@ class Worker:
             await self._handler.register(self._update_method, egress_id)
             info = await self._manager.start(track, egress_id)
         except Exception:
+            self._meter.release(egress_id)
             self._running.pop(egress_id, None)
             await self._unregister_handlers(egress_id)
             if owned:
                 await self._bus.redis.delete(OWNER_PREFIX + egress_id)
             raise
+        kind, running = self._manager.kind(egress_id), self._running.get(egress_id)
+        if reprice and kind is not None and running is not None and not running.ended:
+            running.cost = self._admission.cost(kind)  # the track's type is known now
         await self._reporter.wait_created(egress_id, CREATE_WAIT)
         return info
 
@@ -320,11 +342,12 @@ def _empty(data: bytes) -> None:
     """``rpc.ListActiveEgressRequest`` has no fields."""
 
 
-async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully (see ``Worker.shutdown``)."""
+async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float, supervised: bool = False) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully (see ``Worker.shutdown``). ``supervised``: one of a
+    node's processes (``supervisor.py``), its health and metrics on Unix sockets in its data_dir."""
     service = config.service
     async with contextlib.AsyncExitStack() as stack:
-        lock = await asyncio.to_thread(_lock_data_dir, service.data_dir)
+        lock = await asyncio.to_thread(lock_data_dir, service.data_dir)
         stack.callback(lock.close)
         redis = config.redis.connect()
         stack.push_async_callback(redis.aclose)
@@ -337,18 +360,19 @@ async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float) ->
         stack.push_async_callback(bus.close)
         metrics = Metrics()
         manager = EgressManager(service, store, rooms.check_track, on_delay=metrics.observe_delay)
-        metrics.watch(manager)
         manager.add_listener(metrics.observe)
         worker = Worker(config, bus, manager)
+        metrics.watch(manager, worker.available)
         await worker.start()
-        for runner in await serve_ops(service, manager, metrics):
+        sockets = service.data_dir if supervised else None
+        for runner in await serve_ops(service, manager, metrics, worker.available, sockets=sockets):
             stack.push_async_callback(runner.cleanup)
         await stop.wait()
         log.info("shutting down")
         await worker.shutdown(grace)
 
 
-def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """One worker per data dir: its store is what a restart reports as killed."""
     data_dir.mkdir(parents=True, exist_ok=True)
     handle = open(data_dir / "worker.lock", "wb")  # held for the process's lifetime

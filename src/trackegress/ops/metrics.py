@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from livekit.protocol import egress
@@ -15,6 +15,7 @@ from trackegress.info import is_ended
 from trackegress.manager import EgressManager
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+Capacity = Callable[[], "dict[str, int] | None"]  # how many more egresses of each kind would be admitted now
 
 
 class Metrics(Collector):
@@ -22,6 +23,7 @@ class Metrics(Collector):
 
     def __init__(self) -> None:
         self._manager: EgressManager | None = None
+        self._capacity: Capacity | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self._started = Counter("trackegress_egress_started", "Egresses started", registry=self.registry)
         self._ended = Counter(
@@ -36,9 +38,11 @@ class Metrics(Collector):
         self._seen: dict[str, tuple[int, int, int, int, int]] = {}
         self.registry.register(self)
 
-    def watch(self, manager: EgressManager) -> None:
-        """Read live values (active egresses, bytes, packets lost) from ``manager`` at scrape time."""
+    def watch(self, manager: EgressManager, capacity: Capacity | None = None) -> None:
+        """Read live values (active egresses, bytes, packets lost) from ``manager`` at scrape time, and the room left
+        from ``capacity`` (default: ``manager.available``)."""
         self._manager = manager
+        self._capacity = capacity or manager.available
 
     def observe_delay(self, seconds: float) -> None:
         """One PCM message's delay (an ``Egress`` ``on_delay`` callback)."""
@@ -56,6 +60,7 @@ class Metrics(Collector):
         """Live values read from the running egresses at scrape time."""
         running = self._manager.running() if self._manager is not None else []
         yield GaugeMetricFamily("trackegress_egress_active", "Egresses running now", value=len(running))
+        yield from self._available(len(running))
         written = self._ended_bytes + sum(job.bytes_out for job in running)
         yield CounterMetricFamily("trackegress_bytes_written", "Bytes written to files and streams", value=written)
         self._seen.update((job.egress_id, _counts(job)) for job in running)
@@ -74,6 +79,23 @@ class Metrics(Collector):
             "trackegress_layer_switches", "Picture size changes in recordings (simulcast/SVC layer switches)",
             value=layer_switches,
         )
+
+    def _available(self, running: int) -> Iterator[Metric]:
+        """How many more egresses of each kind would be admitted, and upstream's gauges for autoscalers."""
+        available = self._capacity() if self._capacity is not None else None
+        if available is None:
+            return
+        accepting = self._manager is None or self._manager.accepting
+        gauge = GaugeMetricFamily("trackegress_egress_available", "More egresses of this kind that would be "
+                                  "admitted now (each kind alone)", labels=["kind"])
+        for kind, count in available.items():
+            gauge.add_metric([kind], count if accepting else 0)
+        yield gauge
+        idle = accepting and running == 0
+        yield GaugeMetricFamily("livekit_egress_available", "1 when idle (upstream's)", value=int(idle))
+        can_accept = accepting and any(available.values())
+        yield GaugeMetricFamily("livekit_egress_can_accept_request", "1 when one more egress would be admitted",
+                                value=int(can_accept))
 
     def app(self) -> web.Application:
         """``GET /metrics`` in Prometheus' text format."""
