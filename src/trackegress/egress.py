@@ -22,7 +22,7 @@ from trackegress.errors import HTTP_STATUS, INVALID_ARGUMENT, UNIMPLEMENTED, Cod
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec, EncodedFrame
-from trackegress.redact import redact_request
+from trackegress.redact import redact_request, redact_start_request
 from trackegress.reporting.manifest import build_manifest
 from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
@@ -109,6 +109,7 @@ class Egress:
         on_update: Callable[[egress.EgressInfo], None] | None = None,
         on_delay: Callable[[float], None] | None = None,
         parts: Parts = Parts(),
+        source: egress.StartEgressRequest | None = None,
     ) -> None:
         self._parts = parts
         self._request = request
@@ -124,8 +125,11 @@ class Egress:
             status=Status.EGRESS_STARTING,
             started_at=now,
             updated_at=now,
-            track=redact_request(request, SECRET_FIELDS),
         )
+        if source is None:
+            self.info.track.CopyFrom(redact_request(request, SECRET_FIELDS))
+        else:  # a unified StartEgress run as this track egress: reported as the request it was (upstream's `egress`)
+            self.info.egress.CopyFrom(redact_start_request(source, SECRET_FIELDS))
         self._storage = LocalStorage(config.local_dir)
         self._upload_to: Destination | None = None
         self._sink: Sink | None = None
@@ -481,7 +485,8 @@ class Egress:
             except UploadError as exc:
                 error, uploader = str(exc), None
         self.info.file_results.append(file_info)
-        self.info.file.CopyFrom(file_info)
+        if self.info.HasField("track"):  # the deprecated single result, of StartTrackEgress only (as upstream)
+            self.info.file.CopyFrom(file_info)
         if not self._request.file.disable_manifest:
             error = await self._write_manifest(uploader) or error
         return error

@@ -19,7 +19,7 @@ from trackegress.config import ServiceConfig
 from trackegress.cpuload import CpuMeter
 from trackegress.egress import Egress
 from trackegress.errors import RequestError
-from trackegress.info import copy_info, is_ended, new_egress_id
+from trackegress.info import copy_info, is_ended, new_egress_id, request_webhooks
 from trackegress.redact import redact_url
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
@@ -94,12 +94,14 @@ class EgressManager:
             await _finish_killed(info)
             log.warning("egress %s was running when the service stopped: FAILED (%s)", info.egress_id, info.error)
             self._store.save(info)
-            self._announce(info, tuple(info.track.webhooks))
+            self._announce(info, request_webhooks(info))
             recovered.append(info)
         return recovered
 
-    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
-        """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info."""
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None, *,
+                    source: egress.StartEgressRequest | None = None) -> egress.EgressInfo:
+        """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info.
+        ``source``: the unified ``StartEgress`` request ``request`` was made from (the info reports it)."""
         if not self._accepting:
             raise RequestError("unavailable", "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
@@ -110,7 +112,7 @@ class EgressManager:
             self._admit(self._admission)
         await self._check_track(request.room_name, request.track_id)
         egress_id = egress_id or new_egress_id()
-        job = Egress(request, self._config.egress, egress_id=egress_id,
+        job = Egress(request, self._config.egress, egress_id=egress_id, source=source,
                      on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
         try:
             await self._store.put(job.info)
@@ -282,7 +284,7 @@ async def _finish_killed(info: egress.EgressInfo) -> None:
     kept = [f for f in info.file_results if await asyncio.to_thread(_refresh_from_disk, f)]
     del info.file_results[:]
     info.file_results.extend(kept)
-    if kept:
+    if kept and info.HasField("track"):  # the deprecated single result, of StartTrackEgress only (as upstream)
         info.file.CopyFrom(kept[0])
     else:
         info.ClearField("file")

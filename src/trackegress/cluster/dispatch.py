@@ -74,13 +74,17 @@ class ClusterDispatcher:
         await self._internal.start()
         await self._handler.start()
 
-    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
-        """Validate, pick a worker by affinity, store the STARTING info it answers (``egress_started``)."""
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None, *,
+                    source: egress.StartEgressRequest | None = None) -> egress.EgressInfo:
+        """Validate, pick a worker by affinity, store the STARTING info it answers (``egress_started``). With
+        ``source`` (the unified ``StartEgress`` that ``request`` was made from) that is what goes to the worker, as
+        livekit-server sends it (``egress`` field)."""
         if not self._accepting:
             raise RequestError("unavailable", "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
+        kind, message = ("track", request) if source is None else ("egress", source)
         start = StartEgressRequest(
-            egress_id or new_egress_id(), "track", request, room_id=await self._rooms.room_sid(request.room_name),
+            egress_id or new_egress_id(), kind, message, room_id=await self._rooms.room_sid(request.room_name),
             room_name=request.room_name,
         )
         info = egress.EgressInfo.FromString(await self._start(start))

@@ -33,6 +33,7 @@ from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import serve_ops
 from trackegress.reporting.ioinfo_client import IOInfoReporter
 from trackegress.reporting.store import Store
+from trackegress.request import passthrough_track_request
 from trackegress.roomservice import LiveKitRooms
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,24 @@ STOP_WAIT = 2.0  # StopEgress answers within this (livekit-server's psrpc timeou
 OWNER_PREFIX = "trackegress:egress:"  # Redis key naming the worker that runs an egress id
 OWNER_TTL = 24 * 3600
 DRAIN_TIMEOUT = 15.0
+# livekit-server's client takes a claim of affinity >= 1 at once (MaximumAffinity 1) and otherwise waits 500 ms for a
+# better one (ShortCircuitTimeout); upstream's worker answers 1 only when already busy (0.5 when idle, to pack track
+# egresses next to its room composites). Here every egress is a track: a worker that can take one claims it with 1,
+# and the least busy answers first: its claim waits CLAIM_SPREAD times the share of its budget already reserved.
+CLAIM = 1.0
+CLAIM_SPREAD = 0.1  # seconds, for a full budget
+# A request we cannot run (a StartEgress of another shape) is claimed this low, so that any worker that can run it
+# wins, and otherwise we answer it with the reason instead of leaving livekit-server to time out.
+REFUSAL = 0.01
 
 
-def affinity(budget: float, reserved: float, measured: float, cost: float) -> float:
-    """Claim affinity: the share of the CPU budget not ``reserved`` (running and claimed egresses at their cost), or
-    -1 (no claim) when ``cost`` does not fit next to that or next to what is ``measured`` (``CpuMeter``, plus the
-    reservations of egresses too young to show in it)."""
+def claim_delay(budget: float, reserved: float, measured: float, cost: float) -> float | None:
+    """Seconds before claiming with ``CLAIM``: ``CLAIM_SPREAD`` times the share of the CPU budget ``reserved``
+    (running and claimed egresses at their cost); None (no claim) when ``cost`` does not fit next to that or next to
+    what is ``measured`` (``CpuMeter``, plus the reservations of egresses too young to show in it)."""
     if budget <= 0 or not fits(budget, reserved, measured, cost):
-        return -1.0
-    return (budget - reserved) / budget
+        return None
+    return CLAIM_SPREAD * min(1.0, reserved / budget)
 
 
 @dataclass(frozen=True)
@@ -125,25 +135,32 @@ class Worker:
     # EgressInternal
 
     async def _affinity(self, request: Request, start: StartEgressRequest) -> float:
-        if not self._accepting or start.kind != "track":
+        if not self._accepting or start.kind not in ("track", "egress"):
             return -1.0
+        if start.kind == "egress":
+            try:
+                _as_track(start)
+            except PsrpcError:
+                return REFUSAL
         now = time.time_ns()
         self._pending = {rid: claim for rid, claim in self._pending.items() if claim.expiry > now}
         if start.egress_id in self._running or any(c.egress_id == start.egress_id for c in self._pending.values()):
-            return 1.0  # a repeat of one we run or are starting: answer it again
+            return CLAIM  # a repeat of one we run or are starting: answer it again
         if start.egress_id and await self._owner(start.egress_id) not in (None, self.server_id):
             return -1.0  # another worker runs it
         cost = start.estimated_cpu or self._config.track_cpu_cost
         claimed = sum(c.cost for c in self._pending.values())
         reserved = sum(r.cost for r in self._running.values()) + claimed
         measured = self._meter.measured + claimed
-        value = affinity(self._config.cpu_budget, reserved, measured, cost)
-        if value < 0:
+        delay = claim_delay(self._config.cpu_budget, reserved, measured, cost)
+        if delay is None:
             log.info("egress %s: not claimed, at capacity (%.2f CPUs reserved, %.3f measured, of %.2f)",
                      start.egress_id, reserved, measured, self._config.cpu_budget)
-        else:
-            self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
-        return value
+            return -1.0
+        self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return CLAIM
 
     def _release(self, request: Request) -> None:
         """Another worker got the request: its cost is no longer reserved here."""
@@ -151,16 +168,14 @@ class Worker:
 
     async def _start_egress(self, request: Request, start: StartEgressRequest) -> bytes:
         pending = self._pending.pop(request.request_id, None)
-        track = start.track
-        if track is None:
-            raise PsrpcError(psrpc.INVALID_ARGUMENT, "only track egress requests are served here")
+        track, source = _as_track(start)
         egress_id = start.egress_id or new_egress_id()
         running = self._running.get(egress_id)
         if running is None:
             if not self._accepting:
                 raise PsrpcError(psrpc.UNAVAILABLE, "worker is shutting down")
             cost = pending.cost if pending else start.estimated_cpu or self._config.track_cpu_cost
-            launch = asyncio.ensure_future(self._launch(egress_id, track))
+            launch = asyncio.ensure_future(self._launch(egress_id, track, source))
             running = self._running[egress_id] = _Running(cost, start.room_id, launch)
             self._meter.reserve(cost)
         elif running.launch.done():
@@ -174,14 +189,15 @@ class Worker:
         answer.room_id = answer.room_id or start.room_id
         return answer.SerializeToString()
 
-    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest) -> egress.EgressInfo:
+    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest,
+                      source: egress.StartEgressRequest | None) -> egress.EgressInfo:
         owned = False
         try:
             await self._own(egress_id)
             owned = True
             await self._handler.register(self._stop_method, egress_id)
             await self._handler.register(self._update_method, egress_id)
-            info = await self._manager.start(track, egress_id)
+            info = await self._manager.start(track, egress_id, source=source)
         except Exception:
             self._running.pop(egress_id, None)
             await self._unregister_handlers(egress_id)
@@ -268,6 +284,19 @@ class Worker:
     async def _unregister_handlers(self, egress_id: str) -> None:
         await self._handler.unregister(self._stop_method, egress_id)
         await self._handler.unregister(self._update_method, egress_id)
+
+
+def _as_track(start: StartEgressRequest) -> tuple[egress.TrackEgressRequest, egress.StartEgressRequest | None]:
+    """The track egress ``start`` asks for, and the unified ``StartEgress`` it was made from (``egress`` field, preset
+    ``PASSTHROUGH``: ``passthrough_track_request``); ``PsrpcError`` invalid_argument for anything else."""
+    if start.track is not None:
+        return start.track, None
+    if isinstance(start.request, egress.StartEgressRequest):
+        try:
+            return passthrough_track_request(start.request), start.request
+        except RequestError as exc:
+            raise PsrpcError(exc.code, exc.message) from None
+    raise PsrpcError(psrpc.INVALID_ARGUMENT, "only track egresses and StartEgress with preset PASSTHROUGH run here")
 
 
 def _empty(data: bytes) -> None:

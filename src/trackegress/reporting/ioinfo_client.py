@@ -14,6 +14,7 @@ from trackegress.backoff import Backoff
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import RPCClient
 from trackegress.info import is_ended
+from trackegress.logs import context_of
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class IOInfoReporter:
         if queue is None:
             queue = self._queues[info.egress_id] = asyncio.Queue()
             self._created[info.egress_id] = asyncio.Event()
-            task = asyncio.create_task(self._send_all(info.egress_id, queue), name=f"ioinfo {info.egress_id}")
+            task = asyncio.create_task(self._send_all(info.egress_id, queue), name=f"ioinfo {info.egress_id}",
+                                       context=context_of(info.egress_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         queue.put_nowait((method, info))

@@ -18,7 +18,7 @@ from livekit.protocol import egress
 from trackegress.cluster import psrpc
 from trackegress.cluster.bus import Method, RedisBus, RPCServer
 from trackegress.cluster.psrpc import GetEgressRequest, PsrpcError, Request
-from trackegress.info import is_ended
+from trackegress.info import is_ended, request_webhooks
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
 
@@ -86,7 +86,7 @@ class IOInfoServer:
             self._active.discard(info.egress_id)
         else:
             self._active.add(info.egress_id)
-        self._webhooks.notify(info, info.track.webhooks)
+        self._webhooks.notify(info, request_webhooks(info))
         try:
             self._on_update(info)
         except Exception:
