@@ -229,3 +229,68 @@ async def test_start_egress_passthrough_through_serve(
         service.stop()
     assert_recorded_as_upstream(done, room, pub.track_sid, service.local_dir)
     assert listed == [done]
+
+
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+) ", re.MULTILINE)
+TAG = re.compile(r" \[(EG_\w+)\]$")
+EGRESS_LOGGERS = ("trackegress.room.", "trackegress.egress", "trackegress.sinks.", "websockets.client")
+
+
+def log_records(text: str) -> list[tuple[str, str, str]]:
+    """(logger, whole record text, egress tag or '') per record of a text log (an SDP spans many lines)."""
+    starts = [match.start() for match in RECORD.finditer(text)] + [len(text)]
+    records = []
+    for begin, end in zip(starts, starts[1:], strict=False):
+        record = text[begin:end].rstrip("\n")
+        match = RECORD.match(record)
+        assert match is not None
+        tag = TAG.search(record)
+        records.append((match["logger"], record, tag.group(1) if tag else ""))
+    return records
+
+
+async def test_two_egresses_at_once_log_each_line_with_its_own_egress_and_no_token(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker],  # noqa: F811
+    sample_media: dict[str, Path], tmp_path: Path,
+) -> None:
+    """At DEBUG level, one worker, two egresses joining and recording side by side: every line of an egress carries
+    that egress's id (also the media core's I/O callbacks, which serve both), and no line carries a token."""
+    worker = Worker(tmp_path / "w", lk_redis, redis_server)
+    workers.append(worker.start())
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    client = api.LiveKitAPI(lk_redis.http_url, *creds)
+    room = (await client.room.create_room(api.CreateRoomRequest(name=f"logs-{uuid.uuid4().hex[:10]}"))).name
+    try:
+        async with Publisher(lk_redis.url, creds, room, "a", sample_media["opus"], loop=True) as first, \
+                Publisher(lk_redis.url, creds, room, "b", sample_media["opus"], loop=True) as second:
+            infos = await asyncio.gather(*(
+                client.egress.start_track_egress(egress.TrackEgressRequest(
+                    room_name=room, track_id=pub.track_sid, file=egress.DirectFileOutput(filepath=f"{n}.ogg")))
+                for n, pub in enumerate((first, second))
+            ))
+            for info in infos:
+                await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+            await asyncio.sleep(1)
+            for info in infos:
+                await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+            for info in infos:
+                await wait_status(client, info.egress_id, Status.EGRESS_COMPLETE)
+    finally:
+        await client.room.delete_room(api.DeleteRoomRequest(room=room))
+        await client.aclose()
+    text = worker.log_text()
+    egress_of = {info.track.track_id: info.egress_id for info in infos}
+    records = log_records(text)
+    tagged = [(logger, record, tag) for logger, record, tag in records if tag]
+    assert {tag for _, _, tag in tagged} == set(egress_of.values())
+    for logger, record, tag in records:
+        named = set(re.findall(r"EG_\w{12}", TAG.sub("", record))) | {
+            egress_of[track] for track in re.findall(r"TR_\w+", record) if track in egress_of}
+        if tag:
+            assert named <= {tag}, record
+        if logger.startswith(EGRESS_LOGGERS) or re.search(r"media track \d+:", record):
+            assert tag, record
+    assert sum(bool(re.search(r"media track \d+: audio", r)) for _, r, _ in tagged) == 2
+    assert sum(logger == "websockets.client" for logger, _, _ in tagged) > 10  # the debug lines are there
+    assert "access_token={...}" in text and not re.search(r"eyJ[\w-]+\.[\w-]+", text)
+    assert "access_token=" not in text.replace("access_token={...}", "")
