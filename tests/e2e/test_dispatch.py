@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 import uuid
@@ -240,7 +241,7 @@ def log_records(text: str) -> list[tuple[str, str, str]]:
     """(logger, whole record text, egress tag or '') per record of a text log (an SDP spans many lines)."""
     starts = [match.start() for match in RECORD.finditer(text)] + [len(text)]
     records = []
-    for begin, end in zip(starts, starts[1:], strict=False):
+    for begin, end in itertools.pairwise(starts):
         record = text[begin:end].rstrip("\n")
         match = RECORD.match(record)
         assert match is not None
