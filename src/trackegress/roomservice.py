@@ -31,13 +31,18 @@ class LiveKitRooms:
 
     async def check_track(self, room_name: str, track_id: str) -> None:
         """``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
+        await self.track_room_sid(room_name, track_id)
+
+    async def track_room_sid(self, room_name: str, track_id: str) -> str:
+        """The sid of ``room_name`` once ``track_id`` is published in it; ``RequestError`` not_found if not."""
         with _server_errors():
-            await self._room_sid(room_name)
+            sid = await self._room_sid(room_name)
             deadline = time.monotonic() + self._grace
             while not await self._has_track(room_name, track_id):
                 if time.monotonic() >= deadline:
                     raise RequestError("not_found", f"track {track_id} not found in room {room_name}")
                 await asyncio.sleep(0.2)
+            return sid
 
     async def _room_sid(self, room_name: str) -> str:
         rooms = await self._api.room.list_rooms(api.ListRoomsRequest(names=[room_name]))

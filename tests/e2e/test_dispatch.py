@@ -92,6 +92,8 @@ async def test_auto_track_egress_records_tracks_published_at_once_from_their_fir
     creds = (lk_redis.api_key, lk_redis.api_secret)
     loop = asyncio.get_running_loop()
     async with auto_room(lk_redis, auto) as (client, room), contextlib.AsyncExitStack() as stack:
+        stack.callback(lambda: __import__("shutil").copy(worker.log_path, f"/tmp/dispatch-auto-{tracks}.log"))
+        stack.callback(lambda: __import__("shutil").copy(lk_redis.log_path, f"/tmp/dispatch-lk-{tracks}.log"))
         pubs = await asyncio.gather(*(
             stack.enter_async_context(Publisher(lk_redis.url, creds, room, f"p{n}", sample_media["opus"],
                                                 start_delay=None, timeout=30))

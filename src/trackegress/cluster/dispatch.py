@@ -83,10 +83,9 @@ class ClusterDispatcher:
             raise RequestError("unavailable", "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
         kind, message = ("track", request) if source is None else ("egress", source)
-        start = StartEgressRequest(
-            egress_id or new_egress_id(), kind, message, room_id=await self._rooms.room_sid(request.room_name),
-            room_name=request.room_name,
-        )
+        room_id = await self._rooms.track_room_sid(request.room_name, request.track_id)  # the workers do not check
+        start = StartEgressRequest(egress_id or new_egress_id(), kind, message, room_id=room_id,
+                                   room_name=request.room_name)
         info = egress.EgressInfo.FromString(await self._start(start))
         await self._io.create(info)  # livekit-server's launcher does the same; the worker's report may be first
         log.info("egress %s dispatched for track %s in room %s", info.egress_id, request.track_id, request.room_name)
