@@ -92,8 +92,6 @@ async def test_auto_track_egress_records_tracks_published_at_once_from_their_fir
     creds = (lk_redis.api_key, lk_redis.api_secret)
     loop = asyncio.get_running_loop()
     async with auto_room(lk_redis, auto) as (client, room), contextlib.AsyncExitStack() as stack:
-        stack.callback(lambda: __import__("shutil").copy(worker.log_path, f"/tmp/dispatch-auto-{tracks}.log"))
-        stack.callback(lambda: __import__("shutil").copy(lk_redis.log_path, f"/tmp/dispatch-lk-{tracks}.log"))
         pubs = await asyncio.gather(*(
             stack.enter_async_context(Publisher(lk_redis.url, creds, room, f"p{n}", sample_media["opus"],
                                                 start_delay=None, timeout=30))
@@ -213,25 +211,44 @@ async def test_start_egress_passthrough_through_livekit_server(
     assert_recorded_as_upstream(done, room, pub.track_sid, worker.local_dir)
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["in-process", "dispatched-to-a-worker"])
 async def test_start_egress_passthrough_through_serve(
-    livekit_server: LiveKitServer, sample_media: dict[str, Path], tmp_path: Path,
+    cluster: bool, livekit_server: LiveKitServer, workers: list[Worker],  # noqa: F811
+    sample_media: dict[str, Path], tmp_path: Path,
 ) -> None:
-    service = EgressService(livekit_server, tmp_path)
+    """serve runs it itself, or (with ``redis:``) sends it to a worker in psrpc's ``egress`` field as livekit-server
+    does; bad shapes are refused by serve before any dispatch."""
+    with contextlib.ExitStack() as stack:
+        settings: dict[str, object] = {}
+        if cluster:  # a Redis of serve's own (the module's is livekit-server's)
+            redis = stack.enter_context(RedisServer())
+            workers.append(Worker(tmp_path / "w", livekit_server, redis).start())
+            settings["redis"] = {"address": redis.address}
+        service = EgressService(livekit_server, tmp_path / "serve", **settings)
+        stack.callback(service.stop)
+        done, listed, track_id = await start_egress_through(service, livekit_server, sample_media["opus"])
+    assert_recorded_as_upstream(done, done.room_name, track_id,
+                                workers[0].local_dir if cluster else service.local_dir)
+    assert listed == [done]
+
+
+async def start_egress_through(
+    service: EgressService, livekit_server: LiveKitServer, media: Path
+) -> tuple[egress.EgressInfo, list[egress.EgressInfo], str]:
+    """``start_egress_passthrough`` through serve's API: final info, ListEgress of it, the track id."""
     creds = (livekit_server.api_key, livekit_server.api_secret)
     rooms = api.LiveKitAPI(livekit_server.http_url, *creds)
     client = api.LiveKitAPI(service.url, *creds)
     room = (await rooms.room.create_room(api.CreateRoomRequest(name=f"v2-{uuid.uuid4().hex[:10]}"))).name
     try:
-        async with Publisher(livekit_server.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
+        async with Publisher(livekit_server.url, creds, room, "erin", media, loop=True) as pub:
             done = await start_egress_passthrough(client, room, pub, creds[0])
         listed = (await client.egress.list_egress(egress.ListEgressRequest(egress_id=done.egress_id))).items
     finally:
         await rooms.room.delete_room(api.DeleteRoomRequest(room=room))
         await rooms.aclose()
         await client.aclose()
-        service.stop()
-    assert_recorded_as_upstream(done, room, pub.track_sid, service.local_dir)
-    assert listed == [done]
+    return done, list(listed), pub.track_sid
 
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+) ", re.MULTILINE)
