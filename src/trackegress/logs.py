@@ -84,3 +84,4 @@ def setup_logging(level: str, *, json_lines: bool = False, secrets: tuple[str, .
     handler.setFormatter(_Redacting(_JsonLines() if json_lines else text, secrets))
     handler.addFilter(_EgressId())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)  # Python warnings become lines of their own (tagged, redacted), not stray stderr

@@ -308,7 +308,7 @@ async def test_two_egresses_at_once_log_each_line_with_its_own_egress_and_no_tok
             egress_of[track] for track in re.findall(r"TR_\w+", record) if track in egress_of}
         if tag:
             assert named <= {tag}, record
-        if logger.startswith(EGRESS_LOGGERS) or re.search(r"media track \d+:", record):
+        if named or logger.startswith(EGRESS_LOGGERS) or re.search(r"media track \d+:", record):
             assert tag, record
     assert sum(bool(re.search(r"media track \d+: audio", r)) for _, r, _ in tagged) == 2
     assert sum(logger == "websockets.client" for logger, _, _ in tagged) > 10  # the debug lines are there

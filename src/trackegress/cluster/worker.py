@@ -28,6 +28,7 @@ from trackegress.cluster.settings import WorkerConfig, fits
 from trackegress.cpuload import CpuMeter
 from trackegress.errors import RequestError
 from trackegress.info import is_ended, new_egress_id
+from trackegress.logs import current_egress_id
 from trackegress.manager import EgressManager
 from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import serve_ops
@@ -133,7 +134,10 @@ class Worker:
 
     # EgressInternal
 
+    # Each psrpc delivery runs in a task of its own: its lines carry the egress it is about.
+
     async def _affinity(self, request: Request, start: StartEgressRequest) -> float:
+        current_egress_id.set(start.egress_id)
         if not self._accepting or start.kind not in ("track", "egress"):
             return -1.0
         if start.kind == "egress":
@@ -169,6 +173,7 @@ class Worker:
         pending = self._pending.pop(request.request_id, None)
         track, source = _as_track(start)
         egress_id = start.egress_id or new_egress_id()
+        current_egress_id.set(egress_id)
         running = self._running.get(egress_id)
         if running is None:
             if not self._accepting:
@@ -223,6 +228,7 @@ class Worker:
     # EgressHandler
 
     async def _stop_egress(self, request: Request, stop: egress.StopEgressRequest) -> bytes:
+        current_egress_id.set(stop.egress_id)
         try:
             info = await asyncio.wait_for(self._manager.stop(stop.egress_id), STOP_WAIT)
         except TimeoutError:
@@ -232,6 +238,7 @@ class Worker:
         return info.SerializeToString()
 
     async def _update_stream(self, request: Request, update: egress.UpdateStreamRequest) -> bytes:
+        current_egress_id.set(update.egress_id)
         try:
             info = await self._manager.update_stream(update.egress_id)
         except RequestError as exc:
