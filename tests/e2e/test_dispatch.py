@@ -73,15 +73,19 @@ async def egresses_of(client: api.LiveKitAPI, room: str, count: int, *statuses: 
 
 @pytest.mark.timing
 @pytest.mark.xdist_group("clock")
-@pytest.mark.parametrize(("tracks", "auto"), [
-    # `-{track_id}` goes in before the first dot; disable_manifest never reaches the worker
-    (2, egress.AutoTrackEgress(filepath="auto/{room_name}/tone.ogg", disable_manifest=True)),
+@pytest.mark.parametrize(("tracks", "auto", "sent_path"), [
+    # livekit-server puts `-{track_id}` before the path's first dot (here a directory's); disable_manifest is dropped
+    (2, egress.AutoTrackEgress(filepath="auto.v1/{room_name}/tone.ogg", disable_manifest=True),
+     "auto-{track_id}.v1/{room_name}/tone.ogg"),
+    # a path with {track_id} is kept as it is
+    (2, egress.AutoTrackEgress(filepath="auto/{room_name}/{track_id}.ogg"), "auto/{room_name}/{track_id}.ogg"),
     # a directory keeps the default name; AliOSS is dropped by livekit-server, so the file stays local
     (10, egress.AutoTrackEgress(filepath="auto/{room_name}/",
-                                aliOSS=egress.AliOSSUpload(access_key="AK", secret="SK", bucket="b", endpoint="e"))),
-])
+                                aliOSS=egress.AliOSSUpload(access_key="AK", secret="SK", bucket="b", endpoint="e")),
+     "auto/{room_name}/"),
+], ids=["2-dot", "2-track-id", "10-dir"])
 async def test_auto_track_egress_records_tracks_published_at_once_from_their_first_packets(
-    tracks: int, auto: egress.AutoTrackEgress, lk_redis: LiveKitServer, redis_server: RedisServer,  # noqa: F811
+    tracks: int, auto: egress.AutoTrackEgress, sent_path: str, lk_redis: LiveKitServer, redis_server: RedisServer,  # noqa: F811
     workers: list[Worker], sample_media: dict[str, Path], tmp_path: Path,  # noqa: F811
 ) -> None:
     """Every egress ACTIVE within 0.5 s of its track's first packet and its file starting within 300 ms of it: a
@@ -118,12 +122,11 @@ async def test_auto_track_egress_records_tracks_published_at_once_from_their_fir
         # what livekit-server made of the auto egress settings reached the worker as upstream's would
         assert not info.track.file.disable_manifest and not info.track.file.HasField("aliOSS")
         assert Path(result.location).parent.joinpath(f"{info.egress_id}.json").exists()
-        if auto.filepath.endswith("/"):
-            assert info.track.file.filepath == auto.filepath
+        assert info.track.file.filepath == sent_path
+        if sent_path.endswith("/"):
             assert re.fullmatch(rf"auto/{room}/{track_id}-\d{{4}}-.+\.ogg", result.filename), result.filename
         else:
-            assert info.track.file.filepath == "auto/{room_name}/tone-{track_id}.ogg"
-            assert result.filename == f"auto/{room}/tone-{track_id}.ogg"
+            assert result.filename == sent_path.replace("{room_name}", room).replace("{track_id}", track_id)
     assert sorted(lags) == sorted(published) and len(active) == tracks
     print(f"{tracks} tracks: ACTIVE after / first recorded frame at (s): "
           + ", ".join(f"{a:.3f}/{f:.2f}" for a, f in lags.values()))
