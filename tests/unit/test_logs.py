@@ -21,6 +21,7 @@ def reset_logging() -> Iterator[None]:
     root.handlers = []
     yield
     root.handlers, root.level = saved[0], saved[1]
+    logging.captureWarnings(False)
 
 
 async def test_json_lines_carry_the_egress_id_of_the_running_egress(
