@@ -23,6 +23,7 @@ from trackegress.cpuload import egress_kind
 from trackegress.errors import NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, RequestError
 from trackegress.manager import EgressManager
 from trackegress.ops.ports import ops_socket
+from trackegress.request import passthrough_track_request
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ def child_app(manager: EgressManager) -> web.Application:
 
     async def start(request: web.Request) -> web.Response:
         return _info(await manager.start(egress.TrackEgressRequest.FromString(await request.read())))
+
+    async def start_egress(request: web.Request) -> web.Response:
+        source = egress.StartEgressRequest.FromString(await request.read())
+        return _info(await manager.start(passthrough_track_request(source), source=source))
 
     async def listing(request: web.Request) -> web.Response:
         query = await request.json()
@@ -64,6 +69,7 @@ def child_app(manager: EgressManager) -> web.Application:
 
     app = web.Application(middlewares=[errors], client_max_size=1 << 20)
     app.router.add_post("/start", start)
+    app.router.add_post("/start_egress", start_egress)
     app.router.add_post("/list", listing)
     app.router.add_post("/stop", stop)
     app.router.add_post("/update_stream", update_stream)
@@ -146,8 +152,10 @@ class ChildrenDispatcher:
                 total[kind] = total.get(kind, 0) + int(count)
         return total
 
-    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
-        """On the child with the most room for this kind, else the next; ``resource_exhausted`` if none has."""
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None, *,
+                    source: egress.StartEgressRequest | None = None) -> egress.EgressInfo:
+        """On the child with the most room for this kind, else the next; ``resource_exhausted`` if none has.
+        ``source``: the unified ``StartEgress`` ``request`` was made from (the child reports it)."""
         if not self._accepting:
             raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         kind = egress_kind(request)
@@ -157,7 +165,8 @@ class ChildrenDispatcher:
         for child in ranked:
             child.starting += 1
             try:
-                info = egress.EgressInfo.FromString(await child.call("/start", request.SerializeToString()))
+                call = ("/start", request) if source is None else ("/start_egress", source)
+                info = egress.EgressInfo.FromString(await child.call(call[0], call[1].SerializeToString()))
             except RequestError as exc:
                 if exc.code not in (RESOURCE_EXHAUSTED, UNAVAILABLE):
                     raise

@@ -33,7 +33,7 @@ from trackegress.configfile import read_config
 from trackegress.dispatcher import Dispatcher
 from trackegress.egress import Egress
 from trackegress.errors import ConfigError, RequestError
-from trackegress.info import is_ended
+from trackegress.info import is_ended, recorded_track_id
 from trackegress.logs import setup_logging
 from trackegress.manager import EgressManager
 from trackegress.ops.metrics import Metrics
@@ -397,7 +397,7 @@ async def _list(client: api.LiveKitAPI, request: egress.ListEgressRequest, as_js
     for info in response.items:
         started = datetime.datetime.fromtimestamp(info.started_at / 1e9).isoformat(timespec="seconds")
         status = egress.EgressStatus.Name(info.status).removeprefix("EGRESS_")
-        print(f"{info.egress_id}  {status:<13} {started}  {info.room_name}  {info.track.track_id}  {info.error}")
+        print(f"{info.egress_id}  {status:<13} {started}  {info.room_name}  {recorded_track_id(info)}  {info.error}")
     return 0
 
 

@@ -22,7 +22,7 @@ from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.outputs.base import Output
 from trackegress.outputs.file import FileOutput, FileSinkFactory, UploaderFactory
 from trackegress.outputs.stream import StreamOutput, StreamSinkFactory
-from trackegress.redact import redact_request
+from trackegress.redact import redact_request, redact_start_request
 from trackegress.room.signal import SignalError
 from trackegress.room.subscriber import SOURCE_CLOSED, RoomEvents, TrackSource, join_room
 from trackegress.room.transport import Reception
@@ -100,6 +100,7 @@ class Egress:
         on_update: Callable[[egress.EgressInfo], None] | None = None,
         on_delay: Callable[[float], None] | None = None,
         parts: Parts = Parts(),
+        source: egress.StartEgressRequest | None = None,
     ) -> None:
         self._parts = parts
         self._request = request
@@ -115,8 +116,11 @@ class Egress:
             status=Status.EGRESS_STARTING,
             started_at=now,
             updated_at=now,
-            track=redact_request(request, SECRET_FIELDS),
         )
+        if source is None:
+            self.info.track.CopyFrom(redact_request(request, SECRET_FIELDS))
+        else:  # a unified StartEgress run as this track egress: reported as the request it was (upstream's `egress`)
+            self.info.egress.CopyFrom(redact_start_request(source, SECRET_FIELDS))
         self._sink: Sink | None = None
         self._output: Output | None = None
         self._source: TrackSource | None = None

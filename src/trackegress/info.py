@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 
 Status = egress.EgressStatus
 ENDED = (Status.EGRESS_COMPLETE, Status.EGRESS_FAILED, Status.EGRESS_ABORTED, Status.EGRESS_LIMIT_REACHED)
@@ -28,3 +28,16 @@ def copy_info(info: egress.EgressInfo) -> egress.EgressInfo:
     copy = egress.EgressInfo()
     copy.CopyFrom(info)
     return copy
+
+
+def request_webhooks(info: egress.EgressInfo) -> tuple[models.WebhookConfig, ...]:
+    """The request's own webhooks, whichever request it was (``StartTrackEgress`` or ``StartEgress``)."""
+    return tuple(info.egress.webhooks if info.HasField("egress") else info.track.webhooks)
+
+
+def recorded_track_id(info: egress.EgressInfo) -> str:
+    """The id of the track the egress records."""
+    if not info.HasField("egress"):
+        return info.track.track_id
+    media = info.egress.media
+    return media.video_track_id or next((route.track_id for route in media.audio.routes), "")

@@ -24,7 +24,7 @@ from trackegress.errors import (
     UNAVAILABLE,
     RequestError,
 )
-from trackegress.info import copy_info, is_ended, new_egress_id
+from trackegress.info import copy_info, is_ended, new_egress_id, request_webhooks
 from trackegress.outputs.file import finalised_before_kill, refresh_killed_files
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
@@ -102,12 +102,14 @@ class EgressManager:
             await _finish_killed(info)
             log.warning("egress %s was running when the service stopped: FAILED (%s)", info.egress_id, info.error)
             self._store.save(info)
-            self._announce(info, tuple(info.track.webhooks))
+            self._announce(info, request_webhooks(info))
             recovered.append(info)
         return recovered
 
-    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
-        """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info."""
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None, *,
+                    source: egress.StartEgressRequest | None = None) -> egress.EgressInfo:
+        """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info.
+        ``source``: the unified ``StartEgress`` request ``request`` was made from (the info reports it)."""
         if not self._accepting:
             raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
@@ -118,7 +120,7 @@ class EgressManager:
         egress_id = egress_id or new_egress_id()
         kind = egress_kind(request, track_type)
         cost = self._admit(egress_id, kind)  # reserved from here on
-        job = Egress(request, self._config.egress, egress_id=egress_id,
+        job = Egress(request, self._config.egress, egress_id=egress_id, source=source,
                      on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
         try:
             await self._store.put(job.info)

@@ -49,6 +49,26 @@ def redact_request(
     return copy
 
 
+def redact_start_request(
+    request: egress.StartEgressRequest, secret_fields: Mapping[str, Mapping[str, str]]
+) -> egress.StartEgressRequest:
+    """A copy of a unified ``StartEgress`` request with the credentials of its storages (request's and outputs')
+    and webhook signing keys replaced, as upstream's ``RedactStartEgressRequest``."""
+    copy = egress.StartEgressRequest()
+    copy.CopyFrom(request)
+    for storage in (copy.storage, *(output.storage for output in copy.outputs)):
+        provider = storage.WhichOneof("provider")
+        for field, placeholder in secret_fields.get(provider or "", {}).items():
+            _redact_field(getattr(storage, provider or ""), field, placeholder)
+    for output in copy.outputs:
+        for index, url in enumerate(output.stream.urls):
+            output.stream.urls[index] = redact_url(url)
+    for hook in copy.webhooks:
+        if hook.signing_key:
+            hook.signing_key = "{signing_key}"
+    return copy
+
+
 def _redact_field(message: Message, dotted: str, placeholder: str) -> None:
     *path, name = dotted.split(".")
     for part in path:

@@ -63,3 +63,60 @@ def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
         resolve_under(local_dir, file.filepath + "{track_id}" if default_name else file.filepath)
     except ValueError as exc:
         raise RequestError(INVALID_ARGUMENT, f"invalid filepath {file.filepath!r}: {exc}") from None
+
+
+def _invalid(field: str, why: str) -> RequestError:
+    """livekit/egress's ``ErrInvalidInput`` wording, with the reason."""
+    return RequestError(INVALID_ARGUMENT, f"request has missing or invalid field: {field} ({why})")
+
+
+def passthrough_track_request(request: egress.StartEgressRequest) -> egress.TrackEgressRequest:
+    """The track egress a unified ``StartEgress`` asks for: preset ``PASSTHROUGH``, one track (``video_track_id`` or
+    one audio route by ``track_id``) and exactly one file output of the default file type, as livekit/egress's
+    ``validatePassthrough`` (PR #1342) accepts; any other shape is ``invalid_argument``."""
+    if request.WhichOneof("encoding") != "preset" or request.preset != egress.EncodingOptionsPreset.PASSTHROUGH:
+        raise _invalid("preset", "only preset PASSTHROUGH is supported: one track recorded as it is published")
+    track_id = _passthrough_track(request)
+    if len(request.outputs) != 1:
+        raise _invalid("passthrough outputs", f"exactly one output is required, got {len(request.outputs)}")
+    output = request.outputs[0]
+    if output.WhichOneof("config") != "file":
+        raise _invalid("passthrough output", "the output must be a file")
+    if output.file.file_type != egress.EncodedFileType.DEFAULT_FILETYPE:
+        raise _invalid("passthrough file_type", "must be DEFAULT_FILETYPE: the container follows the track's codec")
+    file = egress.DirectFileOutput(filepath=output.file.filepath, disable_manifest=output.file.disable_manifest)
+    storage = output.storage if output.HasField("storage") else request.storage
+    provider = storage.WhichOneof("provider")
+    if provider is not None:
+        getattr(file, provider).CopyFrom(getattr(storage, provider))
+    return egress.TrackEgressRequest(room_name=request.room_name, track_id=track_id, file=file,
+                                     webhooks=request.webhooks)
+
+
+def _passthrough_track(request: egress.StartEgressRequest) -> str:
+    if request.WhichOneof("source") != "media":
+        raise _invalid("passthrough source", "a media source naming one track is required")
+    media = request.media
+    video = ""
+    if media.WhichOneof("video") == "participant_video":
+        raise _invalid("passthrough participant_video", "name the track with video_track_id")
+    if media.WhichOneof("video") == "video_track_id":
+        if not media.video_track_id:
+            raise _invalid("passthrough video_track_id", "empty")
+        video = media.video_track_id
+    audio = ""
+    if media.HasField("audio"):
+        routes = media.audio.routes
+        if media.audio.capture_all:
+            raise _invalid("passthrough capture_all", "name one audio track instead")
+        if len(routes) > 1:
+            raise _invalid("passthrough audio routes", f"one route is allowed, got {len(routes)}")
+        if len(routes) == 1:
+            if routes[0].WhichOneof("match") != "track_id":
+                raise _invalid("passthrough audio route match", "the route must match a track_id")
+            if not routes[0].track_id:
+                raise _invalid("passthrough audio route track_id", "empty")
+            audio = routes[0].track_id
+    if bool(video) == bool(audio):
+        raise _invalid("passthrough track_id", "exactly one track is required: video_track_id or one audio route")
+    return video or audio

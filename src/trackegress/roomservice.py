@@ -36,14 +36,21 @@ class LiveKitRooms:
 
     async def check_track(self, room_name: str, track_id: str) -> int:
         """The track's ``TrackType``; ``RequestError`` not_found unless ``track_id`` is published in ``room_name``."""
+        return (await self._find_track(room_name, track_id))[1]
+
+    async def track_room_sid(self, room_name: str, track_id: str) -> str:
+        """The sid of ``room_name`` once ``track_id`` is published in it; ``RequestError`` not_found if not."""
+        return (await self._find_track(room_name, track_id))[0]
+
+    async def _find_track(self, room_name: str, track_id: str) -> tuple[str, int]:
         with _server_errors():
-            await self._room_sid(room_name)
+            sid = await self._room_sid(room_name)
             deadline = time.monotonic() + self._grace
             while (track_type := await self._track_type(room_name, track_id)) is None:
                 if time.monotonic() >= deadline:
                     raise RequestError(NOT_FOUND, f"track {track_id} not found in room {room_name}")
                 await asyncio.sleep(0.2)
-            return track_type
+            return sid, track_type
 
     async def _shared(self, key: tuple[str, str], call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, or the same call already in flight for ``key``."""

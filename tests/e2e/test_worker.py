@@ -260,7 +260,8 @@ async def test_ten_egresses_spread_over_two_workers_by_affinity(
     lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], sample_media: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    """Affinity is the free share of the CPU budget, so sequential starts alternate between idle workers."""
+    """Both claim with affinity 1 (taken at once), the busier one later by 0.1 s times its reserved share, so
+    sequential starts alternate between the workers."""
     start_two_workers(tmp_path, lk_redis, redis_server, workers, max_cpu_utilization=0.8, cost_per_cpu=0.1)
     creds = (lk_redis.api_key, lk_redis.api_secret)
     async with livekit(lk_redis) as (client, room), \

@@ -99,7 +99,8 @@ async def test_stop_and_update_stream_errors(setup: Setup, client: api.LiveKitAP
         (client.egress.update_stream(egress.UpdateStreamRequest(egress_id="EG_done", add_output_urls=["rtmp://x"])),
          ("invalid_argument", 400, "UpdateStream called on non-streaming egress")),
         (client.egress.start_web_egress(egress.WebEgressRequest(url="https://x")),
-         ("unimplemented", 501, "StartWebEgress is not supported: trackegress only runs StartTrackEgress")),
+         ("unimplemented", 501, "StartWebEgress is not supported: trackegress runs StartTrackEgress and StartEgress "
+                                 "with preset PASSTHROUGH")),
         (client.egress.start_track_egress(egress.TrackEgressRequest(room_name="gone", track_id="TR_x",
                                                                     file=egress.DirectFileOutput())),
          ("not_found", 404, "requested room does not exist")),

@@ -62,7 +62,8 @@ async def test_results_and_manifest_of_a_local_file(tmp_path: Path) -> None:
     output = _open(tmp_path, "out")
     _feed(output, range(0, 50 * 960, 960))
     await output.sink.close()
-    info = egress.EgressInfo(egress_id="EG_1", room_name="lobby", room_id="RM_1", started_at=1)
+    info = egress.EgressInfo(egress_id="EG_1", room_name="lobby", room_id="RM_1", started_at=1,
+                             track=egress.TrackEgressRequest(room_name="lobby"))
     assert await output.write_results(info, 1_000) is None
     path = (tmp_path / "out.ogg").resolve()
     assert info.file_results[0] == info.file
@@ -119,7 +120,7 @@ async def test_an_uploaded_file_leaves_nothing_behind_and_a_failed_one_stays(tmp
     assert output.sink.path == local.resolve()
     _feed(output, range(0, 20 * 960, 960))
     await output.sink.close()
-    info = egress.EgressInfo(egress_id="EG_1")
+    info = egress.EgressInfo(egress_id="EG_1", track=egress.TrackEgressRequest())  # a StartTrackEgress
     error = await output.write_results(info, 1)
     if ok:
         assert error is None and not local.parent.exists()
@@ -163,7 +164,7 @@ async def test_a_killed_egress_keeps_its_files_as_they_are_on_disk(tmp_path: Pat
     kept = tmp_path / "kept.ogg"
     kept.write_bytes(b"x" * 100)
     os.utime(kept, ns=(5_000, 5_000))
-    info = egress.EgressInfo(egress_id="EG_1")
+    info = egress.EgressInfo(egress_id="EG_1", track=egress.TrackEgressRequest())  # a StartTrackEgress
     info.file_results.add(filename="gone.ogg", location=str(tmp_path / "gone.ogg"), size=9)
     info.file_results.add(filename="kept.ogg", location=str(kept), size=1, started_at=1_000)
     assert not await finalised_before_kill(info)

@@ -11,7 +11,7 @@ from google.protobuf import any_pb2
 from livekit.protocol import egress
 from support.fake_bus import FakeBus
 
-from trackegress.cluster.worker import affinity
+from trackegress.cluster.worker import CLAIM, CLAIM_SPREAD, REFUSAL, claim_delay
 from trackegress.cpuload import CpuAdmission
 from trackegress.psrpc import wire as psrpc
 from trackegress.psrpc.bus import Method, RPCClient, RPCServer
@@ -149,19 +149,37 @@ def test_minimum_affinity_and_first_available() -> None:
     assert selection.offer(claim("b", 0.6)) == "b"
 
 
-def test_affinity_is_the_free_share_of_the_cpu_budget() -> None:
+def test_a_worker_that_can_take_the_egress_claims_with_the_affinity_livekit_picks_at_once() -> None:
+    """livekit-server's StartEgress selection (max affinity 1) takes our claim without waiting; the busier worker
+    claims later, by up to CLAIM_SPREAD, so the least busy of several is picked."""
+    selection = Selection(SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5))
+    assert selection.offer(claim("worker", CLAIM)) == "worker"
     def admission(budget: float) -> CpuAdmission:
         return CpuAdmission(budget, 0.5, 0.5, 0.5)
 
-    assert affinity(admission(1.6), reserved=0.0, measured=0.01, cost=0.5) == 1.0
-    assert affinity(admission(1.6), reserved=0.8, measured=0.01, cost=0.5) == pytest.approx(0.5)
-    assert affinity(admission(1.6), reserved=1.5, measured=0.01, cost=0.5) == -1.0  # would exceed the budget
-    assert affinity(admission(1.0), reserved=0.0, measured=0.0, cost=1.0) == 1.0
-    assert affinity(admission(1.0), reserved=1.0, measured=0.0, cost=1.0) == -1.0
-    assert affinity(admission(0.0), reserved=0.0, measured=0.0, cost=0.5) == -1.0
+    assert claim_delay(admission(1.6), reserved=0.0, measured=0.01, cost=0.5) == 0.0
+    assert claim_delay(admission(1.6), reserved=0.8, measured=0.01, cost=0.5) == pytest.approx(CLAIM_SPREAD / 2)
+    assert claim_delay(admission(1.6), reserved=1.5, measured=0.01, cost=0.5) is None  # would exceed the budget
+    assert claim_delay(admission(1.0), reserved=0.0, measured=0.0, cost=1.0) == 0.0
+    assert claim_delay(admission(1.0), reserved=1.0, measured=0.0, cost=1.0) is None
+    assert claim_delay(admission(0.0), reserved=0.0, measured=0.0, cost=0.5) is None
     # a process that really uses its budget claims nothing, whatever its egresses were reserved at
-    assert affinity(admission(1.6), reserved=0.1, measured=1.2, cost=0.5) == -1.0
-    assert affinity(admission(1.6), reserved=0.1, measured=1.0, cost=0.5) == pytest.approx(0.9375)
+    assert claim_delay(admission(1.6), reserved=0.1, measured=1.2, cost=0.5) is None
+    assert claim_delay(admission(1.6), reserved=0.1, measured=1.0, cost=0.5) == pytest.approx(CLAIM_SPREAD / 16)
+
+
+def test_a_refusal_claim_loses_to_any_worker_that_can_run_the_request() -> None:
+    """A StartEgress shape we cannot run is claimed at REFUSAL: an upstream worker's 0.5 (idle) or 1 (busy) wins."""
+    idle = Selection(SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5))
+    assert idle.offer(claim("ours", REFUSAL)) is None
+    assert idle.offer(claim("upstream", 0.5)) is None
+    assert idle.best() == "upstream"
+    busy = Selection(SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5))
+    assert busy.offer(claim("ours", REFUSAL)) is None
+    assert busy.offer(claim("upstream", 1.0)) == "upstream"
+    alone = Selection(SelectionOpts(maximum_affinity=1, affinity_timeout=1.0, short_circuit_timeout=0.5))
+    alone.offer(claim("ours", REFUSAL))
+    assert alone.best() == "ours"  # and answers with the reason: no timeout
 
 
 # the server's claim protocol over an in-memory bus

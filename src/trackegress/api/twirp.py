@@ -40,6 +40,7 @@ from trackegress.errors import (
     UNIMPLEMENTED,
     RequestError,
 )
+from trackegress.request import passthrough_track_request
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ PAGE_SIZE = 100  # ListEgress items per page
 AUTH_BURST, AUTH_REFILL = 10, 1.0  # failed authentications allowed at once per address, and regained per second
 JSON, PROTOBUF = "application/json", "application/protobuf"
 _OTHER_METHODS = (
-    "StartEgress", "UpdateLayout", "StartRoomCompositeEgress", "StartWebEgress", "StartParticipantEgress",
+    "UpdateLayout", "StartRoomCompositeEgress", "StartWebEgress", "StartParticipantEgress",
     "StartTrackCompositeEgress",
 )
 
@@ -145,6 +146,7 @@ class TwirpServer:
         self._throttle = throttle or AuthThrottle()
         self._methods = {
             "StartTrackEgress": _Method(egress.TrackEgressRequest, self._start_track),
+            "StartEgress": _Method(egress.StartEgressRequest, self._start_egress),
             "ListEgress": _Method(egress.ListEgressRequest, self._list),
             "StopEgress": _Method(egress.StopEgressRequest, self._stop),
             "UpdateStream": _Method(egress.UpdateStreamRequest, self._update_stream),
@@ -180,7 +182,8 @@ class TwirpServer:
             raise RequestError(BAD_ROUTE, f"unexpected Content-Type: {content_type or '(none)'}")
         self._authenticate(request)
         if method is None:
-            raise RequestError(UNIMPLEMENTED, f"{name} is not supported: trackegress only runs StartTrackEgress")
+            raise RequestError(UNIMPLEMENTED, f"{name} is not supported: trackegress runs StartTrackEgress and "
+                                                "StartEgress with preset PASSTHROUGH")
         message = _decode(await _read(request), content_type, method.request_type)
         return _encode(await method.handler(message), content_type)
 
@@ -196,6 +199,10 @@ class TwirpServer:
 
     async def _start_track(self, request: egress.TrackEgressRequest) -> Message:
         return await self._manager.start(request)
+
+    async def _start_egress(self, request: egress.StartEgressRequest) -> Message:
+        """The unified API: a ``PASSTHROUGH`` request for one track runs as that track egress."""
+        return await self._manager.start(passthrough_track_request(request), source=request)
 
     async def _list(self, request: egress.ListEgressRequest) -> Message:
         after = _page_key(request.page_token.token) if request.page_token.token else None

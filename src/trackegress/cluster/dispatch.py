@@ -78,15 +78,18 @@ class ClusterDispatcher:
         await self._internal.start()
         await self._handler.start()
 
-    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None) -> egress.EgressInfo:
-        """Validate, pick a worker by affinity, store the STARTING info it answers (``egress_started``)."""
+    async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None, *,
+                    source: egress.StartEgressRequest | None = None) -> egress.EgressInfo:
+        """Validate, pick a worker by affinity, store the STARTING info it answers (``egress_started``). With
+        ``source`` (the unified ``StartEgress`` that ``request`` was made from) that is what goes to the worker, as
+        livekit-server sends it (``egress`` field)."""
         if not self._accepting:
             raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
-        start = StartEgressRequest(
-            egress_id or new_egress_id(), "track", request, room_id=await self._rooms.room_sid(request.room_name),
-            room_name=request.room_name,
-        )
+        kind, message = ("track", request) if source is None else ("egress", source)
+        room_id = await self._rooms.track_room_sid(request.room_name, request.track_id)  # the workers do not check
+        start = StartEgressRequest(egress_id or new_egress_id(), kind, message, room_id=room_id,
+                                   room_name=request.room_name)
         info = egress.EgressInfo.FromString(await self._start(start))
         await self._io.create(info)  # livekit-server's launcher does the same; the worker's report may be first
         log.info("egress %s dispatched for track %s in room %s", info.egress_id, request.track_id, request.room_name)

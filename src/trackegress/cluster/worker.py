@@ -26,6 +26,7 @@ from trackegress.cluster.settings import WorkerConfig
 from trackegress.cpuload import CpuAdmission, CpuMeter, egress_kind
 from trackegress.errors import ALREADY_EXISTS, INVALID_ARGUMENT, UNAVAILABLE, RequestError
 from trackegress.info import is_ended, new_egress_id
+from trackegress.logs import current_egress_id
 from trackegress.manager import EgressManager
 from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import serve_ops
@@ -34,7 +35,7 @@ from trackegress.psrpc.bus import Method, RedisBus, RPCClient, RPCServer
 from trackegress.psrpc.wire import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.reporting.ioinfo_client import IOInfoReporter
 from trackegress.reporting.store import Store
-from trackegress.roomservice import LiveKitRooms
+from trackegress.request import passthrough_track_request
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,24 @@ OWNER_PREFIX = "trackegress:egress:"  # Redis key naming the worker that runs an
 OWNER_TTL = 24 * 3600
 DRAIN_TIMEOUT = 5.0  # queued reports get this at shutdown (one call; final statuses unsent are kept for the next start)
 QUIET_WAIT = 2.0  # a Redis call of the shutdown (unsubscribing) gives up after this
+# livekit-server's client takes a claim of affinity >= 1 at once (MaximumAffinity 1) and otherwise waits 500 ms for a
+# better one (ShortCircuitTimeout); upstream's worker answers 1 only when already busy (0.5 when idle, to pack track
+# egresses next to its room composites). Here every egress is a track: a worker that can take one claims it with 1,
+# and the least busy answers first: its claim waits CLAIM_SPREAD times the share of its budget already reserved.
+CLAIM = 1.0
+CLAIM_SPREAD = 0.1  # seconds, for a full budget
+# A request we cannot run (a StartEgress of another shape) is claimed this low, so that any worker that can run it
+# wins, and otherwise we answer it with the reason instead of leaving livekit-server to time out.
+REFUSAL = 0.01
 
 
-def affinity(admission: CpuAdmission, reserved: float, measured: float, cost: float) -> float:
-    """Claim affinity: the share of the CPU budget not ``reserved`` (running and claimed egresses at their cost), or
-    -1 (no claim) when ``cost`` does not fit next to that or next to what is ``measured`` (``CpuMeter.measured``)."""
+def claim_delay(admission: CpuAdmission, reserved: float, measured: float, cost: float) -> float | None:
+    """Seconds before claiming with ``CLAIM``: ``CLAIM_SPREAD`` times the share of the CPU budget ``reserved``
+    (running and claimed egresses at their cost); None (no claim) when ``cost`` does not fit next to that or next to
+    what is ``measured`` (``CpuMeter.measured``)."""
     if admission.budget <= 0 or not admission.admits(reserved, measured, cost):
-        return -1.0
-    return admission.share(reserved)
+        return None
+    return CLAIM_SPREAD * min(1.0, 1.0 - admission.share(reserved))
 
 
 @dataclass(frozen=True)
@@ -142,24 +153,34 @@ class Worker:
 
     # EgressInternal
 
+    # Each psrpc delivery runs in a task of its own: its lines carry the egress it is about.
+
     async def _affinity(self, request: Request, start: StartEgressRequest) -> float:
-        if not self._accepting or start.kind != "track":
+        current_egress_id.set(start.egress_id)
+        if not self._accepting or start.kind not in ("track", "egress"):
             return -1.0
+        if start.kind == "egress":
+            try:
+                _as_track(start)
+            except PsrpcError:
+                return REFUSAL
         now = time.time_ns()
         self._pending = {rid: claim for rid, claim in self._pending.items() if claim.expiry > now}
         if start.egress_id in self._running or any(c.egress_id == start.egress_id for c in self._pending.values()):
-            return 1.0  # a repeat of one we run or are starting: answer it again
+            return CLAIM  # a repeat of one we run or are starting: answer it again
         if start.egress_id and await self._owner(start.egress_id) not in (None, self.server_id):
             return -1.0  # another worker runs it
         cost = self._cost(start)
         reserved, measured = self._load()
-        value = affinity(self._admission, reserved, measured, cost)
-        if value < 0:
+        delay = claim_delay(self._admission, reserved, measured, cost)
+        if delay is None:
             log.info("egress %s: not claimed, at capacity (%.2f CPUs reserved, %.3f measured, of %.2f)",
                      start.egress_id, reserved, measured, self._admission.budget)
-        else:
-            self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
-        return value
+            return -1.0
+        self._pending[request.request_id] = _Claim(start.egress_id, cost, request.expiry)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return CLAIM
 
     def available(self) -> dict[str, int]:
         """How many more egresses of each kind this worker would claim now."""
@@ -184,16 +205,15 @@ class Worker:
 
     async def _start_egress(self, request: Request, start: StartEgressRequest) -> bytes:
         pending = self._pending.pop(request.request_id, None)
-        track = start.track
-        if track is None:
-            raise PsrpcError(INVALID_ARGUMENT, "only track egress requests are served here")
+        track, source = _as_track(start)
         egress_id = start.egress_id or new_egress_id()
+        current_egress_id.set(egress_id)
         running = self._running.get(egress_id)
         if running is None:
             if not self._accepting:
                 raise PsrpcError(UNAVAILABLE, "worker is shutting down")
             cost = pending.cost if pending else self._cost(start)
-            launch = asyncio.ensure_future(self._launch(egress_id, track, not start.estimated_cpu))
+            launch = asyncio.ensure_future(self._launch(egress_id, track, source, not start.estimated_cpu))
             running = self._running[egress_id] = _Running(cost, start.room_id, launch)
             self._meter.reserve(egress_id, cost)
         elif running.launch.done():
@@ -207,14 +227,15 @@ class Worker:
         answer.room_id = answer.room_id or start.room_id
         return answer.SerializeToString()
 
-    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest, reprice: bool) -> egress.EgressInfo:
+    async def _launch(self, egress_id: str, track: egress.TrackEgressRequest,
+                      source: egress.StartEgressRequest | None, reprice: bool) -> egress.EgressInfo:
         owned = False
         try:
             await self._own(egress_id)
             owned = True
             await self._handler.register(self._stop_method, egress_id)
             await self._handler.register(self._update_method, egress_id)
-            info = await self._manager.start(track, egress_id)
+            info = await self._manager.start(track, egress_id, source=source)
         except Exception:
             self._meter.release(egress_id)
             self._running.pop(egress_id, None)
@@ -245,6 +266,7 @@ class Worker:
     # EgressHandler
 
     async def _stop_egress(self, request: Request, stop: egress.StopEgressRequest) -> bytes:
+        current_egress_id.set(stop.egress_id)
         try:
             info = await asyncio.wait_for(self._manager.stop(stop.egress_id), STOP_WAIT)
         except TimeoutError:
@@ -254,6 +276,7 @@ class Worker:
         return info.SerializeToString()
 
     async def _update_stream(self, request: Request, update: egress.UpdateStreamRequest) -> bytes:
+        current_egress_id.set(update.egress_id)
         try:
             info = await self._manager.update_stream(update.egress_id)
         except RequestError as exc:
@@ -338,6 +361,26 @@ async def _quietly(call: Awaitable[None]) -> None:
         log.warning("shutting down without Redis: %s", exc)
 
 
+def _as_track(start: StartEgressRequest) -> tuple[egress.TrackEgressRequest, egress.StartEgressRequest | None]:
+    """The track egress ``start`` asks for, and the unified ``StartEgress`` it was made from (``egress`` field, preset
+    ``PASSTHROUGH``: ``passthrough_track_request``); ``PsrpcError`` invalid_argument for anything else."""
+    if start.track is not None:
+        return start.track, None
+    if isinstance(start.request, egress.StartEgressRequest):
+        try:
+            return passthrough_track_request(start.request), start.request
+        except RequestError as exc:
+            raise PsrpcError(exc.code, exc.message) from None
+    raise PsrpcError(INVALID_ARGUMENT, "only track egresses and StartEgress with preset PASSTHROUGH run here")
+
+
+async def _checked_after_joining(room_name: str, track_id: str) -> None:
+    """A worker looks for the track only once joined (waiting ``track_wait_timeout``, then FAILED not_found), as
+    upstream egress does: livekit-server found the room, ``serve`` checked the track, and the participant list
+    RoomService answers from can lag a track just published by seconds (a pre-check here refused 2 of 10 auto track
+    egresses, tracks published at once, with not_found)."""
+
+
 def _empty(data: bytes) -> None:
     """``rpc.ListActiveEgressRequest`` has no fields."""
 
@@ -354,12 +397,10 @@ async def run_worker(config: WorkerConfig, stop: asyncio.Event, grace: float, su
         await redis.ping()
         store = await Store.open(service.data_dir / "worker.db")
         stack.push_async_callback(store.close)
-        rooms = LiveKitRooms(service.egress.ws_url, service.egress.api_key, service.egress.api_secret)
-        stack.push_async_callback(rooms.aclose)
         bus = RedisBus(redis)
         stack.push_async_callback(bus.close)
         metrics = Metrics()
-        manager = EgressManager(service, store, rooms.check_track, on_delay=metrics.observe_delay)
+        manager = EgressManager(service, store, _checked_after_joining, on_delay=metrics.observe_delay)
         manager.add_listener(metrics.observe)
         worker = Worker(config, bus, manager)
         metrics.watch(manager, worker.available)

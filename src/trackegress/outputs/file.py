@@ -162,7 +162,8 @@ class FileOutput:
             except UploadError as exc:
                 error, uploader = str(exc), None
         info.file_results.append(file_info)
-        info.file.CopyFrom(file_info)
+        if info.HasField("track"):  # the deprecated single result, of StartTrackEgress only (as upstream)
+            info.file.CopyFrom(file_info)
         if self.manifest:
             error = await self._write_manifest(info, uploader) or error
         return error
@@ -279,7 +280,7 @@ async def refresh_killed_files(info: egress.EgressInfo) -> None:
     kept = [f for f in info.file_results if await asyncio.to_thread(_refresh_from_disk, f)]
     del info.file_results[:]
     info.file_results.extend(kept)
-    if kept:
+    if kept and info.HasField("track"):  # the deprecated single result, of StartTrackEgress only (as upstream)
         info.file.CopyFrom(kept[0])
     else:
         info.ClearField("file")

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from trackegress.backoff import Backoff
 from trackegress.errors import DEADLINE_EXCEEDED, UNAVAILABLE
 from trackegress.info import is_ended
+from trackegress.logs import context_of
 from trackegress.psrpc import wire as psrpc
 from trackegress.psrpc.bus import RPCClient
 
@@ -73,7 +74,8 @@ class IOInfoReporter:
         if queue is None:
             queue = self._queues[info.egress_id] = asyncio.Queue()
             self._created[info.egress_id] = asyncio.Event()
-            task = asyncio.create_task(self._send_all(info.egress_id, queue), name=f"ioinfo {info.egress_id}")
+            task = asyncio.create_task(self._send_all(info.egress_id, queue), name=f"ioinfo {info.egress_id}",
+                                       context=context_of(info.egress_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if is_ended(info):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from livekit.protocol import egress
 
 from trackegress.errors import NOT_FOUND
-from trackegress.info import is_ended
+from trackegress.info import is_ended, request_webhooks
 from trackegress.psrpc import wire as psrpc
 from trackegress.psrpc.bus import Method, RedisBus, RPCServer
 from trackegress.psrpc.wire import GetEgressRequest, PsrpcError, Request
@@ -86,7 +86,7 @@ class IOInfoServer:
             self._active.discard(info.egress_id)
         else:
             self._active.add(info.egress_id)
-        self._webhooks.notify(info, info.track.webhooks)
+        self._webhooks.notify(info, request_webhooks(info))
         try:
             self._on_update(info)
         except Exception:

@@ -19,6 +19,7 @@ from livekit.protocol import egress
 
 from trackegress.backoff import Backoff
 from trackegress.info import UNFINISHED, copy_info
+from trackegress.logs import context_of
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class Store:
         self._unsaved[info.egress_id] = copy_info(info)
         self._saved.clear()
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_unsaved(), name="store writer")
+            self._writer = asyncio.get_running_loop().create_task(self._write_unsaved(), name="store writer",
+                                                                  context=context_of(""))
 
     @property
     def unsaved(self) -> int:

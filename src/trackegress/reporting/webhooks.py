@@ -23,6 +23,7 @@ from livekit.protocol import egress, models, webhook
 
 from trackegress.backoff import Backoff
 from trackegress.info import is_ended, new_egress_id
+from trackegress.logs import context_of
 from trackegress.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class WebhookSender:
         queue = self._queues.get(url)
         if queue is None:
             queue = self._queues[url] = asyncio.Queue(self._queue_size)
-            task = asyncio.create_task(self._work(url, queue), name=f"webhook {redact_url(url)}")
+            task = asyncio.create_task(self._work(url, queue), name=f"webhook {redact_url(url)}",
+                                       context=context_of(""))
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
         if queue.full():

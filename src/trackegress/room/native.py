@@ -9,6 +9,7 @@ dispatches it to the :class:`NativeTransport` of each peer. No Python runs per p
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import re
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 import trackegress_native
 
+from trackegress.logs import context_of
 from trackegress.media.frames import EncodedFrame
 from trackegress.room.transport import (
     MEDIA_PROTOCOLS,
@@ -63,7 +65,8 @@ class _Core:
             return
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.native.fileno())
-        loop.add_reader(self.native.fileno(), self.drain)
+        # the reader keeps the context it is added in: none, not the egress whose peer happened to come first
+        context_of("").run(loop.add_reader, self.native.fileno(), self.drain)
         self._loop = loop
 
     def drain(self) -> None:
@@ -77,6 +80,7 @@ class _Core:
             self._draining = False
 
     def _dispatch(self, events: list[tuple[Any, ...]]) -> None:
+        """Each peer's events run in its creator's context (its egress's log lines)."""
         touched: dict[int, NativeTransport] = {}
         for event in events:
             transport = self.peers.get(event[1])
@@ -86,10 +90,10 @@ class _Core:
                 transport.queue_frame(event)
                 touched[event[1]] = transport
             else:
-                transport.flush_frames()
-                transport.handle(event)
+                transport.context.run(transport.flush_frames)
+                transport.context.run(transport.handle, event)
         for transport in touched.values():
-            transport.flush_frames()
+            transport.context.run(transport.flush_frames)
 
 
 class NativeTransport:
@@ -106,6 +110,7 @@ class NativeTransport:
     ) -> None:
         self._core = _Core.get()
         self._events = events
+        self.context = contextvars.copy_context()  # the egress's: where its events are handled
         self._loop = asyncio.get_running_loop()
         self._id, bound = self._core.native.open(
             list(addresses or trackegress_native.host_addresses()), udp="udp" in protocols, tcp="tcp" in protocols
