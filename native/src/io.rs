@@ -14,8 +14,9 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use str0m::config::DtlsCert;
 
+use crate::net::{Net, RECV_BUFFER, SOCKET_BITS};
 use crate::out::{Out, TrackStats};
-use crate::peer::{build_rtc, Peer, RECV_BUFFER, SOCKET_BITS};
+use crate::peer::{build_rtc, Peer};
 
 /// The waker's token; socket tokens are `peer << SOCKET_BITS | index`.
 pub const WAKER: Token = Token(usize::MAX);
@@ -254,7 +255,8 @@ impl IoLoop {
             registered.push((socket, local));
         }
         let rtc = build_rtc(now, self.cert.clone());
-        let mut peer = Peer::new(id, rtc, registry, registered, tcp, now);
+        let net = Net::new(id, registry, registered, tcp);
+        let mut peer = Peer::new(id, rtc, net, now);
         let result = catch_unwind(AssertUnwindSafe(|| peer.start(now, out)));
         if result.is_err() {
             out.push(Out::Closed {

@@ -5,10 +5,12 @@
 
 mod holes;
 mod io;
+mod net;
 mod opus;
 mod out;
 mod peer;
 mod tcp;
+mod track;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,9 +27,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::io::{Cmd, IoLoop, Shared, WAKER};
-use crate::out::Out;
+use crate::out::{Out, StatsRow, TrackStats};
 
-/// Event kinds in the tuples `drain()` returns (first element).
+/// Event kinds in the tuples `drain()` returns (first element), exported to Python as module constants (the
+/// stub declares them, with each event's tuple shape).
 const EV_ANSWER: u8 = 0;
 const EV_STATE: u8 = 1;
 const EV_CANDIDATE: u8 = 2;
@@ -59,11 +62,6 @@ fn size_receive_buffer(socket: &std::net::UdpSocket) {
         }
     }
 }
-
-/// One track's counters for Python: (mid, packets received, lost, NACKs sent, recovered, late, still missing,
-/// jitter s, frames received, frames dropped, keyframe requests, seconds spent decoding Opus).
-#[rustfmt::skip]
-type StatsRow = (String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64, f64);
 
 /// The media core of a process: one I/O thread multiplexing every peer.
 #[pyclass(frozen, module = "trackegress_native")]
@@ -205,27 +203,7 @@ impl Core {
     fn stats(&self, peer: u64) -> Vec<StatsRow> {
         let map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer)
-            .map(|tracks| {
-                tracks
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.mid.clone(),
-                            t.packets_received,
-                            t.packets_lost,
-                            t.nacks_sent,
-                            t.packets_recovered,
-                            t.packets_late,
-                            t.packets_missing,
-                            t.jitter,
-                            t.frames_received,
-                            t.frames_dropped,
-                            t.keyframe_requests,
-                            t.decode_seconds,
-                        )
-                    })
-                    .collect()
-            })
+            .map(|tracks| tracks.iter().map(TrackStats::row).collect())
             .unwrap_or_default()
     }
 
@@ -374,5 +352,15 @@ fn trackegress_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(host_addresses, m)?)?;
     m.add("STR0M_VERSION", "0.24.0")?;
+    for (name, kind) in [
+        ("EV_ANSWER", EV_ANSWER),
+        ("EV_STATE", EV_STATE),
+        ("EV_CANDIDATE", EV_CANDIDATE),
+        ("EV_MEDIA", EV_MEDIA),
+        ("EV_FRAME", EV_FRAME),
+        ("EV_CLOSED", EV_CLOSED),
+    ] {
+        m.add(name, kind)?;
+    }
     Ok(())
 }

@@ -22,6 +22,31 @@ pub struct TrackStats {
     pub decode_seconds: f64,
 }
 
+/// One track's counters as Python gets them (`stats()`): the fields of `TrackStats` in their order, which is
+/// the order of the fields of `trackegress.room.transport.TrackStats` (built from it positionally); the stub's
+/// `StatsRow` spells the same tuple.
+#[rustfmt::skip]
+pub type StatsRow = (String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64, f64);
+
+impl TrackStats {
+    pub fn row(&self) -> StatsRow {
+        (
+            self.mid.clone(),
+            self.packets_received,
+            self.packets_lost,
+            self.nacks_sent,
+            self.packets_recovered,
+            self.packets_late,
+            self.packets_missing,
+            self.jitter,
+            self.frames_received,
+            self.frames_dropped,
+            self.keyframe_requests,
+            self.decode_seconds,
+        )
+    }
+}
+
 /// One event for Python.
 pub enum Out {
     Answer {
