@@ -435,3 +435,7 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "peer_tests.rs"]
+mod tests;
