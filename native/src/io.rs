@@ -14,8 +14,9 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use str0m::config::DtlsCert;
 
+use crate::net::{Net, RECV_BUFFER, SOCKET_BITS};
 use crate::out::{Out, TrackStats};
-use crate::peer::{build_rtc, Peer, RECV_BUFFER, SOCKET_BITS};
+use crate::peer::{build_rtc, Peer};
 
 /// The waker's token; socket tokens are `peer << SOCKET_BITS | index`.
 pub const WAKER: Token = Token(usize::MAX);
@@ -254,7 +255,8 @@ impl IoLoop {
             registered.push((socket, local));
         }
         let rtc = build_rtc(now, self.cert.clone());
-        let mut peer = Peer::new(id, rtc, registry, registered, tcp, now);
+        let net = Net::new(id, registry, registered, tcp);
+        let mut peer = Peer::new(id, rtc, net, now);
         let result = catch_unwind(AssertUnwindSafe(|| peer.start(now, out)));
         if result.is_err() {
             out.push(Out::Closed {
@@ -318,5 +320,185 @@ impl IoLoop {
             self.with_peer(id, out, |p, out| p.close(now, out));
         }
         self.shared.publish(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd;
+    use std::sync::mpsc::channel;
+
+    use mio::Waker;
+
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        // SAFETY: plain eventfd(2), owned at once.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        Arc::new(Shared {
+            events: Mutex::new(Vec::new()),
+            stats: Mutex::new(HashMap::new()),
+            notified: AtomicBool::new(false),
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            event_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The eventfd's counter (0 if it was not written), as Python's `drain()` reads it.
+    fn wakeups(shared: &Shared) -> u64 {
+        let mut counter = 0u64;
+        // SAFETY: reads 8 bytes into a local u64 from our non-blocking eventfd.
+        let read = unsafe {
+            libc::read(
+                shared.event_fd.as_raw_fd(),
+                (&mut counter as *mut u64).cast(),
+                8,
+            )
+        };
+        if read == 8 {
+            counter
+        } else {
+            0
+        }
+    }
+
+    fn closed(peer: u64) -> Out {
+        Out::Closed { peer, error: None }
+    }
+
+    /// Wait until the I/O thread wakes Python, then take its events.
+    fn next_batch(shared: &Shared) -> Vec<Out> {
+        for _ in 0..500 {
+            if wakeups(shared) > 0 {
+                shared.notified.store(false, Ordering::SeqCst);
+                return std::mem::take(&mut *shared.events.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("the I/O thread did not wake Python");
+    }
+
+    #[test]
+    fn python_is_woken_once_per_batch_until_it_drains() {
+        let shared = shared();
+        shared.publish(&mut Vec::new());
+        assert_eq!(wakeups(&shared), 0, "nothing to hand over");
+        let mut batch = vec![closed(1)];
+        shared.publish(&mut batch);
+        assert!(batch.is_empty());
+        shared.publish(&mut vec![closed(2)]);
+        assert_eq!(wakeups(&shared), 1, "one wake-up for both batches");
+        assert_eq!(shared.events.lock().unwrap().len(), 2);
+        shared.notified.store(false, Ordering::SeqCst); // Python drained
+        shared.publish(&mut vec![closed(3)]);
+        assert_eq!(wakeups(&shared), 1);
+    }
+
+    #[test]
+    fn commands_reach_their_peer_and_a_gone_peer_answers_closed() {
+        let shared = shared();
+        let (_tx, rx) = channel();
+        let mut io = IoLoop::new(Poll::new().unwrap(), rx, Arc::clone(&shared));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let offer = |peer, req| Cmd::Offer {
+            peer,
+            req,
+            sdp: "v=0\r\n".into(),
+        };
+        io.command(offer(9, 1), now, &mut out);
+        assert!(
+            matches!(&out[..], [Out::Answer { peer: 9, req: 1, result: Err(e) }] if e == "peer connection is closed")
+        );
+
+        out.clear();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = socket.local_addr().unwrap();
+        let open = Cmd::Open {
+            peer: 1,
+            sockets: vec![socket],
+            tcp: Vec::new(),
+        };
+        assert_eq!(io.command(open, now, &mut out), 1);
+        let candidate = format!(" {} {} typ host", address.ip(), address.port());
+        let reported: Vec<&str> = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Candidate { peer: 1, candidate } => Some(candidate.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&reported[..], [c] if c.contains(&candidate)),
+            "{reported:?}, {} events",
+            out.len()
+        );
+        io.reschedule(1);
+        assert_eq!(io.timers.len(), 1);
+        io.reschedule(1);
+        assert_eq!(
+            io.timers.len(),
+            1,
+            "an unchanged deadline is not queued twice"
+        );
+
+        out.clear();
+        io.command(offer(1, 2), now, &mut out);
+        assert!(
+            matches!(&out[..], [Out::Answer { peer: 1, req: 2, result: Err(e) }] if e.starts_with("bad offer"))
+        );
+
+        out.clear();
+        io.command(Cmd::Close { peer: 1 }, now, &mut out);
+        assert!(matches!(
+            &out[..],
+            [Out::Closed {
+                peer: 1,
+                error: None
+            }]
+        ));
+        assert!(io.peers.is_empty(), "a closed peer is dropped");
+        assert!(
+            shared.stats.lock().unwrap().contains_key(&1),
+            "its counters stay for Python"
+        );
+    }
+
+    #[test]
+    fn the_io_thread_runs_commands_publishes_and_shuts_down() {
+        let shared = shared();
+        let (tx, rx) = channel();
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), WAKER).unwrap();
+        let io = IoLoop::new(poll, rx, Arc::clone(&shared));
+        let thread = std::thread::spawn(move || io.run());
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        tx.send(Cmd::Open {
+            peer: 4,
+            sockets: vec![socket],
+            tcp: vec!["127.0.0.1".parse().unwrap()],
+        })
+        .unwrap();
+        waker.wake().unwrap();
+        let batch = next_batch(&shared);
+        let candidates = batch
+            .iter()
+            .filter(|o| matches!(o, Out::Candidate { peer: 4, .. }))
+            .count();
+        assert_eq!(candidates, 2, "UDP and active TCP");
+
+        tx.send(Cmd::Shutdown).unwrap();
+        waker.wake().unwrap();
+        thread.join().expect("the I/O thread ends");
+        let batch = std::mem::take(&mut *shared.events.lock().unwrap());
+        assert!(matches!(
+            &batch[..],
+            [Out::Closed {
+                peer: 4,
+                error: None
+            }]
+        ));
     }
 }

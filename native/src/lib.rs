@@ -5,10 +5,12 @@
 
 mod holes;
 mod io;
+mod net;
 mod opus;
 mod out;
 mod peer;
 mod tcp;
+mod track;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,9 +27,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::io::{Cmd, IoLoop, Shared, WAKER};
-use crate::out::Out;
+use crate::out::{Out, StatsRow, TrackStats};
 
-/// Event kinds in the tuples `drain()` returns (first element).
+/// Event kinds in the tuples `drain()` returns (first element), exported to Python as module constants (the
+/// stub declares them, with each event's tuple shape).
 const EV_ANSWER: u8 = 0;
 const EV_STATE: u8 = 1;
 const EV_CANDIDATE: u8 = 2;
@@ -60,10 +63,13 @@ fn size_receive_buffer(socket: &std::net::UdpSocket) {
     }
 }
 
-/// One track's counters for Python: (mid, packets received, lost, NACKs sent, recovered, late, still missing,
-/// jitter s, frames received, frames dropped, keyframe requests, seconds spent decoding Opus).
-#[rustfmt::skip]
-type StatsRow = (String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64, f64);
+/// A non-blocking UDP socket on `ip` (an ephemeral port), its receive buffer sized for bursts.
+fn receive_socket(ip: IpAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    socket.set_nonblocking(true)?;
+    size_receive_buffer(&socket);
+    Ok(socket)
+}
 
 /// The media core of a process: one I/O thread multiplexing every peer.
 #[pyclass(frozen, module = "trackegress_native")]
@@ -148,12 +154,8 @@ impl Core {
         let mut sockets = Vec::new();
         let mut bound = Vec::new();
         for &ip in ips.iter().filter(|_| udp) {
-            let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
-                .map_err(|e| PyOSError::new_err(format!("bind {ip}: {e}")))?;
-            socket
-                .set_nonblocking(true)
-                .map_err(|e| PyOSError::new_err(e.to_string()))?;
-            size_receive_buffer(&socket);
+            let socket =
+                receive_socket(ip).map_err(|e| PyOSError::new_err(format!("bind {ip}: {e}")))?;
             let local = socket
                 .local_addr()
                 .map_err(|e| PyOSError::new_err(e.to_string()))?;
@@ -205,27 +207,7 @@ impl Core {
     fn stats(&self, peer: u64) -> Vec<StatsRow> {
         let map = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer)
-            .map(|tracks| {
-                tracks
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.mid.clone(),
-                            t.packets_received,
-                            t.packets_lost,
-                            t.nacks_sent,
-                            t.packets_recovered,
-                            t.packets_late,
-                            t.packets_missing,
-                            t.jitter,
-                            t.frames_received,
-                            t.frames_dropped,
-                            t.keyframe_requests,
-                            t.decode_seconds,
-                        )
-                    })
-                    .collect()
-            })
+            .map(|tracks| tracks.iter().map(TrackStats::row).collect())
             .unwrap_or_default()
     }
 
@@ -339,14 +321,17 @@ fn monotonic_seconds() -> f64 {
 /// The machine's IPv4 addresses of interfaces that are up (loopback included), as host candidates.
 #[pyfunction]
 fn host_addresses() -> PyResult<Vec<String>> {
+    interface_ipv4s().map_err(|e| PyOSError::new_err(e.to_string()))
+}
+
+/// The IPv4 addresses of the interfaces that are up, each once.
+fn interface_ipv4s() -> std::io::Result<Vec<String>> {
     let mut addresses = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we walk read-only and free once.
     unsafe {
         if libc::getifaddrs(&mut head) != 0 {
-            return Err(PyOSError::new_err(
-                std::io::Error::last_os_error().to_string(),
-            ));
+            return Err(std::io::Error::last_os_error());
         }
         let mut cursor = head;
         while !cursor.is_null() {
@@ -379,5 +364,66 @@ fn trackegress_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // pinned =0.2.2 in Cargo.toml) carries no version stamp for its cmake build.
     m.add("LIBOPUS_VERSION", "1.3 (audiopus_sys 0.2.2)")?;
     m.add("OPENSSL_VERSION", openssl::version::version())?;
+    for (name, kind) in [
+        ("EV_ANSWER", EV_ANSWER),
+        ("EV_STATE", EV_STATE),
+        ("EV_CANDIDATE", EV_CANDIDATE),
+        ("EV_MEDIA", EV_MEDIA),
+        ("EV_FRAME", EV_FRAME),
+        ("EV_CLOSED", EV_CLOSED),
+    ] {
+        m.add(name, kind)?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An int socket option of `socket`.
+    fn option(socket: &std::net::UdpSocket, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: reads an int option of a socket we own into a local c_int.
+        let done = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(done, 0);
+        value
+    }
+
+    #[test]
+    fn the_loopback_address_is_a_host_address_and_none_repeats() {
+        let addresses = interface_ipv4s().unwrap();
+        assert!(
+            addresses.contains(&"127.0.0.1".to_string()),
+            "{addresses:?}"
+        );
+        let mut unique = addresses.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), addresses.len());
+    }
+
+    #[test]
+    fn a_receive_socket_never_blocks_and_buffers_a_burst() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let socket = receive_socket(ip).unwrap();
+        assert_eq!(socket.local_addr().unwrap().ip(), ip);
+        let mut buf = [0u8; 16];
+        let read = socket.recv_from(&mut buf).unwrap_err();
+        assert_eq!(read.kind(), std::io::ErrorKind::WouldBlock);
+        // SO_RCVBUFFORCE when privileged, else capped at net.core.rmem_max (the kernel reports twice the size).
+        let rmem_max: libc::c_int = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .map_or(0, |s| s.trim().parse().unwrap_or(0));
+        let expected = SOCKET_RECEIVE_BUFFER.min(rmem_max.max(0));
+        assert!(option(&socket, libc::SO_RCVBUF) >= 2 * expected);
+    }
 }

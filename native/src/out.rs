@@ -22,6 +22,32 @@ pub struct TrackStats {
     pub decode_seconds: f64,
 }
 
+/// One track's counters as Python gets them (`stats()`): the fields of `TrackStats` in their order, which is
+/// the order of the fields of `trackegress.room.transport.TrackStats` (built from it positionally). The stub's
+/// `StatsRow` spells the same tuple: checked against this one below, and against the dataclass by
+/// tests/unit/test_native_stub.py.
+#[rustfmt::skip]
+pub type StatsRow = (String, u64, u64, u64, u64, u64, u64, f64, u64, u64, u64, f64);
+
+impl TrackStats {
+    pub fn row(&self) -> StatsRow {
+        (
+            self.mid.clone(),
+            self.packets_received,
+            self.packets_lost,
+            self.nacks_sent,
+            self.packets_recovered,
+            self.packets_late,
+            self.packets_missing,
+            self.jitter,
+            self.frames_received,
+            self.frames_dropped,
+            self.keyframe_requests,
+            self.decode_seconds,
+        )
+    }
+}
+
 /// One event for Python.
 pub enum Out {
     Answer {
@@ -61,4 +87,31 @@ pub enum Out {
         peer: u64,
         error: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stub_spells_the_stats_row_rust_builds() {
+        let stub = include_str!("../trackegress_native.pyi");
+        let declared = stub
+            .lines()
+            .find_map(|l| l.strip_prefix("StatsRow: TypeAlias = tuple["))
+            .and_then(|l| l.strip_suffix(']'))
+            .expect("StatsRow in the stub");
+        let rust = std::any::type_name::<StatsRow>();
+        let python: Vec<&str> = rust
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(", ")
+            .map(|t| match t {
+                "alloc::string::String" => "str",
+                "u64" => "int",
+                "f64" => "float",
+                other => other,
+            })
+            .collect();
+        assert_eq!(python.join(", "), declared);
+    }
 }

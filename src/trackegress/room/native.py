@@ -14,9 +14,10 @@ import itertools
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import trackegress_native
+from trackegress_native import EV_ANSWER, EV_CANDIDATE, EV_CLOSED, EV_FRAME, EV_MEDIA, EV_STATE
 
 from trackegress.logs import context_of
 from trackegress.media.frames import EncodedFrame
@@ -30,9 +31,11 @@ from trackegress.room.transport import (
     TransportState,
 )
 
+if TYPE_CHECKING:
+    from trackegress_native import Event, FrameEvent
+
 log = logging.getLogger(__name__)
 
-_EV_ANSWER, _EV_STATE, _EV_CANDIDATE, _EV_MEDIA, _EV_FRAME, _EV_CLOSED = range(6)
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 CLOSE_TIMEOUT = 2.0
 
@@ -79,14 +82,14 @@ class _Core:
         finally:
             self._draining = False
 
-    def _dispatch(self, events: list[tuple[Any, ...]]) -> None:
+    def _dispatch(self, events: list[Event]) -> None:
         """Each peer's events run in its creator's context (its egress's log lines)."""
         touched: dict[int, NativeTransport] = {}
         for event in events:
             transport = self.peers.get(event[1])
             if transport is None:
                 continue
-            if event[0] == _EV_FRAME:
+            if event[0] == EV_FRAME:
                 transport.queue_frame(event)
                 touched[event[1]] = transport
             else:
@@ -193,7 +196,7 @@ class NativeTransport:
 
     # events from the core
 
-    def queue_frame(self, event: tuple[Any, ...]) -> None:
+    def queue_frame(self, event: FrameEvent) -> None:
         _, _, mid, _, timestamp, keyframe, contiguous, spatial, temporal, arrival, data, pcm = event
         frame = EncodedFrame(data, timestamp, keyframe, arrival, contiguous, spatial, temporal, pcm)
         pending = self._pending.get(mid)
@@ -208,28 +211,27 @@ class NativeTransport:
             for mid, frames in pending.items():
                 self._events.on_frames(mid, frames)
 
-    def handle(self, event: tuple[Any, ...]) -> None:
-        kind = event[0]
-        if kind == _EV_ANSWER:
+    def handle(self, event: Event) -> None:
+        if event[0] == EV_ANSWER:
             _, _, request, ok, text = event
             future = self._answers.pop(request, None)
             if future is not None and not future.done():
                 if ok:
                     future.set_result(text)
                 else:
-                    future.set_exception(TransportError(str(text)))
-        elif kind == _EV_STATE:
+                    future.set_exception(TransportError(text))
+        elif event[0] == EV_STATE:
             self._set_state(TransportState(event[2]))
-        elif kind == _EV_CANDIDATE:
-            self._events.on_local_candidate(IceCandidate(str(event[2]), "0", 0))
-        elif kind == _EV_MEDIA:
+        elif event[0] == EV_CANDIDATE:
+            self._events.on_local_candidate(IceCandidate(event[2], "0", 0))
+        elif event[0] == EV_MEDIA:
             _, _, mid, media_kind, mime = event
-            self._events.on_track(MediaTrack(str(mid), str(media_kind), str(mime)))
-        elif kind == _EV_CLOSED:
+            self._events.on_track(MediaTrack(mid, media_kind, mime))
+        elif event[0] == EV_CLOSED:
             error = event[2]
             if error:
                 log.warning("media peer %d closed: %s", self._id, error)
-            self._finish(str(error) if error else None)
+            self._finish(error or None)
 
     def _add(self, candidate: IceCandidate) -> None:
         text = candidate.candidate
