@@ -12,10 +12,12 @@ from livekit import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable as `support`
 
+from support import netns
 from support.browser import BrowserClients, installed
 from support.egress_service import EgressService, WebhookSink
 from support.media import make_h264, make_opus_ogg, make_vp8_ivf
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
+from support.site import Site, open_site
 
 
 def _in_ci() -> bool:
@@ -107,3 +109,24 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserClients]:
         pytest.skip(f"not installed: {missing} (scripts/install-clients.sh)")
     async with BrowserClients(tmp_path) as clients:
         yield clients
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    """The SFU host of the multi-host tests (skipped where network namespaces cannot be made)."""
+    if reason := netns.unavailable():
+        if _in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if not os.access(BINARY, os.X_OK):
+        pytest.skip(f"livekit-server not installed at {BINARY} (run scripts/install.sh)")
+    with open_site() as opened:
+        yield opened
+
+
+@pytest.fixture
+def host(site: Site) -> Iterator[netns.Host]:
+    """The site's first worker host, its link healed and its processes killed after the test."""
+    yield site.host
+    site.host.heal()
+    site.host.kill_all()

@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,15 +27,14 @@ from typing import Any
 
 import av
 import pytest
-import yaml
 from livekit import api
 from livekit.protocol import egress, webhook
 from redis.asyncio import Redis
 from support.egress_helpers import file_request, until, wait_status
-from support.process import LogFile, stop_process, wait_ready
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room, free_port
+from support.worker_process import Worker
 from support.wsreceiver import Receiver
 
 from trackegress.psrpc import wire as psrpc
@@ -77,52 +75,6 @@ class _WebhookHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-class Worker:
-    """``trackegress worker`` as a subprocess with its own egress.yaml, data dir and recordings dir."""
-
-    def __init__(self, workdir: Path, server: LiveKitServer, redis: RedisServer, **settings: Any) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.local_dir = workdir / "recordings"
-        self.config = workdir / "egress.yaml"
-        config = {
-            "api_key": server.api_key, "api_secret": server.api_secret, "ws_url": server.url,
-            "redis": {"address": redis.address}, "local_dir": str(self.local_dir), "data_dir": str(workdir / "data"),
-            "track_wait_timeout": "5s", "logging": {"level": "debug"}, "processes": 1,  # one psrpc server, unless set
-        } | settings
-        self.config.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log = LogFile("trackegress-worker-")
-        self.log_path = self._log.path
-
-    def start(self, timeout: float = 20.0) -> Worker:
-        offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trackegress.cli", "worker", "--config", str(self.config), "--shutdown-grace", "2"],
-            stdout=subprocess.DEVNULL, stderr=self._log.file,
-        )
-        wait_ready(self.proc, lambda: "serving (cluster_id" in self.log_text()[offset:], timeout, "trackegress worker",
-                   lambda: self.log_text()[-3000:])
-        return self
-
-    def log_text(self) -> str:
-        return self._log.text()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        stop_process(self.proc, timeout)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self.proc is not None:
-            self.terminate()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")

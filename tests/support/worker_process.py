@@ -36,6 +36,7 @@ class Worker:
             "api_key": server.api_key, "api_secret": server.api_secret, "ws_url": f"ws://{sfu}:{server.port}",
             "redis": {"address": f"{sfu}:{redis.port}"}, "local_dir": str(self.local_dir),
             "data_dir": str(workdir / "data"), "track_wait_timeout": "5s", "logging": {"level": "debug"},
+            "processes": 1,  # one psrpc server (and the process measured), unless set
         } | settings
         self.config.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen[bytes] | None = None
