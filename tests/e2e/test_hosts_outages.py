@@ -105,7 +105,7 @@ async def test_redis_away_media_up_records_on_and_reports_in_order_once_back(
     assert usage.mean_cpu < CPU_BOUND * 2 and usage.rss_growth < RSS_BOUND_MB, usage  # while recording
     path = worker.local_dir / info.file_results[0].filename
     assert decode_errors(path) == ""
-    assert abs(seconds_of(path) - (left - since)) < 1.5, (seconds_of(path), left - since)
+    assert abs(seconds_of(path) - (left - since)) < 1.5, (seconds_of(path), left - since, info.details, log[-4000:])
     assert "lost" not in info.details, info.details
 
 

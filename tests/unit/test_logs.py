@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from livekit import api
+from trackegress_native import EV_FRAME, EV_STATE
 
 from trackegress.logs import context_of, current_egress_id, setup_logging
 from trackegress.room import native
@@ -101,7 +102,7 @@ def test_the_media_core_hands_each_peer_s_events_over_in_that_peer_s_egress_cont
 
     core = object.__new__(native._Core)
     core.peers = {1: Peer("EG_one"), 2: Peer("EG_two")}  # type: ignore[dict-item]
-    events = [(native._EV_STATE, 1, 2), (native._EV_FRAME, 2), (native._EV_STATE, 2, 2)]
+    events = [(EV_STATE, 1, 2), (EV_FRAME, 2), (EV_STATE, 2, 2)]
     context_of("EG_first_to_watch").run(core._dispatch, events)
     assert [(what, egress_id) for what, egress_id in seen if what != "frame"] == [
         ("flush EG_one", "EG_one"), ("event EG_one", "EG_one"),
