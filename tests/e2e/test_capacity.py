@@ -97,6 +97,9 @@ def assert_complete_and_full(infos: dict[str, egress.EgressInfo]) -> None:
     assert short == []
 
 
+@pytest.mark.timing  # every core busy: alone, after the parallel run, so it starves no other test
+@pytest.mark.xdist_group("cpu")
+@pytest.mark.saturates_cpus
 async def test_150_concurrent_opus_egresses_are_admitted_and_recorded_in_full_by_default(
     service: EgressService, client: api.LiveKitAPI, track: tuple[str, str],
 ) -> None:
@@ -110,6 +113,9 @@ async def test_150_concurrent_opus_egresses_are_admitted_and_recorded_in_full_by
     assert_complete_and_full(await record_all(client, room, ids))
 
 
+@pytest.mark.timing  # every core busy: alone, after the parallel run, so it starves no other test
+@pytest.mark.xdist_group("cpu")
+@pytest.mark.saturates_cpus
 async def test_250_at_once_are_admitted_or_refused_never_failed(
     service: EgressService, client: api.LiveKitAPI, track: tuple[str, str],
 ) -> None:

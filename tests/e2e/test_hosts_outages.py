@@ -21,6 +21,7 @@ from support.site import (
     report,
     room,
     seconds_of,
+    sent_seconds,
     worker_on,
 )
 from support.usage import Usage, sample
@@ -79,11 +80,11 @@ async def test_redis_away_media_up_records_on_and_reports_in_order_once_back(
             async with Publisher(site.server.url, creds, name, "bob", sample_media["opus"], loop=True) as bob:
                 started = await client.egress.start_track_egress(file_request(name, bob.track_sid, "away.ogg"))
                 await wait_status(client, started.egress_id, Status.EGRESS_ACTIVE)
-                since = time.monotonic()
+                since = len(bob.sent)  # frames the publisher had sent when recording began
                 host.cut_port(site.redis.port)
                 cut_at = time.monotonic()
                 usage = await sample(Usage(worker.pid), seconds=40)
-            left = time.monotonic()  # bob leaves: the egress ends while Redis is still away
+            left = len(bob.sent)  # bob leaves: the egress ends while Redis is still away
             await until(lambda: f"egress {started.egress_id} EGRESS_COMPLETE" in worker.log_text(), timeout=10)
             ended_after = time.monotonic() - cut_at
             listed = (await client.egress.list_egress(egress.ListEgressRequest(egress_id=started.egress_id))).items
@@ -105,7 +106,8 @@ async def test_redis_away_media_up_records_on_and_reports_in_order_once_back(
     assert usage.mean_cpu < CPU_BOUND * 2 and usage.rss_growth < RSS_BOUND_MB, usage  # while recording
     path = worker.local_dir / info.file_results[0].filename
     assert decode_errors(path) == ""
-    assert abs(seconds_of(path) - (left - since)) < 1.5, (seconds_of(path), left - since, info.details, log[-4000:])
+    expected = sent_seconds(since, left)
+    assert abs(seconds_of(path) - expected) < 1.5, (seconds_of(path), expected, info.details, log[-4000:])
     assert "lost" not in info.details, info.details
 
 

@@ -86,3 +86,9 @@ def frames_in(path: Path) -> int:
                           "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
                          check=True).stdout
     return int(out)
+
+
+def sent_seconds(first: int, last: int) -> float:
+    """Seconds of the 20 ms Opus frames a publisher sent between two counts of ``Publisher.sent`` (under load
+    the publisher falls behind the wall clock: what it sent is what the recording can hold)."""
+    return (last - first) * 0.020
