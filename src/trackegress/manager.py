@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from livekit.protocol import egress, models
 
@@ -20,7 +19,6 @@ from trackegress.cpuload import CpuMeter
 from trackegress.egress import Egress
 from trackegress.errors import RequestError
 from trackegress.info import copy_info, is_ended, new_egress_id
-from trackegress.redact import redact_url
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
 from trackegress.request import check_track_request
@@ -32,6 +30,7 @@ Listener = Callable[[egress.EgressInfo], None]
 TrackCheck = Callable[[str, str], Awaitable[None]]
 Tasks = list[asyncio.Task[object]]
 PROCESS_KILLED = "Process killed"
+SHUTDOWN = "Server shutting down"  # upstream's ErrShuttingDown ("server is shutting down"), as an end reason
 STATUS_LOST = "Process stopped before the final status was stored; the output was finalised"
 SIZE_CHECK_INTERVAL = 1.0  # seconds between file_output_max_size checks
 STOP_WAIT = 5.0  # seconds StopEgress waits for the egress to leave STARTING/ACTIVE
@@ -162,11 +161,11 @@ class EgressManager:
         raise RequestError("invalid_argument", "UpdateStream called on non-streaming egress")
 
     async def close(self) -> None:
-        """Stop accepting, stop every running egress (``End reason: Process killed``) and wait for them."""
+        """Stop accepting, stop every running egress (``End reason: Server shutting down``) and wait for them."""
         self._accepting = False
         self._meter.stop()
         for job in list(self._jobs.values()):
-            job.runner.stop(PROCESS_KILLED)
+            job.runner.stop(SHUTDOWN)
         runs = [job.tasks[0] for job in self._jobs.values()]
         if runs:
             await asyncio.gather(*runs, return_exceptions=True)
@@ -184,8 +183,6 @@ class EgressManager:
 
     def _check_webhooks(self, request: egress.TrackEgressRequest) -> None:
         for hook in request.webhooks:
-            if not _is_http_url(hook.url):
-                raise RequestError("invalid_argument", f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
             if hook.signing_key and hook.signing_key != self._config.egress.api_key:
                 raise RequestError("invalid_argument", "webhook signing_key is not a configured API key")
 
@@ -306,14 +303,6 @@ def _refresh_from_disk(file: egress.FileInfo) -> bool:
     file.ended_at = max(stat.st_mtime_ns, file.started_at)
     file.duration = file.ended_at - file.started_at if file.started_at else 0
     return True
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _cannot_stop(info: egress.EgressInfo) -> RequestError:

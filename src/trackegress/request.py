@@ -7,6 +7,7 @@ from pathlib import Path
 from livekit.protocol import egress
 
 from trackegress.errors import ConfigError, RequestError
+from trackegress.reporting.webhooks import check_webhook_url
 from trackegress.sinks.naming import MAX_KEY, MAX_PATH, check_template_limits, validate_template
 from trackegress.sinks.websocket import validate_websocket_url
 from trackegress.storage.local import resolve_under
@@ -19,6 +20,11 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
         raise RequestError("invalid_argument", "room_name is required")
     if not request.track_id:
         raise RequestError("invalid_argument", "track_id is required")
+    for hook in request.webhooks:
+        try:
+            check_webhook_url(hook.url)
+        except ValueError as exc:
+            raise RequestError("invalid_argument", f"webhook url {exc}") from None
     output = request.WhichOneof("output")
     if output is None:
         raise RequestError("invalid_argument", "output is required: file or websocket_url")

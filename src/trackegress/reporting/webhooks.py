@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import aiohttp
 from google.protobuf.json_format import MessageToJson
@@ -29,6 +30,21 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/webhook+json"
 _TOKEN_TTL = datetime.timedelta(minutes=5)
+
+
+def check_webhook_url(url: str) -> None:
+    """``ValueError`` (its message redacted) unless ``url`` is an http(s) URL without user info: the
+    ``Authorization`` header carries the webhook's signature, so credentials in the URL cannot be sent."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{redact_url(url)!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{redact_url(url)!r} has user info: the Authorization header carries the webhook "
+                         "signature; put credentials in the path or query instead")
 
 
 def event_name(info: egress.EgressInfo) -> str:
@@ -123,10 +139,17 @@ class WebhookSender:
         queue.put_nowait(body)
 
     async def _work(self, url: str, queue: asyncio.Queue[bytes]) -> None:
-        """Send the queue's events in order; the worker ends (and is forgotten) once the queue is empty."""
-        while not queue.empty():
-            await self._deliver(url, queue.get_nowait())
-        del self._queues[url]
+        """Send the queue's events in order; the worker ends (and is forgotten) once the queue is empty. An event
+        whose delivery raises is logged and dropped; the worker goes on with the next."""
+        try:
+            while not queue.empty():
+                try:
+                    await self._deliver(url, queue.get_nowait())
+                except Exception as exc:
+                    log.error("webhook %s: delivery failed (%s); event dropped", redact_url(url),
+                              _describe(exc).replace(url, redact_url(url)))
+        finally:
+            del self._queues[url]
 
     async def _deliver(self, url: str, body: bytes) -> None:
         for attempt in range(1, self._attempts + 1):
@@ -151,4 +174,8 @@ class WebhookSender:
                     return None
                 return f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _describe(exc).replace(url, redact_url(url))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
