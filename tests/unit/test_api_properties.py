@@ -1,5 +1,5 @@
-"""Property-based: any body for any method, and any page cursor, gets a Twirp answer below 500, logs no traceback,
-and a refused request changes nothing in the store."""
+"""Property-based: any body for any method, and any page cursor, gets a Twirp answer below 500 (or 501
+``unimplemented`` for a feature we refuse), logs no traceback, and a refused request changes nothing in the store."""
 
 from __future__ import annotations
 
@@ -190,10 +190,11 @@ async def _check(served: tuple[str, Store], caplog: pytest.LogCaptureFixture,
     def call(method: str, content_type: str, body: bytes) -> None:
         before = snapshot()
         status, answer = _post(url, method, content_type, body)
-        assert status < 500, answer
         if status != 200:
             error = json.loads(answer)
             assert set(error) == {"code", "msg"} and HTTP_STATUS[error["code"]] == status, error
+            # 5xx only for what Twirp says is not implemented (e.g. an s3 assume_role_arn), never a fault of ours
+            assert status < 500 or error["code"] == "unimplemented", answer
             assert snapshot() == before, (method, body)
         assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info], caplog.text
 
