@@ -10,7 +10,7 @@ from typing import Any
 
 from trackegress.configfile import Section, parse_duration, read_config
 from trackegress.errors import INVALID_ARGUMENT, ConfigError
-from trackegress.reporting.webhooks import check_webhook_url
+from trackegress.request import check_webhook_url
 from trackegress.room.transport import MEDIA_PROTOCOLS
 from trackegress.sinks.layers import TOP_LAYER_WAIT
 from trackegress.sinks.pcm import SAMPLE_RATES

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from livekit.protocol import egress
 
 from trackegress.errors import ConfigError, RequestError
-from trackegress.reporting.webhooks import check_webhook_url
+from trackegress.redact import redact_url
 from trackegress.sinks.naming import MAX_KEY, MAX_PATH, check_template_limits, validate_template
 from trackegress.sinks.websocket import validate_websocket_url
 from trackegress.storage.local import resolve_under
@@ -50,3 +51,18 @@ def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:
         resolve_under(local_dir, file.filepath + "{track_id}" if default_name else file.filepath)
     except ValueError as exc:
         raise RequestError("invalid_argument", f"invalid filepath {file.filepath!r}: {exc}") from None
+
+
+def check_webhook_url(url: str) -> None:
+    """``ValueError`` (its message redacted) unless ``url`` is an http(s) URL without user info: the
+    ``Authorization`` header carries the webhook's signature, so credentials in the URL cannot be sent."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{redact_url(url)!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{redact_url(url)!r} has user info: the Authorization header carries the webhook "
+                         "signature; put credentials in the path or query instead")

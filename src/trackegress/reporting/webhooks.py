@@ -15,7 +15,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 import aiohttp
 from google.protobuf.json_format import MessageToJson
@@ -30,21 +29,6 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/webhook+json"
 _TOKEN_TTL = datetime.timedelta(minutes=5)
-
-
-def check_webhook_url(url: str) -> None:
-    """``ValueError`` (its message redacted) unless ``url`` is an http(s) URL without user info: the
-    ``Authorization`` header carries the webhook's signature, so credentials in the URL cannot be sent."""
-    try:
-        parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ValueError(f"{redact_url(url)!r} is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{redact_url(url)!r} has user info: the Authorization header carries the webhook "
-                         "signature; put credentials in the path or query instead")
 
 
 def event_name(info: egress.EgressInfo) -> str:
