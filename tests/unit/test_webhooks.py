@@ -140,5 +140,6 @@ async def test_a_delivery_that_raises_is_logged_and_the_next_event_still_arrives
     await sender.close()
     assert receiver.events == [("egress_ended", Status.EGRESS_COMPLETE)]
     assert "ValueError: Cannot combine AUTHORIZATION header" in caplog.text and "event dropped" in caplog.text
-    assert "token=abc" not in caplog.text
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("trackegress")]
+    assert ours and not [m for m in ours if "token=abc" in m]  # the receiver's own access log may show it
     assert "Task exception was never retrieved" not in caplog.text
