@@ -157,7 +157,7 @@ async def _record(request: egress.TrackEgressRequest, config: Config) -> egress.
     job = Egress(request, config, on_update=_print_status)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, job.stop)
+        loop.add_signal_handler(sig, job.stop, f"Stopped by {sig.name}")
     progress = asyncio.create_task(_progress(job)) if sys.stderr.isatty() else None
     try:
         return await job.run()

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from trackegress.configfile import Section, parse_duration, read_config
 from trackegress.cpuload import DEFAULT_ADMISSION, CpuAdmission
 from trackegress.errors import INVALID_ARGUMENT, ConfigError
+from trackegress.request import check_webhook_url
 from trackegress.room.transport import MEDIA_PROTOCOLS
 from trackegress.sinks.layers import TOP_LAYER_WAIT
 from trackegress.sinks.pcm import SAMPLE_RATES
@@ -213,6 +213,8 @@ def _webhook_urls(section: Section, api_key: str) -> tuple[str, ...]:
     if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
         raise ConfigError(INVALID_ARGUMENT, f"webhook.urls: expected a list of URLs, got {urls!r}")
     for url in urls:
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ConfigError(INVALID_ARGUMENT, f"webhook.urls: {url!r} is not an http(s) URL")
+        try:
+            check_webhook_url(url)
+        except ValueError as exc:
+            raise ConfigError(INVALID_ARGUMENT, f"webhook.urls: {exc}") from None
     return tuple(urls)

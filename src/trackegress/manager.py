@@ -37,6 +37,7 @@ Listener = Callable[[egress.EgressInfo], None]
 TrackCheck = Callable[[str, str], Awaitable[int | None]]  # raises unless the track exists; its TrackType if known
 Tasks = list[asyncio.Task[object]]
 PROCESS_KILLED = "Process killed"
+SHUTDOWN = "Server shutting down"  # upstream's ErrShuttingDown ("server is shutting down"), as an end reason
 STATUS_LOST = "Process stopped before the final status was stored; the output was finalised"
 SIZE_CHECK_INTERVAL = 1.0  # seconds between file_output_max_size checks
 STOP_WAIT = 5.0  # seconds StopEgress waits for the egress to leave STARTING/ACTIVE
@@ -173,11 +174,11 @@ class EgressManager:
         raise RequestError(INVALID_ARGUMENT, "UpdateStream called on non-streaming egress")
 
     async def close(self) -> None:
-        """Stop accepting, stop every running egress (``End reason: Process killed``) and wait for them."""
+        """Stop accepting, stop every running egress (``End reason: Server shutting down``) and wait for them."""
         self._accepting = False
         self._meter.stop()
         for job in list(self._jobs.values()):
-            job.runner.stop(PROCESS_KILLED)
+            job.runner.stop(SHUTDOWN)
         runs = [job.tasks[0] for job in self._jobs.values()]
         if runs:
             await asyncio.gather(*runs, return_exceptions=True)

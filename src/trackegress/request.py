@@ -21,6 +21,11 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
         raise RequestError(INVALID_ARGUMENT, "room_name is required")
     if not request.track_id:
         raise RequestError(INVALID_ARGUMENT, "track_id is required")
+    for hook in request.webhooks:
+        try:
+            check_webhook_url(hook.url)
+        except ValueError as exc:
+            raise RequestError(INVALID_ARGUMENT, f"webhook url {exc}") from None
     output = request.WhichOneof("output")
     if output is None:
         raise RequestError(INVALID_ARGUMENT, "output is required: file or websocket_url")
@@ -34,20 +39,26 @@ def check_track_request(request: egress.TrackEgressRequest, local_dir: Path) -> 
 
 
 def check_webhooks(request: egress.TrackEgressRequest, api_key: str) -> None:
-    """Raise ``RequestError`` unless every webhook of the request has an http(s) URL and our API key (if signed)."""
+    """Raise ``RequestError`` unless every signed webhook of the request is signed with our API key (their URLs are
+    checked with the request: ``check_track_request``)."""
     for hook in request.webhooks:
-        if not _is_http_url(hook.url):
-            raise RequestError(INVALID_ARGUMENT, f"webhook url {redact_url(hook.url)!r} is not an http(s) URL")
         if hook.signing_key and hook.signing_key != api_key:
             raise RequestError(INVALID_ARGUMENT, "webhook signing_key is not a configured API key")
 
 
-def _is_http_url(url: str) -> bool:
+def check_webhook_url(url: str) -> None:
+    """``ValueError`` (its message redacted) unless ``url`` is an http(s) URL without user info: the
+    ``Authorization`` header carries the webhook's signature, so credentials in the URL cannot be sent."""
     try:
         parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+        valid = False
+    if not valid:
+        raise ValueError(f"{redact_url(url)!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{redact_url(url)!r} has user info: the Authorization header carries the webhook "
+                         "signature; put credentials in the path or query instead")
 
 
 def _check_file(file: egress.DirectFileOutput, local_dir: Path) -> None:

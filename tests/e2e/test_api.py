@@ -20,6 +20,7 @@ from livekit import api
 from livekit.protocol import egress, models
 from support.egress_helpers import file_request, until, wait_status
 from support.egress_service import EgressService, WebhookSink
+from support.process import stop_process
 from support.publisher import Publisher
 from support.server import LiveKitServer, RoomFactory
 
@@ -212,6 +213,41 @@ async def test_restart_mid_recording_reports_the_old_egress_failed_with_its_part
     assert info.file_results[0].duration > 0
     await hooks.wait_for(started.egress_id, "egress_ended")
     assert hooks.for_egress(started.egress_id)[-1] == ("egress_ended", Status.EGRESS_FAILED)
+
+
+async def test_sigterm_ends_running_egresses_complete_with_a_shutdown_reason_not_process_killed(
+    livekit_server: LiveKitServer, hooks: WebhookSink, make_room: RoomFactory, sample_media: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    settings = {"webhook": {"urls": [hooks.url]}}
+    first = EgressService(livekit_server, tmp_path, **settings)
+    try:
+        async with Publisher(livekit_server.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
+            lk = api.LiveKitAPI(url=first.url, api_key=creds[0], api_secret=creds[1])
+            started = await lk.egress.start_track_egress(file_request(room, pub.track_sid, "erin.ogg"))
+            await wait_status(lk, started.egress_id, Status.EGRESS_ACTIVE, interval=0.1)
+            await lk.aclose()
+            out = first.local_dir / "erin.ogg"
+            await until(lambda: out.exists() and out.stat().st_size >= 5000, interval=0.1)
+            await asyncio.to_thread(stop_process, first.proc, 15)  # SIGTERM; the webhook sink answers meanwhile
+            assert first.proc.returncode == 0
+    finally:
+        first.stop()
+    await hooks.wait_for(started.egress_id, "egress_ended")
+    assert hooks.for_egress(started.egress_id)[-1] == ("egress_ended", Status.EGRESS_COMPLETE)
+
+    second = EgressService(livekit_server, tmp_path, **settings)
+    try:
+        lk = api.LiveKitAPI(url=second.url, api_key=creds[0], api_secret=creds[1])
+        items = (await lk.egress.list_egress(egress.ListEgressRequest(room_name=room))).items
+        await lk.aclose()
+    finally:
+        second.stop()
+    assert [(i.egress_id, i.status, i.error) for i in items] == [(started.egress_id, Status.EGRESS_COMPLETE, "")]
+    assert items[0].details.startswith("End reason: Server shutting down"), items[0].details
+    assert "Process killed" not in items[0].details
+    assert items[0].file_results[0].size == out.stat().st_size > 5000
 
 
 def cli(service: EgressService, server: LiveKitServer, *args: str) -> list[str]:

@@ -187,6 +187,7 @@ async def test_ctrl_c_stops_the_recording_and_it_completes(
     assert proc.returncode == 0
     info = Parse(stdout.decode(), egress.EgressInfo())
     assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    assert info.details.startswith("End reason: Stopped by SIGINT"), info.details
     assert info.file_results[0].duration > 1_000_000_000
     assert decode_errors(out) == ""
 

@@ -265,4 +265,4 @@ async def test_an_sfu_behind_a_one_to_one_nat_is_reached_through_a_peer_reflexiv
     assert Status.Name(info.status) == "EGRESS_COMPLETE", info
     path = worker.local_dir / info.file_results[0].filename
     assert decode_errors(path) == ""
-    assert abs(seconds_of(path) - sent_seconds(since, left)) < 1.0
+    assert abs(seconds_of(path) - sent_seconds(since, left)) < 1.5

@@ -292,6 +292,7 @@ async def test_repeated_egress_id_records_once_and_malformed_payloads_are_ignore
         assert worker.terminate() == 0  # SIGTERM: the egress is stopped after the grace period, reported, exit 0
         done = await wait_status(client, egress_id, Status.EGRESS_COMPLETE, Status.EGRESS_FAILED)
     assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert done.details.startswith("End reason: Server shutting down"), done.details
     assert sorted(p.name for p in worker.local_dir.iterdir()) == sorted(["carol.ogg", f"{egress_id}.json"])
     assert worker.log_text().count(f"egress {egress_id} started") == 1
     assert worker.log_text().count("ignored a malformed message") >= 3

@@ -72,6 +72,8 @@ def test_unknown_keys_are_warned_about(caplog: pytest.LogCaptureFixture) -> None
         (BASE + "logging: {json: yes please}", "logging.json: expected true or false"),
         (BASE + "webhook: {urls: ['ftp://x']}", "webhook.urls: 'ftp://x' is not an http(s) URL"),
         (BASE + "webhook: {api_key: other}", "webhook.api_key"),
+        (BASE + "webhook: {urls: ['http://u:pw@h/x']}",
+         "webhook.urls: 'http://u:{...}@h/x' has user info: the Authorization header carries the webhook signature"),
         (BASE + "storage: {s3: {region: x}}", "storage: "),
         (BASE + "websocket: {sample_rate: 44100}", "websocket.sample_rate must be one of 8000, 16000, 24000, 48000"),
         (BASE + "websocket: {channels: 6}", "websocket.channels must be 1 or 2"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from livekit import api
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 
 from trackegress.api.auth import Authenticator
 from trackegress.api.twirp import TwirpServer
@@ -176,3 +177,30 @@ async def test_recover_marks_unfinished_egresses_process_killed(setup: Setup, tm
     assert [(f.filename, f.size) for f in info.file_results] == [("partial.ogg", 1234)]
     assert info.file.filename == "partial.ogg" and info.file_results[0].ended_at > 1_000
     assert setup.updates == [info]
+
+
+@pytest.mark.parametrize("cursor", ["99999999999999999999/x", "-9223372036854775809/x", "9223372036854775808/x",
+                                    "-1/x", " 1/x", "1_0/x", "\u0661/x", "/x"])
+async def test_page_tokens_out_of_range_are_invalid_argument(
+    setup: Setup, client: api.LiveKitAPI, caplog: pytest.LogCaptureFixture, cursor: str
+) -> None:
+    token = base64.urlsafe_b64encode(cursor.encode()).decode()
+    with pytest.raises(api.TwirpError) as error:
+        await client.egress.list_egress(egress.ListEgressRequest(page_token=models.TokenPagination(token=token)))
+    assert (error.value.code, error.value.status, error.value.message) == ("invalid_argument", 400,
+                                                                           "invalid page_token")
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("url", ["http://u:pw@127.0.0.1:9/hook", "https://user@example.com/x", "http://:pw@h/x"])
+async def test_webhook_urls_with_user_info_are_refused(
+    setup: Setup, client: api.LiveKitAPI, caplog: pytest.LogCaptureFixture, url: str
+) -> None:
+    request = egress.TrackEgressRequest(room_name="present", track_id="TR_x", file=egress.DirectFileOutput(),
+                                        webhooks=[models.WebhookConfig(url=url)])
+    with pytest.raises(api.TwirpError) as error:
+        await client.egress.start_track_egress(request)
+    assert (error.value.code, error.value.status) == ("invalid_argument", 400)
+    assert "has user info: the Authorization header carries the webhook signature" in error.value.message
+    assert "pw" not in error.value.message and "pw" not in caplog.text
+    assert await setup.store.query() == [] and setup.updates == []

@@ -12,7 +12,8 @@ from livekit import api
 from livekit.protocol import egress, models
 from support.server import free_port
 
-from trackegress.reporting.webhooks import CONTENT_TYPE, WebhookSender, allows, event_name
+from trackegress.reporting import webhooks
+from trackegress.reporting.webhooks import CONTENT_TYPE, WebhookSender, allows, event_name, sign
 
 KEY, SECRET = "APIkey", "a-secret-that-is-long-enough-for-hs256!"
 Status = egress.EgressStatus
@@ -117,3 +118,28 @@ def test_filter_rules_are_upstreams() -> None:
     assert allows(models.FilterParams(exclude_events=["egress_started"]), "egress_ended")
     both = models.FilterParams(include_events=["egress_started"], exclude_events=["egress_started"])
     assert allows(both, "egress_started")  # include wins
+
+
+async def test_a_delivery_that_raises_is_logged_and_the_next_event_still_arrives(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def sign_once_broken(body: bytes, key: str, secret: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("Cannot combine AUTHORIZATION header with AUTH argument")
+        return sign(body, key, secret)
+
+    monkeypatch.setattr(webhooks, "sign", sign_once_broken)
+    sender = WebhookSender(KEY, SECRET, [receiver.url])
+    sender.notify(info(Status.EGRESS_STARTING))
+    await asyncio.sleep(0.2)  # the first delivery has raised
+    sender.notify(info(Status.EGRESS_COMPLETE), [models.WebhookConfig(url=receiver.url)])
+    await sender.close()
+    assert receiver.events == [("egress_ended", Status.EGRESS_COMPLETE)]
+    assert "ValueError: Cannot combine AUTHORIZATION header" in caplog.text and "event dropped" in caplog.text
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("trackegress")]
+    assert ours and not [m for m in ours if "token=abc" in m]  # the receiver's own access log may show it
+    assert "Task exception was never retrieved" not in caplog.text

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ PREFIX = "/twirp/livekit.Egress/"
 MAX_BODY = 1 << 20
 BODY_TIMEOUT = 10.0  # seconds to send the body once the headers are in
 PAGE_SIZE = 100  # ListEgress items per page
+_CURSOR = re.compile(r"(0|[1-9][0-9]{0,18})/(.*)", re.DOTALL)  # the page tokens we give: "<started_at>/<egress_id>"
+INT64_MAX = (1 << 63) - 1
 AUTH_BURST, AUTH_REFILL = 10, 1.0  # failed authentications allowed at once per address, and regained per second
 JSON, PROTOBUF = "application/json", "application/protobuf"
 _OTHER_METHODS = (
@@ -226,12 +229,15 @@ def _page_token(started_at: int, egress_id: str) -> str:
 
 
 def _page_key(token: str) -> tuple[int, str]:
-    """The (started_at, egress_id) after which a page starts; ``invalid_argument`` for a token we did not give."""
+    """The (started_at, egress_id) after which a page starts; ``invalid_argument`` for a token we did not give
+    (a ``started_at`` that is not a plain decimal within SQLite's INTEGER range among them)."""
     try:
-        started_at, _, egress_id = base64.urlsafe_b64decode(token.encode()).decode().partition("/")
-        return int(started_at), egress_id
+        match = _CURSOR.fullmatch(base64.urlsafe_b64decode(token.encode()).decode())
     except (ValueError, binascii.Error, UnicodeError):
-        raise RequestError(INVALID_ARGUMENT, "invalid page_token") from None
+        match = None
+    if match is None or int(match[1]) > INT64_MAX:
+        raise RequestError(INVALID_ARGUMENT, "invalid page_token")
+    return int(match[1]), match[2]
 
 
 async def _read(request: web.Request) -> bytes:

@@ -125,10 +125,17 @@ class WebhookSender:
         queue.put_nowait(body)
 
     async def _work(self, url: str, queue: asyncio.Queue[bytes]) -> None:
-        """Send the queue's events in order; the worker ends (and is forgotten) once the queue is empty."""
-        while not queue.empty():
-            await self._deliver(url, queue.get_nowait())
-        del self._queues[url]
+        """Send the queue's events in order; the worker ends (and is forgotten) once the queue is empty. An event
+        whose delivery raises is logged and dropped; the worker goes on with the next."""
+        try:
+            while not queue.empty():
+                try:
+                    await self._deliver(url, queue.get_nowait())
+                except Exception as exc:
+                    log.error("webhook %s: delivery failed (%s); event dropped", redact_url(url),
+                              _describe(exc).replace(url, redact_url(url)))
+        finally:
+            del self._queues[url]
 
     async def _deliver(self, url: str, body: bytes) -> None:
         for attempt in range(1, self._attempts + 1):
@@ -153,4 +160,8 @@ class WebhookSender:
                     return None
                 return f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _describe(exc).replace(url, redact_url(url))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
