@@ -27,7 +27,7 @@ checks:  ## what lint runs, without the install step (the native core's target d
 # restarts) one after another, and the WebSocket sink's in-process deadlines (xdist_group "cpu" / "clock").
 # Beside them, as a third job once one of those two is done, the Python 3.13 run (py313-tests).
 # `make test PYTEST_WORKERS=0` runs the parallel part in one process.
-PYTEST_WORKERS ?= 6
+PYTEST_WORKERS ?= 5
 
 test: install-test dist
 	$(MAKE) --no-print-directory -j2 --output-sync=target checks test-parallel py313-tests
