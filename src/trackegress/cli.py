@@ -219,9 +219,10 @@ async def _serve(config: ServiceConfig, cluster: ClusterSettings | None, stop: a
         stack.push_async_callback(store.close)
         rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
         stack.push_async_callback(rooms.aclose)
-        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls)
-        stack.push_async_callback(webhooks.close)
         metrics = Metrics()
+        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls,
+                                 on_drop=metrics.webhook_dropped)
+        stack.push_async_callback(webhooks.close)
         dispatcher: Dispatcher
         if cluster is None:
             manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
@@ -261,9 +262,10 @@ async def _serve_child(config: ServiceConfig, stop: asyncio.Event) -> None:
         stack.push_async_callback(store.close)
         rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
         stack.push_async_callback(rooms.aclose)
-        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls)
-        stack.push_async_callback(webhooks.close)
         metrics = Metrics()
+        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls,
+                                 on_drop=metrics.webhook_dropped)
+        stack.push_async_callback(webhooks.close)
         manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
                                 admission=config.admission)
         metrics.watch(manager)

@@ -133,12 +133,14 @@ async def test_a_delivery_that_raises_is_logged_and_the_next_event_still_arrives
         return sign(body, key, secret)
 
     monkeypatch.setattr(webhooks, "sign", sign_once_broken)
-    sender = WebhookSender(KEY, SECRET, [receiver.url])
+    dropped: list[None] = []
+    sender = WebhookSender(KEY, SECRET, [receiver.url], on_drop=lambda: dropped.append(None))
     sender.notify(info(Status.EGRESS_STARTING))
     await asyncio.sleep(0.2)  # the first delivery has raised
     sender.notify(info(Status.EGRESS_COMPLETE), [models.WebhookConfig(url=receiver.url)])
     await sender.close()
     assert receiver.events == [("egress_ended", Status.EGRESS_COMPLETE)]
+    assert len(dropped) == 1, "the dropped event is counted (trackegress_webhooks_dropped)"
     assert "ValueError: Cannot combine AUTHORIZATION header" in caplog.text and "event dropped" in caplog.text
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("trackegress")]
     assert ours and not [m for m in ours if "token=abc" in m]  # the receiver's own access log may show it

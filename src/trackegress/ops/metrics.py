@@ -29,6 +29,10 @@ class Metrics(Collector):
         self._ended = Counter(
             "trackegress_egress_ended", "Egresses ended, by final status", ["status"], registry=self.registry
         )
+        self._webhooks_dropped = Counter(
+            "trackegress_webhooks_dropped", "Webhook events given up: undeliverable, failed, or out of a full queue",
+            registry=self.registry,
+        )
         self._delay = Histogram(
             "trackegress_websocket_delay_seconds", "From RTP arrival to the PCM message sent on the WebSocket",
             buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry,
@@ -43,6 +47,10 @@ class Metrics(Collector):
         from ``capacity`` (default: ``manager.available``)."""
         self._manager = manager
         self._capacity = capacity or manager.available
+
+    def webhook_dropped(self) -> None:
+        """One webhook event given up (a ``WebhookSender`` ``on_drop`` callback)."""
+        self._webhooks_dropped.inc()
 
     def observe_delay(self, seconds: float) -> None:
         """One PCM message's delay (an ``Egress`` ``on_delay`` callback)."""

@@ -14,7 +14,7 @@ import datetime
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 from google.protobuf.json_format import MessageToJson
@@ -77,8 +77,10 @@ class WebhookSender:
         backoff: float = 0.5,
         timeout: float = 5.0,
         queue_size: int = 200,
+        on_drop: Callable[[], None] = lambda: None,
     ) -> None:
         self._key, self._secret = api_key, api_secret
+        self._on_drop = on_drop  # an event given up (undeliverable, failed, or pushed out of a full queue)
         self._urls = tuple(urls)
         self._attempts, self._backoff = attempts, Backoff(backoff)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -121,6 +123,7 @@ class WebhookSender:
             task.add_done_callback(self._workers.discard)
         if queue.full():
             queue.get_nowait()
+            self._on_drop()
             log.warning("webhook %s: queue full, oldest event dropped", redact_url(url))
         queue.put_nowait(body)
 
@@ -132,6 +135,7 @@ class WebhookSender:
                 try:
                     await self._deliver(url, queue.get_nowait())
                 except Exception as exc:
+                    self._on_drop()
                     log.error("webhook %s: delivery failed (%s); event dropped", redact_url(url),
                               _describe(exc).replace(url, redact_url(url)))
         finally:
@@ -147,6 +151,7 @@ class WebhookSender:
                 log.info("webhook %s: %s; retry %d in %.1fs", redact_url(url), problem, attempt, delay)
                 await asyncio.sleep(delay)
             else:
+                self._on_drop()
                 log.warning("webhook %s: %s; event dropped after %d attempts", redact_url(url), problem, attempt)
 
     async def _post(self, url: str, body: bytes) -> str | None:
