@@ -27,6 +27,10 @@ from support.site import (
 from support.usage import Usage, sample
 
 Status = egress.EgressStatus
+# Alone in the cpu lane: in the full parallel run the Redis-away recording got no media for most of the cut in 2 of
+# 3 runs (2.4 s and 4.8 s of 34-40 s, no loss counted; once not even ACTIVE within 20 s), never alone nor beside two
+# CPU burners (5 runs). Not explained yet: see the note.
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("cpu")]
 SHUTDOWN_MARGIN = 10.0  # past the grace: leaving the room (1 s), reports (5 s), unsubscribing (2 s each), closing
 
 
