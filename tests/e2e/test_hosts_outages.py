@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from livekit.protocol import egress
 from support import netns
 from support.egress_helpers import file_request, until, wait_status
