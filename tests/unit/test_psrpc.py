@@ -157,15 +157,18 @@ def test_a_worker_that_can_take_the_egress_claims_with_the_affinity_livekit_pick
     def admission(budget: float) -> CpuAdmission:
         return CpuAdmission(budget, 0.5, 0.5, 0.5)
 
-    assert claim_delay(admission(1.6), reserved=0.0, measured=0.01, cost=0.5) == 0.0
-    assert claim_delay(admission(1.6), reserved=0.8, measured=0.01, cost=0.5) == pytest.approx(CLAIM_SPREAD / 2)
-    assert claim_delay(admission(1.6), reserved=1.5, measured=0.01, cost=0.5) is None  # would exceed the budget
-    assert claim_delay(admission(1.0), reserved=0.0, measured=0.0, cost=1.0) == 0.0
-    assert claim_delay(admission(1.0), reserved=1.0, measured=0.0, cost=1.0) is None
-    assert claim_delay(admission(0.0), reserved=0.0, measured=0.0, cost=0.5) is None
+    assert claim_delay(admission(1.6), reserved=0.0, measured=0.01, cost=0.5, busy=0) == 0.0
+    assert claim_delay(admission(1.6), reserved=0.8, measured=0.01, cost=0.5, busy=1) == pytest.approx(CLAIM_SPREAD / 2)
+    assert claim_delay(admission(1.6), reserved=1.0, measured=0.01, cost=0.5, busy=3) == pytest.approx(
+        CLAIM_SPREAD * 3 / 4)
+    assert claim_delay(admission(1.6), reserved=1.5, measured=0.01, cost=0.5, busy=3) is None  # exceeds the budget
+    assert claim_delay(admission(1.0), reserved=1.0, measured=0.0, cost=1.0, busy=1) is None
+    assert claim_delay(admission(0.0), reserved=0.0, measured=0.0, cost=0.5, busy=0) is None
     # a process that really uses its budget claims nothing, whatever its egresses were reserved at
-    assert claim_delay(admission(1.6), reserved=0.1, measured=1.2, cost=0.5) is None
-    assert claim_delay(admission(1.6), reserved=0.1, measured=1.0, cost=0.5) == pytest.approx(CLAIM_SPREAD / 16)
+    assert claim_delay(admission(1.6), reserved=0.1, measured=1.2, cost=0.5, busy=1) is None
+    # the least busy claims first, however small each egress's price
+    tiny = CpuAdmission(0.8, 0.003, 0.005, 0.01)
+    assert claim_delay(tiny, 0.0, 0.0, 0.003, busy=0) < claim_delay(tiny, 0.003, 0.0, 0.003, busy=1)  # type: ignore[operator]
 
 
 def test_a_refusal_claim_loses_to_any_worker_that_can_run_the_request() -> None:

@@ -48,21 +48,22 @@ QUIET_WAIT = 2.0  # a Redis call of the shutdown (unsubscribing) gives up after 
 # livekit-server's client takes a claim of affinity >= 1 at once (MaximumAffinity 1) and otherwise waits 500 ms for a
 # better one (ShortCircuitTimeout); upstream's worker answers 1 only when already busy (0.5 when idle, to pack track
 # egresses next to its room composites). Here every egress is a track: a worker that can take one claims it with 1,
-# and the least busy answers first: its claim waits CLAIM_SPREAD times the share of its budget already reserved.
+# and the least busy answers first (``claim_delay``).
 CLAIM = 1.0
-CLAIM_SPREAD = 0.1  # seconds, for a full budget
+CLAIM_SPREAD = 0.1  # seconds: the longest a busy process holds its claim back
 # A request we cannot run (a StartEgress of another shape) is claimed this low, so that any worker that can run it
 # wins, and otherwise we answer it with the reason instead of leaving livekit-server to time out.
 REFUSAL = 0.01
 
 
-def claim_delay(admission: CpuAdmission, reserved: float, measured: float, cost: float) -> float | None:
-    """Seconds before claiming with ``CLAIM``: ``CLAIM_SPREAD`` times the share of the CPU budget ``reserved``
-    (running and claimed egresses at their cost); None (no claim) when ``cost`` does not fit next to that or next to
-    what is ``measured`` (``CpuMeter.measured``)."""
+def claim_delay(admission: CpuAdmission, reserved: float, measured: float, cost: float, busy: int) -> float | None:
+    """Seconds before claiming with ``CLAIM``: ``CLAIM_SPREAD * busy / (busy + 1)`` for the ``busy`` egresses the
+    process runs or is claiming, so the least busy of several answers first (a budget share would not spread: at
+    the measured prices one egress is under 1 % of it); None (no claim) when ``cost`` does not fit next to what is
+    ``reserved`` (running and claimed egresses at their cost) or next to what is ``measured``."""
     if admission.budget <= 0 or not admission.admits(reserved, measured, cost):
         return None
-    return CLAIM_SPREAD * min(1.0, 1.0 - admission.share(reserved))
+    return CLAIM_SPREAD * busy / (busy + 1)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ class Worker:
             return -1.0  # another worker runs it
         cost = self._cost(start)
         reserved, measured = self._load()
-        delay = claim_delay(self._admission, reserved, measured, cost)
+        busy = sum(not r.ended for r in self._running.values()) + len(self._pending)
+        delay = claim_delay(self._admission, reserved, measured, cost, busy)
         if delay is None:
             log.info("egress %s: not claimed, at capacity (%.2f CPUs reserved, %.3f measured, of %.2f)",
                      start.egress_id, reserved, measured, self._admission.budget)
