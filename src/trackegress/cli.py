@@ -197,7 +197,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         return 2
     redis_password = cluster.redis.password if cluster else ""
     setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
-                   secrets=(config.egress.api_secret, redis_password))
+                   secrets=(*config.egress.log_secrets, redis_password))
     index = child_index()
     if index is not None:  # one of the node's egress processes, behind the API process
         child = dataclasses.replace(config, data_dir=child_dir(config.data_dir, index), health_port=0,
@@ -289,7 +289,7 @@ def _worker_main(args: argparse.Namespace) -> int:
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
-                   secrets=(config.service.egress.api_secret, config.redis.password))
+                   secrets=(*config.service.egress.log_secrets, config.redis.password))
     index, processes = child_index(), config.service.processes
     if index is None and processes > 1:  # the supervisor: one worker process per core (or as configured)
         argv = ["worker", "--shutdown-grace", str(args.shutdown_grace)]
