@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
+import json
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from trackegress.errors import ConfigError, RequestError
 from trackegress.info import is_ended, recorded_track_id
 from trackegress.logs import setup_logging
 from trackegress.manager import EgressManager
+from trackegress.mux import MuxError, mux
 from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import listen_unix, ops_socket, serve_ops
 from trackegress.reporting.store import Store
@@ -109,6 +111,11 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument("--json", action="store_true", help="print the ListEgressResponse as JSON")
     stop = commands.add_parser("stop", parents=[client], help="StopEgress")
     stop.add_argument("egress_id", help="EG_...")
+    joined = commands.add_parser("mux", help="join one participant's audio and video track files into one, in sync, "
+                                 "without transcoding (their manifests beside them)")
+    joined.add_argument("--output", type=Path, required=True, help="OUT.webm / .mkv (VP8, VP9, AV1) or .mp4 (H.264, "
+                        "H.265)")
+    joined.add_argument("files", type=Path, nargs="+", help="the track egress outputs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or "info")
     if args.command == "record":
         return _record_main(args)
+    if args.command == "mux":
+        return _mux_main(args)
     return _client_main(args)
+
+
+def _mux_main(args: argparse.Namespace) -> int:
+    """Print ``{"output": ..., "offsets": {file: seconds}, "packets": n}``; exit 2 with the reason if refused."""
+    try:
+        result = mux(args.output, args.files)
+    except MuxError as exc:
+        print(f"trackegress mux: {exc}", file=sys.stderr)
+        return 2
+    offsets = {str(path): offset for path, offset in result.offsets.items()}
+    print(json.dumps({"output": str(result.path), "offsets": offsets, "packets": result.packets}))
+    return 0
 
 
 def _record_main(args: argparse.Namespace) -> int:
