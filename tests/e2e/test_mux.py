@@ -61,14 +61,15 @@ def packets(path: Path, kind: str) -> list[bytes]:
 
 @pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
 @pytest.mark.xdist_group("clock")
+@pytest.mark.parametrize(("codec", "suffix"), [("VP8", ".webm"), ("H264", ".mp4")])
 async def test_two_egresses_started_apart_mux_into_one_synced_file(
-    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path, codec: str, suffix: str
 ) -> None:
     room = await make_room()
     token = (api.AccessToken(livekit_server.api_key, livekit_server.api_secret).with_identity("presenter")
              .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True)).to_jwt())
     publisher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "support.av_marks", livekit_server.url, token, str(SECONDS),
+        sys.executable, "-m", "support.av_marks", livekit_server.url, token, str(SECONDS), codec,
         stdout=asyncio.subprocess.PIPE, cwd=SUPPORT)
     assert publisher.stdout is not None
     try:
@@ -94,7 +95,7 @@ async def test_two_egresses_started_apart_mux_into_one_synced_file(
     manifests = [json.loads((tmp_path / f"{info.egress_id}.json").read_text()) for info in infos]
     started = [m["sync"]["capture_start_ns"] for m in manifests]
     arrival_gap = (infos[1].file_results[0].started_at - infos[0].file_results[0].started_at) / 1e9
-    result = await asyncio.to_thread(mux, tmp_path / "av.webm", [video, audio])
+    result = await asyncio.to_thread(mux, tmp_path / f"av{suffix}", [video, audio])
 
     assert result.offsets[audio] == 0.0 and result.offsets[video] == (started[1] - started[0]) / 1e9 > 1.0
     # every frame at its own time (ms, as in the file), not on the 1/30 s grid ffmpeg picks from a guessed rate

@@ -1,6 +1,6 @@
 """A libwebrtc publisher (LiveKit's Python rtc SDK) whose microphone beeps and camera flashes at the same instants.
 
-Run as ``python -m support.av_marks URL TOKEN SECONDS``: publishes a 48 kHz mono audio track (a 1 kHz beep of
+Run as ``python -m support.av_marks URL TOKEN SECONDS [VP8|H264]``: publishes a 48 kHz mono audio track (a 1 kHz beep of
 100 ms at every whole second of its timeline) and a 320x240 30 fps video track (black, white for 100 ms at the same
 instants), both fed on the audio's clock (the pace libwebrtc takes the audio at); prints ``{"audio": sid,
 "video": sid}`` once both are published, then ``{"done": true}`` after SECONDS.
@@ -41,7 +41,7 @@ def video_frame(index: int) -> rtc.VideoFrame:
     return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, luma + chroma)
 
 
-async def run(url: str, token: str, seconds: float) -> None:
+async def run(url: str, token: str, seconds: float, codec: str) -> None:
     room = rtc.Room()
     await room.connect(url, token)
     mic = rtc.AudioSource(RATE, 1, queue_size_ms=QUEUE_MS)
@@ -52,7 +52,7 @@ async def run(url: str, token: str, seconds: float) -> None:
     video = await room.local_participant.publish_track(
         rtc.LocalVideoTrack.create_video_track("cam", cam),
         rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False,
-                                video_codec=rtc.VideoCodec.VP8))
+                                video_codec=getattr(rtc.VideoCodec, codec)))
     print(json.dumps({"audio": audio.sid, "video": video.sid}), flush=True)
     # libwebrtc takes the audio from the source's queue every 10 ms: that instant is the audio's capture time. Fed
     # as fast as the queue takes it, the queue stays full, so once ``capture_frame`` of chunk n returns, chunk
@@ -70,4 +70,4 @@ async def run(url: str, token: str, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+    asyncio.run(run(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "VP8"))
