@@ -60,8 +60,10 @@ class Config:
 
     @property
     def log_secrets(self) -> tuple[str, ...]:
-        """What no log line may show: the API secret and the configured WebSocket header values."""
-        return (self.api_secret, *(value for _, value in self.websocket_headers))
+        """What no log line may show: the API secret and the configured WebSocket header values (those of 8
+        characters or more: replacing a short value such as ``1`` everywhere would garble every line; header lines
+        are not logged at all, ``sinks/wslink.py``)."""
+        return (self.api_secret, *(value for _, value in self.websocket_headers if len(value) >= 8))
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:

@@ -25,7 +25,7 @@ def test_headers_from_the_service_config() -> None:
     body = BASE + "websocket:\n  headers: {X-Api-Key: k3y-v4lue, X-Tenant: acme}\n"
     config = load_service_config(env={"EGRESS_CONFIG_BODY": body}).egress
     assert config.websocket_headers == (("X-Api-Key", "k3y-v4lue"), ("X-Tenant", "acme"))
-    assert set(config.log_secrets) == {SECRET, "k3y-v4lue", "acme"}
+    assert set(config.log_secrets) == {SECRET, "k3y-v4lue"}, "a value as short as acme would garble every line"
     assert load_service_config(env={"EGRESS_CONFIG_BODY": BASE}).egress.websocket_headers == ()
 
 
@@ -93,5 +93,6 @@ async def test_dial_sends_the_headers_and_logs_neither_them_nor_the_token(capfd:
     token = conn.headers["Authorization"].removeprefix("Bearer ")
     assert api.TokenVerifier("key", SECRET).verify(token).identity == "EG_abc"
     logged = capfd.readouterr().err
-    assert "> Authorization: Bearer {token}" in logged and "> X-Api-Key: {secret}" in logged, "the handshake was logged"
+    assert "trackegress.sinks.wslink.wire > GET /audio HTTP/1.1" in logged, "the handshake was logged"
+    assert "> Authorization" not in logged and "> X-Api-Key" not in logged, "its header lines were not"
     assert "k3y-v4lue" not in logged and token not in logged and token.split(".")[1] not in logged

@@ -31,6 +31,17 @@ from trackegress.redact import redact_url
 
 log = logging.getLogger(__name__)
 
+
+class _NoHeaders(logging.Filter):
+    """Drops websockets' debug lines of the handshake's headers (``> Authorization: ...``): ours carry secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in ("> %s: %s", "< %s: %s")
+
+
+_wire_log = logging.getLogger(f"{__name__}.wire")  # the websockets connection's own lines, headers left out
+_wire_log.addFilter(_NoHeaders())
+
 CONTENT_TYPE = "audio/x-raw"
 WRITE_BATCH = 16  # messages per transport write: ~30 KB, about websockets' default write limit (32 KiB)
 REDIAL = Backoff(0.1, cap=2.0)  # at once, then 0.1 s doubling to 2 s
@@ -260,6 +271,7 @@ class WebSocketLink:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=self._close_timeout,
+            logger=_wire_log,
         )
 
     def _attach(self, conn: ClientConnection) -> None:
