@@ -41,10 +41,14 @@ CandidateEvent: TypeAlias = tuple[Literal[2], int, str]
 """(kind, peer, a local candidate ``candidate:...``)."""
 MediaEvent: TypeAlias = tuple[Literal[3], int, str, Literal["audio", "video"], str]
 """(kind, peer, mid, media kind, lower-case MIME type): a track, with its first frame."""
-FrameEvent: TypeAlias = tuple[Literal[4], int, str, str, int, bool, bool, int, int, float, bytes, bytes | None]
+FrameEvent: TypeAlias = tuple[
+    Literal[4], int, str, str, int, bool, bool, int, int, float, bytes, bytes | None, tuple[int, int] | None
+]
 """(kind, peer, mid, MIME type, RTP timestamp extended to 64 bits, keyframe, contiguous, spatial layer,
-temporal layer, arrival in ``time.monotonic()`` seconds, data, pcm): ``pcm`` is None, or once ``decode_opus`` was
-called the Opus frame as 48 kHz stereo s16le (empty if libopus refused it)."""
+temporal layer, arrival in ``time.monotonic()`` seconds, data, pcm, sender report): ``pcm`` is None, or once
+``decode_opus`` was called the Opus frame as 48 kHz stereo s16le (empty if libopus refused it); the sender report is
+the latest RTCP SR received before the frame, (its NTP time in Unix ns, its RTP timestamp in 32 bits), None before
+the first."""
 ClosedEvent: TypeAlias = tuple[Literal[5], int, str | None]
 """(kind, peer, the error that closed it or None)."""
 Event: TypeAlias = AnswerEvent | StateEvent | CandidateEvent | MediaEvent | FrameEvent | ClosedEvent

@@ -24,7 +24,7 @@ use std::time::Instant;
 use mio::{Poll, Waker};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyTuple};
 
 use crate::io::{Cmd, IoLoop, Shared, WAKER};
 use crate::out::{Out, StatsRow, TrackStats};
@@ -271,16 +271,28 @@ impl Core {
                     arrival,
                     data,
                     pcm,
+                    sender,
                 } => {
                     let arrival = monotonic - now.saturating_duration_since(arrival).as_secs_f64();
                     let data = PyBytes::new(py, &data);
                     let pcm = pcm.map(|pcm| PyBytes::new(py, &pcm));
-                    (
-                        EV_FRAME, peer, mid, pt_mime, time, keyframe, contiguous, spatial,
-                        temporal, arrival, data, pcm,
-                    )
-                        .into_pyobject(py)?
-                        .into_any()
+                    // 13 fields: past the 12 that PyO3 converts a Rust tuple of
+                    let fields = [
+                        EV_FRAME.into_pyobject(py)?.into_any(),
+                        peer.into_pyobject(py)?.into_any(),
+                        mid.into_pyobject(py)?.into_any(),
+                        pt_mime.into_pyobject(py)?.into_any(),
+                        time.into_pyobject(py)?.into_any(),
+                        keyframe.into_pyobject(py)?.to_owned().into_any(),
+                        contiguous.into_pyobject(py)?.to_owned().into_any(),
+                        spatial.into_pyobject(py)?.into_any(),
+                        temporal.into_pyobject(py)?.into_any(),
+                        arrival.into_pyobject(py)?.into_any(),
+                        data.into_any(),
+                        pcm.into_pyobject(py)?.into_any(),
+                        sender.into_pyobject(py)?.into_any(),
+                    ];
+                    PyTuple::new(py, fields)?.into_any()
                 }
                 Out::Closed { peer, error } => {
                     (EV_CLOSED, peer, error).into_pyobject(py)?.into_any()

@@ -82,6 +82,9 @@ pub enum Out {
         data: Arc<[u8]>,
         /// The frame decoded to 48 kHz stereo s16le, if the peer decodes Opus (empty: libopus refused it).
         pcm: Option<Vec<u8>>,
+        /// The latest RTCP sender report received before the frame: its NTP time (Unix nanoseconds) and the RTP
+        /// timestamp (32 bits, as sent) of the same instant; None before the first one.
+        sender: Option<(u64, u32)>,
     },
     Closed {
         peer: u64,

@@ -2,7 +2,7 @@
 //! decoded to PCM) and when a keyframe is asked for. Knows nothing of sockets or of driving str0m.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use str0m::format::{Codec, CodecExtra};
 use str0m::media::{MediaData, Mid};
@@ -170,8 +170,17 @@ impl Track {
             }
             .map_or_else(|| Arc::clone(&data.data), Arc::from),
             pcm,
+            sender: data
+                .last_sender_info
+                .map(|sr| (unix_nanos(sr.ntp_time), sr.rtp_time.numer() as u32)),
         });
     }
+}
+
+/// A sender report's NTP time in nanoseconds since the Unix epoch (0 if before it).
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The lower-case MIME type of a str0m codec.

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
+import json
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from trackegress.errors import ConfigError, RequestError
 from trackegress.info import is_ended, recorded_track_id
 from trackegress.logs import setup_logging
 from trackegress.manager import EgressManager
+from trackegress.mux import MuxError, mux
 from trackegress.ops.metrics import Metrics
 from trackegress.ops.ports import listen_unix, ops_socket, serve_ops
 from trackegress.reporting.store import Store
@@ -109,6 +111,11 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument("--json", action="store_true", help="print the ListEgressResponse as JSON")
     stop = commands.add_parser("stop", parents=[client], help="StopEgress")
     stop.add_argument("egress_id", help="EG_...")
+    joined = commands.add_parser("mux", help="join one participant's audio and video track files into one, in sync, "
+                                 "without transcoding (their manifests beside them)")
+    joined.add_argument("--output", type=Path, required=True, help="OUT.webm / .mkv (VP8, VP9, AV1) or .mp4 (H.264, "
+                        "H.265)")
+    joined.add_argument("files", type=Path, nargs="+", help="the track egress outputs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or "info")
     if args.command == "record":
         return _record_main(args)
+    if args.command == "mux":
+        return _mux_main(args)
     return _client_main(args)
+
+
+def _mux_main(args: argparse.Namespace) -> int:
+    """Print ``{"output": ..., "offsets": {file: seconds}, "packets": n}``; exit 2 with the reason if refused."""
+    try:
+        result = mux(args.output, args.files)
+    except MuxError as exc:
+        print(f"trackegress mux: {exc}", file=sys.stderr)
+        return 2
+    offsets = {str(path): offset for path, offset in result.offsets.items()}
+    print(json.dumps({"output": str(result.path), "offsets": offsets, "packets": result.packets}))
+    return 0
 
 
 def _record_main(args: argparse.Namespace) -> int:
@@ -197,7 +218,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         return 2
     redis_password = cluster.redis.password if cluster else ""
     setup_logging(args.log_level or config.log_level, json_lines=config.log_json,
-                   secrets=(config.egress.api_secret, redis_password))
+                   secrets=(*config.egress.log_secrets, redis_password))
     index = child_index()
     if index is not None:  # one of the node's egress processes, behind the API process
         child = dataclasses.replace(config, data_dir=child_dir(config.data_dir, index), health_port=0,
@@ -291,7 +312,7 @@ def _worker_main(args: argparse.Namespace) -> int:
         print(f"trackegress: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.service.log_level, json_lines=config.service.log_json,
-                   secrets=(config.service.egress.api_secret, config.redis.password))
+                   secrets=(*config.service.egress.log_secrets, config.redis.password))
     index, processes = child_index(), config.service.processes
     if index is None and processes > 1:  # the supervisor: one worker process per core (or as configured)
         argv = ["worker", "--shutdown-grace", str(args.shutdown_grace)]

@@ -15,6 +15,7 @@ from trackegress.request import check_webhook_url
 from trackegress.room.transport import MEDIA_PROTOCOLS
 from trackegress.sinks.layers import TOP_LAYER_WAIT
 from trackegress.sinks.pcm import SAMPLE_RATES
+from trackegress.sinks.wsauth import parse_headers
 from trackegress.storage.settings import StorageSettings
 
 __all__ = ["Config", "ConfigError", "ServiceConfig", "SessionLimits", "load_service_config", "parse_duration"]
@@ -33,6 +34,7 @@ class Config:
     top_layer_wait: float = TOP_LAYER_WAIT  # seconds of media a simulcast/SVC recording waits for its top layer
     websocket_sample_rate: int = 48_000
     websocket_channels: int = 2
+    websocket_headers: tuple[tuple[str, str], ...] = ()  # ``websocket.headers``: sent on every dial, never logged
     media_protocols: tuple[str, ...] = MEDIA_PROTOCOLS  # ICE candidates we gather: UDP host, active TCP (RFC 6544)
     storage: StorageSettings | None = None  # uploads (storage: / backup:); None keeps files in local_dir
 
@@ -55,6 +57,13 @@ class Config:
         if not self.media_protocols or not set(self.media_protocols) <= set(MEDIA_PROTOCOLS):
             raise ConfigError(INVALID_ARGUMENT, "media_protocols must list udp, tcp or both, got "
                               f"{list(self.media_protocols)!r}")
+
+    @property
+    def log_secrets(self) -> tuple[str, ...]:
+        """What no log line may show: the API secret and the configured WebSocket header values (those of 8
+        characters or more: replacing a short value such as ``1`` everywhere would garble every line; header lines
+        are not logged at all, ``sinks/wslink.py``)."""
+        return (self.api_secret, *(value for _, value in self.websocket_headers if len(value) >= 8))
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -135,13 +144,14 @@ def load_service_config(
     webhook = raw.section("webhook")
     webhook.warn_unknown(frozenset({"api_key", "urls"}))
     websocket = raw.section("websocket")
-    websocket.warn_unknown(frozenset({"sample_rate", "channels"}))
+    websocket.warn_unknown(frozenset({"sample_rate", "channels", "headers"}))
     egress_values: dict[str, Any] = {
         "ws_url": raw.text("ws_url") or env.get("LIVEKIT_WS_URL") or env.get("LIVEKIT_URL", ""),
         "api_key": raw.text("api_key") or env.get("LIVEKIT_API_KEY", ""),
         "api_secret": raw.text("api_secret") or env.get("LIVEKIT_API_SECRET", ""),
         "websocket_sample_rate": websocket.integer("sample_rate", 48_000),
         "websocket_channels": websocket.integer("channels", 2),
+        "websocket_headers": parse_headers(websocket.section("headers").values, websocket.name("headers")),
     }
     if "local_dir" in raw:
         egress_values["local_dir"] = Path(raw.text("local_dir"))

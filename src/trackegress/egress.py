@@ -29,6 +29,7 @@ from trackegress.room.transport import Reception
 from trackegress.sinks.base import Sink
 from trackegress.sinks.file import FileSink
 from trackegress.sinks.websocket import SinkStats, WebSocketSink
+from trackegress.sinks.wsauth import Caller
 from trackegress.storage.settings import SECRET_FIELDS
 from trackegress.storage.uploader import Uploader
 
@@ -259,6 +260,7 @@ class Egress:
         if self._request.WhichOneof("output") == "websocket_url":
             stream = StreamOutput.create(
                 self._request.websocket_url, codec, self._config,
+                Caller(self.egress_id, self._request.room_name, self._request.track_id),
                 on_error=lambda exc: self._finish(SOURCE_CLOSED, str(exc)), on_delay=self._on_delay,
                 catch_up=subscriber.deliver_received, stream_sink=self._parts.stream_sink,
             )

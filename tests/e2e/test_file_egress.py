@@ -73,7 +73,8 @@ async def test_published_frames_are_recorded_byte_for_byte(
     info, sent, track = await record_while_publishing(livekit_server, await make_room(), sample_media[codec], tmp_path)
 
     assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
-    assert info.details == "End reason: Source closed"
+    end_reason, sync_details = info.details.split("; sync: ")
+    assert end_reason == "End reason: Source closed"
     result = info.file_results[0]
     assert result.filename.startswith(f"{track}-") and result.filename.endswith(f".{EXTENSIONS[codec]}")
     out = tmp_path / result.filename
@@ -92,6 +93,12 @@ async def test_published_frames_are_recorded_byte_for_byte(
     assert manifest["track_id"] == track and manifest["publisher_identity"] == "alice"
     assert manifest["files"] == [{"filename": result.filename, "location": result.location}]
     assert info.manifest_location == str((tmp_path / f"{info.egress_id}.json").resolve())
+    sync = manifest["sync"]  # aiortc sends sender reports: the first sample placed on its (this machine's) clock
+    assert (sync["source"], sync["clock_rate"]) == ("sender_report", 48_000 if codec == "opus" else 90_000)
+    assert sync_details == (f"capture_start_ns={sync['capture_start_ns']} source=sender_report "
+                            f"clock_rate={sync['clock_rate']} first_rtp_timestamp={sync['first_rtp_timestamp']}")
+    print("capture start - file started_at (ms):", (sync["capture_start_ns"] - result.started_at) / 1e6)
+    assert abs(sync["capture_start_ns"] - result.started_at) < 200_000_000, "captured just before it arrived"
 
 
 @pytest.mark.parametrize("codec", ["opus", "vp8"])

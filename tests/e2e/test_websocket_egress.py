@@ -45,11 +45,13 @@ def websocket_request(room: str, track: str, url: str) -> egress.TrackEgressRequ
 
 
 async def stream_while_publishing(
-    server: LiveKitServer, room: str, path: Path, url: str, scenario: Scenario | None = None, *, loop: bool = False
+    server: LiveKitServer, room: str, path: Path, url: str, scenario: Scenario | None = None, *, loop: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> egress.EgressInfo:
     """Publish ``path`` once the recorder has joined, run ``scenario`` (default: the whole file), leave."""
     creds = (server.api_key, server.api_secret)
-    config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret)
+    config = Config(ws_url=server.url, api_key=server.api_key, api_secret=server.api_secret,
+                    websocket_headers=headers)
     async with Publisher(server.url, creds, room, "speaker", path, start_delay=None, loop=loop) as pub:
         job = Egress(websocket_request(room, pub.track_sid, url), config)
         run = asyncio.create_task(job.run())
@@ -197,3 +199,60 @@ async def test_receiver_keepalive_pings_are_answered(
     assert conn.close_code == 1000 and conn.ws.latency > 0  # our pongs answered its pings
     assert len(conn.binary) * 0.01 >= seconds - 1
     assert info.stream_results[0].status == egress.StreamInfo.FINISHED
+
+
+EXAMPLE_RECEIVER = Path(__file__).parents[2] / "examples" / "ws_receiver.py"
+
+
+async def test_receiver_sees_the_configured_headers_and_verifies_the_token(
+    livekit_server: LiveKitServer, make_room: RoomFactory, receiver: Receiver, tone: Path
+) -> None:
+    room = await make_room()
+    info = await stream_while_publishing(livekit_server, room, tone, receiver.url(),
+                                         headers=(("X-Api-Key", "k3y"), ("X-Tenant", "acme")))
+
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    (conn,) = receiver.conns
+    assert (conn.headers["X-Api-Key"], conn.headers["X-Tenant"]) == ("k3y", "acme")
+    verifier = api.TokenVerifier(livekit_server.api_key, livekit_server.api_secret)
+    claims = verifier.verify(conn.headers["Authorization"].removeprefix("Bearer "))
+    assert (claims.identity, claims.video and claims.video.room) == (info.egress_id, room)
+    assert claims.attributes == {"egress_id": info.egress_id, "room": room, "track_id": info.track.track_id}
+
+
+async def _example_receiver(key: str, secret: str) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    env = {**os.environ, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(EXAMPLE_RECEIVER), str(port), env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return proc, port
+    proc.kill()
+    raise AssertionError("the example receiver did not start")
+
+
+@pytest.mark.parametrize("right_secret", [True, False], ids=["egress-accepted", "wrong-secret-rejected"])
+async def test_example_receiver_accepts_the_egress_and_rejects_a_stranger(
+    livekit_server: LiveKitServer, make_room: RoomFactory, tone: Path, right_secret: bool
+) -> None:
+    secret = livekit_server.api_secret if right_secret else "not-the-secret-of-this-livekit-server"
+    proc, port = await _example_receiver(livekit_server.api_key, secret)
+    try:
+        info = await stream_while_publishing(livekit_server, await make_room(), tone, f"ws://127.0.0.1:{port}/pcm")
+    finally:
+        proc.terminate()
+        out = (await proc.communicate())[0].decode()
+    if right_secret:
+        assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+        assert f"egress {info.egress_id} room {info.room_name} track {info.track.track_id}\n" in out
+        assert int(out.split("pcm bytes ")[1].split()[0]) > 2.5 * BYTES_PER_SECOND
+    else:
+        assert egress.EgressStatus.Name(info.status) == "EGRESS_FAILED"
+        assert "HTTP 401" in info.error, info.error
+        assert "egress" not in out

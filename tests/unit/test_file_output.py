@@ -151,7 +151,7 @@ async def test_partial_file_and_audio_gaps(tmp_path: Path) -> None:
     assert output.loss_details() == "" and output.failure() is None
     details = output.closed_details()
     assert details.startswith("; audio: 10 of ")
-    assert details.endswith(" frames missing on the timeline (loss, DTX or mute)")
+    assert " frames missing on the timeline (loss, DTX or mute); sync: capture_start_ns=" in details
 
 
 def test_a_write_error_names_the_cause_not_the_path(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ RANKS = {
     "trackegress.media": 1, "trackegress.psrpc": 1,
     "trackegress.sinks": 2, "trackegress.storage": 2, "trackegress.room": 2,
     "trackegress.config": 3, "trackegress.request": 3, "trackegress.roomservice": 3, "trackegress.dispatcher": 3,
+    "trackegress.mux": 3,
     "trackegress.reporting": 4, "trackegress.outputs": 4,
     "trackegress.egress": 5,
     "trackegress.manager": 6,

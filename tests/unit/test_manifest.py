@@ -4,6 +4,7 @@ import json
 
 from livekit.protocol import egress
 
+from trackegress.media.sync import SyncInfo
 from trackegress.outputs.manifest import build_manifest
 
 
@@ -34,8 +35,11 @@ def test_manifest_has_every_field_in_order() -> None:
         "track_kind": "audio",
         "track_source": "microphone",
         "files": [{"filename": "rec/TR_1.ogg", "location": "/data/rec/TR_1.ogg"}],
+        "codec": "",
+        "sync": None,
     }
-    keys = "egress_id room_id room_name started_at ended_at publisher_identity track_id track_kind track_source files"
+    keys = ("egress_id room_id room_name started_at ended_at publisher_identity track_id track_kind track_source files"
+            " codec sync")
     assert list(json.loads(data)) == keys.split()
 
 
@@ -45,3 +49,19 @@ def test_manifest_is_indented_utf8() -> None:
     assert data.startswith(b'{\n  "egress_id": "EG_2",\n')
     assert '"publisher_identity": "zoë"'.encode() in data
     assert b'"files": []' in data
+
+
+def test_manifest_carries_the_codec_and_the_sync_fields() -> None:
+    sync = SyncInfo(1_700_000_000_123_456_789, "sender_report", 48_000, 4_000_000_000, (1_700_000_000_100_000_000, 7))
+    data = json.loads(build_manifest(_info(), publisher_identity="a", track_id="TR_1", track_kind="audio",
+                                     track_source="microphone", codec="audio/opus", sync=sync))
+    assert data["codec"] == "audio/opus"
+    assert data["sync"] == {
+        "capture_start_ns": 1_700_000_000_123_456_789,
+        "capture_start": "2023-11-14T22:13:20.123456789Z",
+        "source": "sender_report",
+        "clock_rate": 48_000,
+        "first_rtp_timestamp": 4_000_000_000,
+        "sender_report": {"ntp_ns": 1_700_000_000_100_000_000, "rtp_timestamp": 7},
+    }
+    assert SyncInfo.from_json(data["sync"]) == sync

@@ -15,6 +15,7 @@ from trackegress.media.frames import Codec
 from trackegress.outputs.stream import StreamOutput
 from trackegress.sinks.pcm import ClockStats
 from trackegress.sinks.websocket import SinkStats
+from trackegress.sinks.wsauth import Caller
 
 
 def _config(tmp_path: Path) -> Config:
@@ -22,8 +23,8 @@ def _config(tmp_path: Path) -> Config:
 
 
 def _create(tmp_path: Path, url: str, codec: Codec = Codec.OPUS, **sink: Any) -> StreamOutput:
-    return StreamOutput.create(url, codec, _config(tmp_path), on_error=lambda exc: None, on_delay=None,
-                               catch_up=lambda: None, **sink)
+    return StreamOutput.create(url, codec, _config(tmp_path), Caller("EG_1", "room", "TR_1"),
+                               on_error=lambda exc: None, on_delay=None, catch_up=lambda: None, **sink)
 
 
 def _closed_port() -> int:

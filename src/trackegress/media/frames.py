@@ -51,7 +51,8 @@ class EncodedFrame:
     ``spatial_layer`` / ``temporal_layer`` are the SVC / simulcast layer ids where the codec carries them
     (VP8 temporal, VP9 spatial and temporal), 0 otherwise. ``pcm`` is the Opus frame decoded to 48 kHz
     interleaved stereo s16le by the media core when asked to (``MediaTransport.decode_opus``; empty if
-    libopus refused it), None otherwise.
+    libopus refused it), None otherwise. ``sender_report`` is the latest RTCP sender report received before the frame,
+    (its NTP time in Unix ns, its RTP timestamp in 32 bits), None before the first one (``media/sync.py``).
     """
 
     data: bytes
@@ -62,3 +63,4 @@ class EncodedFrame:
     spatial_layer: int = 0
     temporal_layer: int = 0
     pcm: bytes | None = None
+    sender_report: tuple[int, int] | None = None

@@ -107,14 +107,16 @@ class FileOutput:
         return f"; video: {stats.summary()}"
 
     def closed_details(self) -> str:
-        """``; audio: 12 of 750 frames missing ...``: frames missing from the file's timeline (kept there as gaps),
-        once the file is closed."""
+        """Once the file is closed: ``; audio: 12 of 750 frames missing ...`` (frames missing from the file's
+        timeline, kept there as gaps), then ``; sync: ...`` (when its first sample was captured: ``SyncInfo``)."""
+        sync = self.sink.sync
+        details = sync.details() if sync is not None else ""
         if self.codec.is_video or not self.sink.gap_frames:
-            return ""
+            return details
         total = self.sink.frames + self.sink.gap_frames
         summary = f"{self.sink.gap_frames} of {total} frames missing on the timeline (loss, DTX or mute)"
         log.info("egress %s: audio: %s", self.egress_id, summary)
-        return f"; audio: {summary}"
+        return f"; audio: {summary}{details}"
 
     def failure(self) -> str | None:
         """A file fails through its writes (``write_error``), never on its own."""
@@ -178,6 +180,8 @@ class FileOutput:
             track_id=track.sid,
             track_kind=_track_kind(track),
             track_source=models.TrackSource.Name(track.source).lower(),
+            codec=self.codec.mime,
+            sync=self.sink.sync,
         )
         try:
             await asyncio.to_thread(_write_whole, path, body)

@@ -6,11 +6,15 @@ import json
 
 from livekit.protocol.egress import EgressInfo
 
+from trackegress.media.sync import SyncInfo
+
 
 def build_manifest(
-    info: EgressInfo, *, publisher_identity: str, track_id: str, track_kind: str, track_source: str
+    info: EgressInfo, *, publisher_identity: str, track_id: str, track_kind: str, track_source: str, codec: str = "",
+    sync: SyncInfo | None = None,
 ) -> bytes:
-    """Upstream's manifest fields for ``info`` plus its files, with the publisher fields filled in (UTF-8 JSON)."""
+    """Upstream's manifest fields for ``info`` plus its files, with the publisher fields filled in, and ours: the
+    track's ``codec`` (MIME type) and ``sync`` (``SyncInfo.to_json``; null if nothing was written) (UTF-8 JSON)."""
     manifest = {
         "egress_id": info.egress_id,
         "room_id": info.room_id,
@@ -22,5 +26,7 @@ def build_manifest(
         "track_kind": track_kind,
         "track_source": track_source,
         "files": [{"filename": f.filename, "location": f.location} for f in info.file_results],
+        "codec": codec,
+        "sync": None if sync is None else sync.to_json(),
     }
     return json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")

@@ -13,6 +13,7 @@ from trackegress.errors import INVALID_ARGUMENT, EgressFailure
 from trackegress.media.frames import Codec
 from trackegress.sinks.file import write_error
 from trackegress.sinks.websocket import SinkStats, WebSocketSink
+from trackegress.sinks.wsauth import Caller, caller_headers
 from trackegress.sinks.wslink import WebSocketSinkError
 
 StreamSinkFactory = Callable[..., WebSocketSink]
@@ -27,11 +28,12 @@ class StreamOutput:
 
     @classmethod
     def create(
-        cls, url: str, codec: Codec, config: Config, *, on_error: Callable[[Exception], None],
+        cls, url: str, codec: Codec, config: Config, caller: Caller, *, on_error: Callable[[Exception], None],
         on_delay: Callable[[float], None] | None, catch_up: Callable[[], None],
         stream_sink: StreamSinkFactory = WebSocketSink,
     ) -> StreamOutput:
-        """The stream for ``url`` (``EgressFailure`` if the codec is video); ``start`` dials it."""
+        """The stream for ``url`` (``EgressFailure`` if the codec is video); ``start`` dials it, with the configured
+        headers and a token signed for ``caller``."""
         if codec.is_video:
             raise EgressFailure(INVALID_ARGUMENT, f"format websocket incompatible with codec {codec.mime}")
         sink = stream_sink(
@@ -42,6 +44,7 @@ class StreamOutput:
             on_error=on_error,
             on_delay=on_delay,
             catch_up=catch_up,
+            headers=caller_headers(config.websocket_headers, config.api_key, config.api_secret, caller),
         )
         return cls(sink, config.local_dir.resolve())
 

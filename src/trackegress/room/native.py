@@ -197,8 +197,8 @@ class NativeTransport:
     # events from the core
 
     def queue_frame(self, event: FrameEvent) -> None:
-        _, _, mid, _, timestamp, keyframe, contiguous, spatial, temporal, arrival, data, pcm = event
-        frame = EncodedFrame(data, timestamp, keyframe, arrival, contiguous, spatial, temporal, pcm)
+        _, _, mid, _, timestamp, keyframe, contiguous, spatial, temporal, arrival, data, pcm, report = event
+        frame = EncodedFrame(data, timestamp, keyframe, arrival, contiguous, spatial, temporal, pcm, report)
         pending = self._pending.get(mid)
         if pending is None:
             self._pending[mid] = [frame]

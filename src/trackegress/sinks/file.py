@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trackegress.media.continuity import ContinuityStats, KeyframeGate
 from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.media.sync import SenderClock, SyncInfo
 from trackegress.sinks.layers import TOP_LAYER_WAIT, LayerWatch, Size, TopLayerStart
 from trackegress.sinks.muxer import Muxer
 
@@ -43,8 +44,10 @@ class FileSink:
         self._last: EncodedFrame | None = None  # video: written once the next frame shows it is not superseded
         self._same_instant = int(SAME_INSTANT * codec.clock_rate)
         self.superseded = 0
+        self._clock = SenderClock(codec.clock_rate)
 
     def write(self, frame: EncodedFrame) -> None:
+        self._clock.see(frame)
         if not self._gate.admit(frame):
             return
         if self._start.started:
@@ -88,6 +91,12 @@ class FileSink:
     def _write_video(self, frame: EncodedFrame) -> None:
         self._layers.see(frame)
         self._muxer.write(frame)
+
+    @property
+    def sync(self) -> SyncInfo | None:
+        """When the file's first sample was captured (None while nothing is written)."""
+        first = self._muxer.first
+        return None if first is None else self._clock.info(first)
 
     @property
     def continuity(self) -> ContinuityStats:

@@ -47,6 +47,7 @@ class Muxer:
         self._stream: Stream | None = None
         self._pts_shift = 0
         self._first_ts = 0
+        self.first: EncodedFrame | None = None  # the frame at the file's time 0
         self._last_ts = -1
         self._last_duration = 0
         self._last_toc = 0
@@ -108,6 +109,7 @@ class Muxer:
             self._stream.time_base = self._time_base
         self._container = container
         self._first_ts = frame.timestamp
+        self.first = frame
         return True
 
     def _opus_stream(self, container: OutputContainer) -> Stream:

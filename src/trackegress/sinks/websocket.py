@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from livekit.protocol import egress
@@ -61,6 +61,7 @@ class WebSocketSink:
     ``on_delay`` gets, for every PCM message sent, the seconds since its audio arrived (or was due).
     ``catch_up`` delivers (``write``) frames already received but not yet handed over: called before silence
     fills in for late media, as an event loop that ran late may run this timer before the frames' I/O.
+    ``headers`` gives the extra headers of each dial (``wsauth.caller_headers``: who calls, signed).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class WebSocketSink:
         on_error: Callable[[WebSocketSinkError], None] | None = None,
         on_delay: Callable[[float], None] | None = None,
         catch_up: Callable[[], None] | None = None,
+        headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         validate_websocket_url(url)
         self.url = url
@@ -94,6 +96,7 @@ class WebSocketSink:
             open_timeout=open_timeout,
             close_timeout=close_timeout,
             resend=MUTED,
+            headers=headers,
             on_fail=self._link_failed,
             on_delay=on_delay,
         )

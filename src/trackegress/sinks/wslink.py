@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from urllib.parse import urlsplit
 
 from livekit.protocol import egress
@@ -30,6 +30,17 @@ from trackegress.backoff import Backoff
 from trackegress.redact import redact_url
 
 log = logging.getLogger(__name__)
+
+
+class _NoHeaders(logging.Filter):
+    """Drops websockets' debug lines of the handshake's headers (``> Authorization: ...``): ours carry secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in ("> %s: %s", "< %s: %s")
+
+
+_wire_log = logging.getLogger(f"{__name__}.wire")  # the websockets connection's own lines, headers left out
+_wire_log.addFilter(_NoHeaders())
 
 CONTENT_TYPE = "audio/x-raw"
 WRITE_BATCH = 16  # messages per transport write: ~30 KB, about websockets' default write limit (32 KiB)
@@ -106,6 +117,7 @@ class WebSocketLink:
     while audio waits, the link is FAILED: ``on_fail`` is called and ``failed`` resolves with the error.
     ``resend``: a text frame that, when it was the last one written, goes first on a new connection.
     ``on_delay`` gets, for every audio message written, the seconds since it was ready.
+    ``headers`` gives the extra handshake headers of each dial (never logged).
     """
 
     def __init__(
@@ -119,6 +131,7 @@ class WebSocketLink:
         open_timeout: float,
         close_timeout: float,
         resend: str | None = None,
+        headers: Callable[[], Mapping[str, str]] | None = None,
         on_fail: Callable[[WebSocketSinkError], None] | None = None,
         on_delay: Callable[[float], None] | None = None,
     ) -> None:
@@ -131,6 +144,7 @@ class WebSocketLink:
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
         self._resend = resend
+        self._headers = headers
         self._on_fail = on_fail
         self._on_delay = on_delay
         self._queue: collections.deque[Message] = collections.deque()
@@ -251,12 +265,13 @@ class WebSocketLink:
         ping_interval, ping_timeout = self._ping
         return connect(
             self.url,
-            additional_headers={"Content-Type": CONTENT_TYPE},
+            additional_headers={"Content-Type": CONTENT_TYPE, **(self._headers() if self._headers else {})},
             compression=None,
             open_timeout=timeout,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=self._close_timeout,
+            logger=_wire_log,
         )
 
     def _attach(self, conn: ClientConnection) -> None:
