@@ -60,7 +60,7 @@ def packets(path: Path, kind: str) -> list[bytes]:
 
 
 @pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
-@pytest.mark.xdist_group("clock")
+@pytest.mark.xdist_group("cpu")  # end to end: not beside the multi-host tests
 @pytest.mark.parametrize(("codec", "suffix"), [("VP8", ".webm"), ("H264", ".mp4")])
 async def test_two_egresses_started_apart_mux_into_one_synced_file(
     livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path, codec: str, suffix: str

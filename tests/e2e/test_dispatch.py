@@ -72,7 +72,7 @@ async def egresses_of(client: api.LiveKitAPI, room: str, count: int, *statuses: 
 
 
 @pytest.mark.timing
-@pytest.mark.xdist_group("clock")
+@pytest.mark.xdist_group("cpu")  # end to end: not beside the multi-host tests
 @pytest.mark.parametrize(("tracks", "auto", "sent_path"), [
     # livekit-server puts `-{track_id}` before the path's first dot (here a directory's); disable_manifest is dropped
     (2, egress.AutoTrackEgress(filepath="auto.v1/{room_name}/tone.ogg", disable_manifest=True),

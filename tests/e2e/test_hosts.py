@@ -40,6 +40,8 @@ from support.usage import Usage, sample
 from support.worker_process import Worker
 
 Status = egress.EgressStatus
+# In the cpu lane, one e2e test at a time (see test_hosts_outages.py).
+pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("cpu")]
 
 
 async def test_short_cut_of_everything_ends_complete_with_the_gap_told(

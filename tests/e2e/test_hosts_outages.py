@@ -28,9 +28,9 @@ from support.site import (
 from support.usage import Usage, sample
 
 Status = egress.EgressStatus
-# Alone in the cpu lane: in the full parallel run the Redis-away recording got no media for most of the cut in 2 of
-# 3 runs (2.4 s and 4.8 s of 34-40 s, no loss counted; once not even ACTIVE within 20 s), never alone nor beside two
-# CPU burners (5 runs). Not explained yet: see the note.
+# In the cpu lane, one e2e test at a time: a host's veth puts an address in the root namespace, where every other
+# test's ICE agents (our media core, aiortc) gather candidates; when the host goes, a pair nominated on it dies
+# (seen in the full parallel run: recordings that got no media, "Start signal not received").
 pytestmark = [pytest.mark.timing, pytest.mark.xdist_group("cpu")]
 SHUTDOWN_MARGIN = 10.0  # past the grace: leaving the room (1 s), reports (5 s), unsubscribing (2 s each), closing
 
