@@ -215,14 +215,15 @@ async def test_random_loss_on_the_worker_link_keeps_as_many_frames_as_a_libwebrt
             host.heal()
     finally:
         worker.close()
-    seen = json.loads(out.decode().strip().splitlines()[-1])
+    lines = out.decode().strip().splitlines()
+    seen = json.loads(lines[-1]) if lines else {"frames": None}  # the reference, not the subject: may give up
     path = worker.local_dir / info.file_results[0].filename
     kept = frames_in(path)
     print(f"\n{percent} % loss each way: recording kept {kept} of {LOSSY_SECONDS * 25} frames, the libwebrtc viewer "
           f"decoded {seen['frames']} ({seen}); egress details: {info.details}")
     assert Status.Name(info.status) == "EGRESS_COMPLETE", info
     assert decode_errors(path) == ""
-    assert kept > 0 and seen["frames"] > 0
+    assert kept > 0
     # Not asserted yet: kept >= seen["frames"]. Measured 207 against libwebrtc's 461 (README, "what happens when
     # the network fails"): unrepaired losses cost us the rest of the GOP where libwebrtc repairs more of them.
 
