@@ -29,6 +29,7 @@ from trackegress.sinks.pcm import ClockStats
 # timing: run after the parallel run, on their own (rates compared with the viewer; a browser is CPU-heavy)
 pytestmark = [pytest.mark.xdist_group("cpu"), pytest.mark.timing]
 CAMERA = (1280, 720)  # the fake camera with the SDK's default capture (h720): the top simulcast layer
+CAMERA_FPS = 20  # its frame rate
 WINDOW = 6.0  # seconds of media recorded per test (the machine is shared: short windows, relative tolerances)
 TOP_WAIT = 12.0  # seconds of media the video recording may wait for the top layer (egress.yaml top_layer_wait)
 
@@ -241,12 +242,14 @@ def check_recordings(session: Session, files: Path, video_ext: str) -> list[tupl
     frames = frames_of(video)
     if frames[0][:2] != session.top:  # only where the publisher did not keep sending its top layer at full size
         assert session.top_gaps, f"first frame {frames[0][:2]}, though the publisher sent {session.top} throughout"
-    # Same rates over the same span: frames per second of media over the file, decoded by the viewer over the span
-    # that ended with the file (the publisher stopped right after the last sample); seconds of audio per second.
+    # Rates over the same span: frames per second of media over the file, decoded by the viewer over the span that
+    # ended with the file (the publisher stopped right after the last sample). At least the viewer's rate (the SFU
+    # may forward the viewer fewer temporal layers, or its decoder skip frames under load: 17.5 fps against the
+    # file's 20.1 once in CI), at most the camera's (a frame written twice would show here).
     seconds = frames[-1][2] - frames[0][2]
     recorded_fps = (len(frames) - 1) / seconds
     viewer_fps = decoded_fps(session.viewer_decoded, seconds)
-    assert recorded_fps == pytest.approx(viewer_fps, rel=0.05), (recorded_fps, viewer_fps)
+    assert 0.95 * viewer_fps <= recorded_fps <= 1.05 * CAMERA_FPS, (recorded_fps, viewer_fps)
     # Audio: all the viewer received is in the file, on the real-time line. (Not "as much as": after a stall of its
     # own, the viewer's jitter buffer drops samples to catch up, where the file keeps the timeline: 6.58 s vs 6.17.)
     seconds = audio_seconds(audio)
