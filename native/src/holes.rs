@@ -11,8 +11,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How long a hole may still be repaired; str0m gives a missing video packet up after 400 ms.
-pub const HOLE_LIFETIME: Duration = Duration::from_millis(450);
+/// How long a hole may still be repaired; str0m gives a missing video packet up after 600 ms.
+pub const HOLE_LIFETIME: Duration = Duration::from_millis(650);
 /// A jump of more sequence numbers than this is a new stream position, not a loss.
 const MAX_GAP: u16 = 1000;
 

@@ -5,6 +5,7 @@
 
 mod holes;
 mod io;
+mod nack;
 mod net;
 mod opus;
 mod out;

@@ -12,6 +12,7 @@ use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
+use crate::nack::NackClock;
 use crate::net::Net;
 use crate::out::{Out, TrackStats};
 use crate::track::Track;
@@ -34,10 +35,11 @@ pub struct Peer {
     pub done: bool,
     /// Opus frames are handed over decoded too.
     decode_opus: bool,
+    nack_clock: NackClock,
 }
 
 /// The str0m configuration every peer uses: the codecs LiveKit offers that we can record; a missing packet is
-/// waited for long enough for one NACK round trip (NACKs go out every 33 ms; audio: 150 ms, video: 400 ms).
+/// waited for 150 ms (audio: one NACK round trip) or 600 ms (video: 5 NACKs paced as `nack` does).
 pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
     let mut config = Rtc::builder()
         .enable_opus(true, true)
@@ -51,7 +53,7 @@ pub fn build_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
         .set_reordering_size_audio(10)
         .set_reordering_timeout_audio(Some(Duration::from_millis(150)))
         .set_reordering_size_video(250)
-        .set_reordering_timeout_video(Some(Duration::from_millis(400)))
+        .set_reordering_timeout_video(Some(Duration::from_millis(600)))
         .set_stats_interval(Some(Duration::from_secs(1)));
     if let Some(cert) = cert {
         config = config.set_dtls_cert(cert);
@@ -90,6 +92,7 @@ impl Peer {
             closing: None,
             done: false,
             decode_opus: false,
+            nack_clock: NackClock::default(),
         }
     }
 
@@ -150,11 +153,11 @@ impl Peer {
         let Ok(receive) = Receive::new(proto, source, local, packet) else {
             return true; // not STUN, DTLS, RTP or RTCP
         };
-        if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
+        self.note_rtp(packet, now); // first: a hole this packet shows is NACKed in the same input
+        if let Err(e) = self.input(Input::Receive(now, receive), now) {
             self.fail(format!("input: {e}"), out);
             return false;
         }
-        self.note_rtp(packet, now);
         self.drain(now, out);
         true
     }
@@ -178,7 +181,7 @@ impl Peer {
         let Some(track) = self.tracks.get_mut(&mid) else {
             return;
         };
-        if track.nack && rtx.is_none() && track.nack_ssrc != Some(ssrc) {
+        if !track.is_video() && track.nack && rtx.is_none() && track.nack_ssrc != Some(ssrc) {
             // str0m only NACKs streams with an RTX stream; livekit-server resends Opus on its own SSRC.
             // (Looked up by mid: that also makes str0m re-check whether any stream needs NACK timers.)
             if let Some(stream) = api.stream_rx_by_mid(mid, None) {
@@ -295,11 +298,50 @@ impl Peer {
                 }
             }
         }
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+        if let Err(e) = self.input(Input::Timeout(now), now) {
             self.fail(format!("timeout: {e}"), out);
             return;
         }
         self.drain(now, out);
+    }
+
+    /// Hand str0m an input (each runs its timers, NACKs included), with the video tracks' NACKs paced (`nack`).
+    fn input(&mut self, input: Input, now: Instant) -> Result<(), RtcError> {
+        let tick = self.pace_nacks(now);
+        self.rtc.handle_input(input)?;
+        if tick {
+            for track in self.tracks.values_mut() {
+                if track.nack_gate.applied == Some(true) {
+                    track.nack_gate.ticked(now, track.holes.open() > 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Open or close each video track's NACKs by its gate (`nack`); whether the timeout at `now` is a NACK tick.
+    fn pace_nacks(&mut self, now: Instant) -> bool {
+        let mut api = self.rtc.direct_api();
+        let mut any = false;
+        for (mid, track) in &mut self.tracks {
+            if !track.is_video() {
+                any |= track.nack_ssrc.is_some();
+                continue;
+            }
+            let open = track.nack_gate.open(now);
+            if track.nack_gate.applied != Some(open) {
+                // NACK negotiated (known from the first frame) or an RTX stream (known before: str0m NACKs then).
+                match api.stream_rx_by_mid(*mid, None) {
+                    Some(stream) if track.nack || stream.rtx().is_some() => {
+                        stream.suppress_nack(!open);
+                        track.nack_gate.applied = Some(open);
+                    }
+                    _ => {}
+                }
+            }
+            any |= track.nack_gate.applied == Some(true);
+        }
+        self.nack_clock.tick(now, any)
     }
 
     fn request_keyframes(&mut self, now: Instant) {

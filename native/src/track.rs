@@ -9,6 +9,7 @@ use str0m::media::{MediaData, Mid};
 use str0m::stats::MediaIngressStats;
 
 use crate::holes::{Holes, HOLE_LIFETIME};
+use crate::nack::NackGate;
 use crate::opus::OpusDecoder;
 use crate::out::{Out, TrackStats};
 
@@ -27,8 +28,10 @@ pub struct Track {
     keyframe_wanted: Option<Instant>,
     /// NACK was negotiated for the codec in use.
     pub nack: bool,
-    /// The SSRC (without RTX) str0m was told to NACK.
+    /// The SSRC (without RTX) str0m was told to NACK (audio; video NACKs go through `nack_gate`).
     pub nack_ssrc: Option<u32>,
+    /// Paces a video track's NACKs (`nack`).
+    pub nack_gate: NackGate,
     last_keyframe_request: Option<Instant>,
     pub holes: Holes,
     /// Decodes the track's Opus to PCM, once the peer was asked to (`Peer::decode_opus`).
@@ -46,6 +49,10 @@ impl Track {
             },
             ..Default::default()
         }
+    }
+
+    pub fn is_video(&self) -> bool {
+        self.video
     }
 
     /// The frame as PCM; empty if libopus refuses it.

@@ -188,44 +188,61 @@ def lossy_h264(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_h264(tmp_path_factory.mktemp("lossy") / "lossy.h264", seconds=LOSSY_SECONDS, fps=25, gop=50)
 
 
-@pytest.mark.parametrize("percent", [5])
-async def test_random_loss_on_the_worker_link_keeps_as_many_frames_as_a_libwebrtc_viewer(
-    site: Site, host: netns.Host, lossy_h264: Path, tmp_path: Path, percent: int,
+LOSS_SWEEP = (2, 5, 10)  # percent of the packets dropped each way
+
+
+async def test_random_loss_on_the_worker_link_keeps_at_least_as_many_frames_as_a_libwebrtc_viewer(
+    site: Site, host: netns.Host, lossy_h264: Path, tmp_path: Path,
 ) -> None:
-    """``percent`` % of the packets dropped at random each way on the worker's host (NACKs and retransmissions
-    too), a publisher that cannot answer a PLI: the recording completes and plays, beside LiveKit's rtc SDK
-    (libwebrtc) decodes on the same link: the figures of both are printed (``pytest -s``) for the README."""
+    """2, 5 and 10 % of the packets dropped at random each way on the worker's host (NACKs and retransmissions
+    too), a publisher that cannot answer a PLI, beside LiveKit's rtc SDK (libwebrtc) decoding on the same link:
+    each recording completes and plays, and over the sweep it keeps no fewer frames than the viewer decoded. The
+    figures are printed (``pytest -s``) for the README."""
     worker = worker_on(host, site, tmp_path / "w", media_protocols=["udp"]).start()
-    creds = (site.server.api_key, site.server.api_secret)
+    rows: list[tuple[int, int, int | None, str]] = []  # (percent, frames kept, frames the viewer decoded, details)
     try:
-        async with room(site) as (client, name):
-            async with Publisher(site.server.url, creds, name, "hal", lossy_h264, start_delay=None,
-                                 prime=True) as hal:
-                viewer = await _viewer(host, site, name, hal.track_sid)
-                started = await client.egress.start_track_egress(file_request(name, hal.track_sid, "lossy.mp4"))
-                joined = f"media connection connected [{started.egress_id}]"
-                await until(lambda: joined in worker.log_text(), timeout=15)
-                await asyncio.sleep(1.5)  # subscriptions negotiated
-                host.drop_random(percent)
-                hal.begin()
-                await asyncio.wait_for(hal.done, LOSSY_SECONDS + 10)
-                await asyncio.sleep(1)
-            info = await wait_status(client, started.egress_id, *ENDED, timeout=20)
-            out, _ = await asyncio.wait_for(viewer.communicate(), 20)
-            host.heal()
+        for percent in LOSS_SWEEP:
+            kept, seen, details = await _record_under_loss(site, host, worker, lossy_h264, percent)
+            rows.append((percent, kept, seen, details))
     finally:
+        host.heal()
         worker.close()
-    lines = out.decode().strip().splitlines()
-    seen = json.loads(lines[-1]) if lines else {"frames": None}  # the reference, not the subject: may give up
-    path = worker.local_dir / info.file_results[0].filename
-    kept = frames_in(path)
-    print(f"\n{percent} % loss each way: recording kept {kept} of {LOSSY_SECONDS * 25} frames, the libwebrtc viewer "
-          f"decoded {seen['frames']} ({seen}); egress details: {info.details}")
+    for percent, kept, seen, details in rows:
+        print(f"\n{percent} % loss each way: recording kept {kept} of {LOSSY_SECONDS * 25} frames, the libwebrtc "
+              f"viewer decoded {seen}; egress details: {details}")
+    # Compared where the viewer gave its figure (the reference, not the subject: it gave none once in CI).
+    compared = [(kept, seen) for _, kept, seen, _ in rows if seen is not None]
+    assert len(compared) >= 2, rows
+    assert sum(kept for kept, _ in compared) >= sum(seen for _, seen in compared), rows
+
+
+async def _record_under_loss(
+    site: Site, host: netns.Host, worker: Worker, video: Path, percent: int,
+) -> tuple[int, int | None, str]:
+    """One publication of ``video`` recorded with ``percent`` % loss each way on ``host``'s link: the frames in
+    the recording (which must be complete and decode), the frames the libwebrtc viewer decoded (None if it gave
+    no figure), the egress details."""
+    creds = (site.server.api_key, site.server.api_secret)
+    async with room(site) as (client, name):
+        async with Publisher(site.server.url, creds, name, "hal", video, start_delay=None, prime=True) as hal:
+            viewer = await _viewer(host, site, name, hal.track_sid)
+            started = await client.egress.start_track_egress(file_request(name, hal.track_sid, f"lossy{percent}.mp4"))
+            joined = f"media connection connected [{started.egress_id}]"
+            await until(lambda: joined in worker.log_text(), timeout=15)
+            await asyncio.sleep(1.5)  # subscriptions negotiated
+            host.drop_random(percent)
+            hal.begin()
+            await asyncio.wait_for(hal.done, LOSSY_SECONDS + 10)
+            await asyncio.sleep(1)
+        info = await wait_status(client, started.egress_id, *ENDED, timeout=20)
+        out, _ = await asyncio.wait_for(viewer.communicate(), 20)
+        host.heal()
     assert Status.Name(info.status) == "EGRESS_COMPLETE", info
+    path = worker.local_dir / info.file_results[0].filename
     assert decode_errors(path) == ""
-    assert kept > 0
-    # Not asserted yet: kept >= seen["frames"]. Measured 207 against libwebrtc's 461 (README, "what happens when
-    # the network fails"): unrepaired losses cost us the rest of the GOP where libwebrtc repairs more of them.
+    lines = out.decode().strip().splitlines()
+    seen = json.loads(lines[-1]).get("frames") if lines else None
+    return frames_in(path), seen, info.details
 
 
 async def _viewer(host: netns.Host, site: Site, room_name: str, track_sid: str) -> asyncio.subprocess.Process:
