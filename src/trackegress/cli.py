@@ -231,30 +231,52 @@ def _serve_main(args: argparse.Namespace) -> int:
     return _run_until_signalled(lambda stop: _serve(config, cluster, stop), "cannot serve")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """What an API or egress process serves with: its store, room checks, metrics and webhooks."""
+
+    store: Store
+    rooms: LiveKitRooms
+    metrics: Metrics
+    webhooks: WebhookSender
+
+
+async def _open_parts(stack: contextlib.AsyncExitStack, config: ServiceConfig) -> _Parts:
+    """Open the store, room checks and webhooks of ``config``, closed with ``stack``."""
+    egress_config = config.egress
+    store = await Store.open(config.data_dir / "egress.db")
+    stack.push_async_callback(store.close)
+    rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
+    stack.push_async_callback(rooms.aclose)
+    metrics = Metrics()
+    webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls,
+                             on_drop=metrics.webhook_dropped)
+    stack.push_async_callback(webhooks.close)
+    return _Parts(store, rooms, metrics, webhooks)
+
+
+async def _open_manager(config: ServiceConfig, parts: _Parts) -> EgressManager:
+    """The egress manager, watched by the metrics, once what a previous run left unfinished is reported FAILED."""
+    manager = EgressManager(config, parts.store, parts.rooms.check_track, parts.webhooks,
+                            on_delay=parts.metrics.observe_delay, admission=config.admission)
+    parts.metrics.watch(manager)
+    manager.add_listener(parts.metrics.observe)
+    await manager.recover()
+    return manager
+
+
 async def _serve(config: ServiceConfig, cluster: ClusterSettings | None, stop: asyncio.Event) -> None:
     """Store, webhooks and the dispatcher (in-process, admitted by ``cpu_cost`` as on a worker, or the
     cluster's), then the API until ``stop``."""
-    egress_config = config.egress
     async with contextlib.AsyncExitStack() as stack:
-        store = await Store.open(config.data_dir / "egress.db")
-        stack.push_async_callback(store.close)
-        rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
-        stack.push_async_callback(rooms.aclose)
-        metrics = Metrics()
-        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls,
-                                 on_drop=metrics.webhook_dropped)
-        stack.push_async_callback(webhooks.close)
+        parts = await _open_parts(stack, config)
         dispatcher: Dispatcher
         if cluster is None:
-            manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
-                                    admission=config.admission)
-            metrics.watch(manager)
-            manager.add_listener(metrics.observe)
-            await manager.recover()  # what a previous run left unfinished is reported FAILED first
-            dispatcher = manager
+            dispatcher = await _open_manager(config, parts)
         else:
-            dispatcher = await open_cluster(stack, config, cluster, store, rooms, webhooks, metrics.observe)
-        await serve_api(config, dispatcher, metrics, stop)
+            dispatcher = await open_cluster(stack, config, cluster, parts.store, parts.rooms, parts.webhooks,
+                                            parts.metrics.observe)
+        await serve_api(config, dispatcher, parts.metrics, stop)
 
 
 async def _serve_front(config: ServiceConfig, supervisor: Supervisor, stop: asyncio.Event) -> None:
@@ -277,24 +299,12 @@ async def _serve_front(config: ServiceConfig, supervisor: Supervisor, stop: asyn
 
 async def _serve_child(config: ServiceConfig, stop: asyncio.Event) -> None:
     """One egress process of ``serve``: its egresses, store and webhooks, driven over its dispatch socket."""
-    egress_config = config.egress
     async with contextlib.AsyncExitStack() as stack:
-        store = await Store.open(config.data_dir / "egress.db")
-        stack.push_async_callback(store.close)
-        rooms = LiveKitRooms(egress_config.ws_url, egress_config.api_key, egress_config.api_secret)
-        stack.push_async_callback(rooms.aclose)
-        metrics = Metrics()
-        webhooks = WebhookSender(egress_config.api_key, egress_config.api_secret, config.webhook_urls,
-                                 on_drop=metrics.webhook_dropped)
-        stack.push_async_callback(webhooks.close)
-        manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
-                                admission=config.admission)
-        metrics.watch(manager)
-        manager.add_listener(metrics.observe)
-        await manager.recover()  # what a killed predecessor left unfinished is reported FAILED first
+        parts = await _open_parts(stack, config)
+        manager = await _open_manager(config, parts)
         stack.push_async_callback(manager.close)
         runners = [await listen_unix(child_app(manager), ops_socket(config.data_dir, CHILD_SOCKET)),
-                   *await serve_ops(config, manager, metrics, sockets=config.data_dir)]
+                   *await serve_ops(config, manager, parts.metrics, sockets=config.data_dir)]
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
         log.info("egress process serving (data_dir %s)", config.data_dir)

@@ -101,6 +101,32 @@ async def test_published_frames_are_recorded_byte_for_byte(
     assert abs(sync["capture_start_ns"] - result.started_at) < 200_000_000, "captured just before it arrived"
 
 
+async def test_a_publisher_without_sender_reports_gets_its_arrival_time_flagged(
+    livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path
+) -> None:
+    """No RTCP from the publisher, so no sender report reaches the recorder: the manifest and ``details`` place
+    the file's first sample at its arrival here, flagged ``source=arrival`` (what ``trackegress mux`` warns of)."""
+    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
+    async with Publisher(livekit_server.url, creds, room, "alice", sample_media["opus"], start_delay=None,
+                         sender_reports=False) as pub:
+        job = Egress(file_request(room, pub.track_sid, ""), config_for(livekit_server, tmp_path))
+        run = asyncio.create_task(job.run())
+        await until(lambda: job.info.room_id)
+        await asyncio.sleep(1.5)  # subscription negotiated
+        pub.begin()
+        await asyncio.wait_for(pub.done, 15)
+        await asyncio.sleep(0.5)
+    info = await asyncio.wait_for(run, 15)
+
+    assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
+    sync = json.loads((tmp_path / f"{info.egress_id}.json").read_text())["sync"]
+    assert (sync["source"], sync["clock_rate"], sync["sender_report"]) == ("arrival", 48_000, None), sync
+    assert info.details.endswith(f"; sync: capture_start_ns={sync['capture_start_ns']} source=arrival "
+                                 f"clock_rate=48000 first_rtp_timestamp={sync['first_rtp_timestamp']}"), info.details
+    started_at = info.file_results[0].started_at
+    assert 0 <= started_at - sync["capture_start_ns"] < 100_000_000, "the first frame's arrival, just before started_at"
+
+
 @pytest.mark.parametrize("codec", ["opus", "vp8"])
 async def test_media_over_ice_tcp_only_is_recorded_byte_for_byte(
     codec: str, livekit_server: LiveKitServer, make_room: RoomFactory, sample_media: dict[str, Path], tmp_path: Path

@@ -34,6 +34,7 @@ from support.egress_helpers import file_request, until, wait_status
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import BINARY, LiveKitServer, create_room, free_port
+from support.site import decode_errors, seconds_of
 from support.worker_process import Worker
 from support.wsreceiver import Receiver
 
@@ -448,9 +449,9 @@ async def test_recording_survives_a_redis_restart_and_the_worker_reconnects_by_i
     result = done.file_results[0]
     path = worker.local_dir / result.filename
     assert path.stat().st_size == result.size > 0
-    assert _decode_errors(path) == ""
+    assert decode_errors(path) == ""
     expected = left - recording_since
-    assert abs(_probe_duration(path) - expected) < 1.5, (_probe_duration(path), expected)
+    assert abs(seconds_of(path) - expected) < 1.5, (seconds_of(path), expected)
     assert abs(result.duration / 1e9 - expected) < 1.5, (result.duration, expected)
     assert _audio_seconds(path) > expected - 1.5, "published audio, not gap filler, through the outage"
     assert [(i.egress_id, Status.Name(i.status)) for i in still_active] == []
@@ -475,24 +476,12 @@ async def _create_room_when_ready(client: api.LiveKitAPI, timeout: float = 15.0)
                 await asyncio.sleep(0.2)
 
 
-def _decode_errors(path: Path) -> str:
-    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
-                            text=True)
-    return result.stderr.strip()
-
-
 def _audio_seconds(path: Path) -> float:
     """Seconds of real Opus packets (gaps are recorded as TOC-only packets of a byte or two)."""
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         return sum(float(p.duration * p.time_base) for p in container.demux(stream)
                    if p.size > 3 and p.duration and p.time_base)
-
-
-def _probe_duration(path: Path) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return float(out)
 
 
 def child_pids(proc: subprocess.Popen[bytes]) -> list[int]:

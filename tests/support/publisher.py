@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class Publisher:
     ``await pub.done`` returns once the whole file has been sent (never with ``loop=True``).
 
     ``resume``: resume a dropped signal connection (as the SDKs do) instead of giving up.
+    ``sender_reports``: False sends no RTCP at all (no sender reports for the SFU to forward).
     ``start_delay``: seconds between the publication and the first frame; ``None`` waits for ``begin()``.
     ``prime`` (video only): send the first frame once more, ``PRIME_LEAD`` earlier, outside ``sent``. The SFU declares a
     video layer live on its first packet and forwards only from the *next* keyframe start, and pre-encoded
@@ -168,6 +170,7 @@ class Publisher:
         track_name: str | None = None,
         timeout: float = 10.0,
         resume: bool = False,
+        sender_reports: bool = True,
     ) -> None:
         self.url = url
         self.room = room
@@ -185,6 +188,7 @@ class Publisher:
         self._track_name = track_name or self.path.name
         self._timeout = timeout
         self._resume = resume
+        self._sender_reports = sender_reports
         self._signal: SignalClient | None = None
         self._pc: RTCPeerConnection | None = None
         self._subscriber_pc: RTCPeerConnection | None = None
@@ -295,6 +299,8 @@ class Publisher:
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(_codec_preferences(self.codec))
         self._sender = transceiver.sender
+        if not self._sender_reports:
+            self._sender._run_rtcp = functools.partial(_no_rtcp, self._sender)  # type: ignore[method-assign]
 
     @staticmethod
     async def _open_gate_later(track: FileTrack, delay: float) -> None:
@@ -397,6 +403,16 @@ def _codec_preferences(codec: FileCodec) -> list[RTCRtpCodecCapability]:
         elif mime == "video/rtx" and codec.kind == "video":
             chosen.append(capability)
     return chosen
+
+
+async def _no_rtcp(sender: RTCRtpSender) -> None:
+    """aiortc's RTCP loop of ``sender`` without its sender reports (or anything else), until the track stops."""
+    events = sender._RTCRtpSender__rtcp_started, sender._RTCRtpSender__rtcp_exited  # type: ignore[attr-defined]
+    events[0].set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        events[1].set()
 
 
 async def _add_candidate(pc: RTCPeerConnection, init: str) -> None:
