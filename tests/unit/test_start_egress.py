@@ -9,7 +9,7 @@ from livekit.protocol import egress, models
 from trackegress.errors import RequestError
 from trackegress.info import recorded_track_id, request_webhooks
 from trackegress.redact import redact_start_request
-from trackegress.request import passthrough_track_request
+from trackegress.request import av_audio_track, passthrough_track_request
 from trackegress.storage.settings import SECRET_FIELDS
 
 PASSTHROUGH = egress.EncodingOptionsPreset.PASSTHROUGH
@@ -50,6 +50,19 @@ def test_a_video_track_and_the_storage_of_the_output_over_the_request_s() -> Non
     assert passthrough_track_request(start).file.gcp.bucket == "req"  # the request-level default
 
 
+def test_a_video_and_an_audio_track_to_one_file_is_one_av_egress_of_the_video_track_and_its_audio() -> None:
+    start = request(egress.MediaSource(video_track_id="TR_video", audio=audio().audio),
+                    [file_output("rec/{publisher_identity}")])
+    track = passthrough_track_request(start)
+    assert (track.track_id, track.file.filepath) == ("TR_video", "rec/{publisher_identity}")
+    assert av_audio_track(start) == "TR_audio"
+
+
+@pytest.mark.parametrize("media", [audio(), egress.MediaSource(video_track_id="TR_video")])
+def test_a_single_track_has_no_av_audio_track(media: egress.MediaSource) -> None:
+    assert av_audio_track(request(media)) is None
+
+
 @pytest.mark.parametrize(("start", "field"), [
     (request(preset=egress.EncodingOptionsPreset.H264_720P_30), "preset"),
     (request(advanced=egress.EncodingOptions(width=640)), "preset"),
@@ -65,7 +78,12 @@ def test_a_video_track_and_the_storage_of_the_output_over_the_request_s() -> Non
     (request(egress.MediaSource(audio=egress.AudioConfig(routes=[egress.AudioRoute(participant_identity="a")]))),
      "passthrough audio route match"),
     (request(audio("")), "passthrough audio route track_id"),
-    (request(egress.MediaSource(video_track_id="TR_v", audio=audio().audio)), "passthrough track_id"),
+    (request(egress.MediaSource(video_track_id="TR_audio", audio=audio().audio)), "passthrough track_id"),
+    (request(egress.MediaSource(video_track_id="TR_v", audio=egress.AudioConfig(capture_all=True))),
+     "passthrough capture_all"),
+    (request(egress.MediaSource(video_track_id="TR_v", audio=audio("").audio)), "passthrough audio route track_id"),
+    (request(egress.MediaSource(participant_video=egress.ParticipantVideo(identity="a"), audio=audio().audio)),
+     "passthrough participant_video"),
     (request(egress.MediaSource()), "passthrough track_id"),
     (request(outputs=[]), "passthrough outputs"),
     (request(outputs=[file_output(), file_output("b")]), "passthrough outputs"),

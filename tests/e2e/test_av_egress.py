@@ -1,0 +1,143 @@
+"""One A/V file from one ``StartEgress``: preset ``PASSTHROUGH`` naming a participant's video track and audio track,
+through ``trackegress serve`` against the real livekit-server. A libwebrtc publisher (LiveKit's rtc SDK) beeps and
+flashes at the same instants; the one file holds both tracks' packets as they were sent, beeps on their flashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import av
+import pytest
+from livekit import api
+from livekit.protocol import egress
+from support.egress_helpers import wait_status
+from support.egress_service import EgressService, WebhookSink
+from support.publisher import Publisher
+from support.server import LiveKitServer, RoomFactory
+from test_av_mux import beeps, flashes, packets
+
+from trackegress.info import ENDED
+
+Status = egress.EgressStatus
+SECONDS = 8.0
+SUPPORT = Path(__file__).parents[1]
+
+
+def av_request(room: str, video: str, audio: str, filepath: str) -> egress.StartEgressRequest:
+    """What livekit-api's ``start_egress`` sends for one video track and one audio track to one file."""
+    media = egress.MediaSource(video_track_id=video,
+                               audio=egress.AudioConfig(routes=[egress.AudioRoute(track_id=audio)]))
+    return egress.StartEgressRequest(room_name=room, preset=egress.EncodingOptionsPreset.PASSTHROUGH, media=media,
+                                     outputs=[egress.Output(file=egress.FileOutput(filepath=filepath))])
+
+
+def track_request(room: str, track_id: str, filepath: str) -> egress.TrackEgressRequest:
+    return egress.TrackEgressRequest(room_name=room, track_id=track_id,
+                                     file=egress.DirectFileOutput(filepath=filepath))
+
+
+def contiguous_in(part: list[bytes], whole: list[bytes]) -> bool:
+    """Whether ``part`` is a run of consecutive items of ``whole``."""
+    return any(whole[k:k + len(part)] == part for k in range(len(whole) - len(part) + 1))
+
+
+async def marks_publisher(server: LiveKitServer, room: str, codec: str) -> tuple[asyncio.subprocess.Process, dict]:
+    token = (api.AccessToken(server.api_key, server.api_secret).with_identity("presenter")
+             .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True)).to_jwt())
+    publisher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "support.av_marks", server.url, token, str(SECONDS), codec,
+        stdout=asyncio.subprocess.PIPE, cwd=SUPPORT)
+    assert publisher.stdout is not None
+    return publisher, json.loads(await asyncio.wait_for(publisher.stdout.readline(), 20))
+
+
+@pytest.fixture
+async def service(livekit_server: LiveKitServer, hooks: WebhookSink, tmp_path: Path) -> AsyncIterator[EgressService]:
+    svc = EgressService(livekit_server, tmp_path, webhook={"urls": [hooks.url]})
+    yield svc
+    svc.stop()
+
+
+@pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
+@pytest.mark.xdist_group("cpu")  # end to end: not beside the multi-host tests
+@pytest.mark.parametrize(("codec", "suffix"), [("VP8", ".webm"), ("H264", ".mp4")])
+async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_file(
+    livekit_server: LiveKitServer, make_room: RoomFactory, service: EgressService, client: api.LiveKitAPI,
+    hooks: WebhookSink, codec: str, suffix: str,
+) -> None:
+    room = await make_room()
+    publisher, sids = await marks_publisher(livekit_server, room, codec)
+    assert publisher.stdout is not None
+    try:  # each track also recorded by a track egress of its own, from before: what the tracks carried
+        references = [await client.egress.start_track_egress(track_request(room, sids[kind], f"ref/{kind}"))
+                      for kind in ("audio", "video")]
+        await asyncio.sleep(1.3)
+        info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"],
+                                                           "{room_name}/av-{publisher_identity}"))
+        assert info.status == Status.EGRESS_STARTING and info.WhichOneof("request") == "egress"
+        active = await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+        recording = {Path(f.location).name for f in active.file_results}  # the track files, while they are written
+        assert json.loads(await asyncio.wait_for(publisher.stdout.readline(), SECONDS + 10)) == {"done": True}
+    finally:
+        if publisher.returncode is None:
+            publisher.terminate()
+        await publisher.wait()
+    done = await wait_status(client, info.egress_id, *ENDED, timeout=30)
+    refs = [await wait_status(client, r.egress_id, Status.EGRESS_COMPLETE) for r in references]
+
+    assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert recording == {"video" + suffix, "audio.ogg"}
+    statuses = [status for _, status in hooks.for_egress(info.egress_id)]
+    assert statuses == [Status.EGRESS_STARTING, Status.EGRESS_ACTIVE, Status.EGRESS_ENDING, Status.EGRESS_COMPLETE]
+    (result,) = done.file_results
+    path = service.local_dir / result.filename
+    assert result.filename == f"{room}/av-presenter{suffix}" and result.location == str(path.resolve())
+    assert result.size == path.stat().st_size and result.duration > (SECONDS - 3) * 1e9
+    assert done.details.count("source=sender_report") == 2, done.details
+    manifest = json.loads(path.with_name(f"{info.egress_id}.json").read_text())
+    assert [t["track_id"] for t in manifest["tracks"]] == [sids["video"], sids["audio"]]
+    assert not (service.local_dir / ".trackegress-av" / info.egress_id).exists(), "track files removed once joined"
+
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough",
+                              "-enc_time_base:v", "1:1000", "-f", "null", "-"], capture_output=True, text=True)
+    assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr
+    with av.open(str(path)) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
+    ref_audio, ref_video = (service.local_dir / r.file_results[0].filename for r in refs)
+    got_audio, got_video = packets(path, "audio"), packets(path, "video")
+    assert len(got_audio) > 50 * (SECONDS - 3) and len(got_video) > 10 * (SECONDS - 3), (len(got_audio), len(got_video))
+    assert contiguous_in(got_audio, packets(ref_audio, "audio")), "audio copied as received, not transcoded"
+    assert contiguous_in(got_video, packets(ref_video, "video")), "video copied as received, not transcoded"
+
+    marks_a, marks_v = beeps(path), flashes(path)
+    offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
+    offsets = [o for o in offsets if abs(o) < 0.5]
+    median, spread = statistics.median(offsets), max(offsets) - min(offsets)
+    print(f"A/V offsets (ms): {[round(o * 1000, 1) for o in offsets]}; median {median * 1000:.1f}, spread "
+          f"{spread * 1000:.1f}; {done.details}")
+    assert len(offsets) >= 4, (marks_a, marks_v)
+    assert abs(median) <= 0.020 and spread <= 0.040
+
+
+async def test_tracks_of_two_participants_fail_invalid_argument_and_keep_what_was_recorded(
+    livekit_server: LiveKitServer, make_room: RoomFactory, service: EgressService, client: api.LiveKitAPI,
+    sample_media: dict[str, Path],
+) -> None:
+    room = await make_room()
+    creds = (livekit_server.api_key, livekit_server.api_secret)
+    async with (Publisher(livekit_server.url, creds, room, "cam", sample_media["vp8"], loop=True) as cam,
+                Publisher(livekit_server.url, creds, room, "mic", sample_media["opus"], loop=True) as mic):
+        info = await client.egress.start_egress(av_request(room, cam.track_sid, mic.track_sid, "x"))
+        done = await wait_status(client, info.egress_id, Status.EGRESS_FAILED, Status.EGRESS_COMPLETE)
+    assert (Status.Name(done.status), done.error_code) == ("EGRESS_FAILED", 400)
+    assert done.error == (f"video track {cam.track_sid} (published by 'cam') and audio track {mic.track_sid} (by "
+                          "'mic') are not of one participant: one file holds one participant's tracks")
+    kept = sorted(Path(f.location).name for f in done.file_results)
+    assert kept == ["audio.ogg", "video.webm"] and all(Path(f.location).is_file() for f in done.file_results)
+    assert not list(service.local_dir.glob("x*")), "no joined file"
