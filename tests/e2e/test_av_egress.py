@@ -19,8 +19,11 @@ from livekit.protocol import egress
 from support.egress_helpers import wait_status
 from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
+from support.redis_server import RedisServer
 from support.server import LiveKitServer, RoomFactory
+from support.worker_process import Worker
 from test_av_mux import beeps, flashes, packets
+from test_worker import lk_redis, redis_server, webhooks, workers  # noqa: F401 (fixtures)
 
 from trackegress.info import ENDED
 
@@ -47,11 +50,12 @@ def contiguous_in(part: list[bytes], whole: list[bytes]) -> bool:
     return any(whole[k:k + len(part)] == part for k in range(len(whole) - len(part) + 1))
 
 
-async def marks_publisher(server: LiveKitServer, room: str, codec: str) -> tuple[asyncio.subprocess.Process, dict]:
+async def marks_publisher(server: LiveKitServer, room: str, codec: str,
+                          seconds: float = SECONDS) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
     token = (api.AccessToken(server.api_key, server.api_secret).with_identity("presenter")
              .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True)).to_jwt())
     publisher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "support.av_marks", server.url, token, str(SECONDS), codec,
+        sys.executable, "-m", "support.av_marks", server.url, token, str(seconds), codec,
         stdout=asyncio.subprocess.PIPE, cwd=SUPPORT)
     assert publisher.stdout is not None
     return publisher, json.loads(await asyncio.wait_for(publisher.stdout.readline(), 20))
@@ -141,3 +145,40 @@ async def test_tracks_of_two_participants_fail_invalid_argument_and_keep_what_wa
     kept = sorted(Path(f.location).name for f in done.file_results)
     assert kept == ["audio.ogg", "video.webm"] and all(Path(f.location).is_file() for f in done.file_results)
     assert not list(service.local_dir.glob("x*")), "no joined file"
+
+
+@pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
+@pytest.mark.xdist_group("cpu")  # end to end: not beside the multi-host tests
+async def test_through_livekit_server_a_worker_records_one_file_until_stop_egress(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], tmp_path: Path,  # noqa: F811
+) -> None:
+    """livekit-server v1.13.5 sends the request to a worker in psrpc's ``egress`` field; StopEgress (through
+    livekit-server) stops both tracks, and the joined file is there once the egress is COMPLETE."""
+    worker = Worker(tmp_path / "w", lk_redis, redis_server)
+    workers.append(worker.start())
+    client = api.LiveKitAPI(lk_redis.http_url, lk_redis.api_key, lk_redis.api_secret)
+    room = (await client.room.create_room(api.CreateRoomRequest(name=f"av-{tmp_path.name[-12:]}"))).name
+    publisher, sids = await marks_publisher(lk_redis, room, "VP8", seconds=30)
+    try:
+        info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "{room_name}/av"))
+        await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+        await asyncio.sleep(4)
+        stopped = await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+        assert stopped.status not in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE)
+        done = await wait_status(client, info.egress_id, *ENDED)
+    finally:
+        publisher.terminate()
+        await publisher.wait()
+        await client.room.delete_room(api.DeleteRoomRequest(room=room))
+        await client.aclose()
+    assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert done.details.startswith("video track ") and "End reason: StopEgress API" in done.details
+    (result,) = done.file_results
+    path = worker.local_dir / result.filename
+    assert result.filename == f"{room}/av.webm" and result.size == path.stat().st_size
+    assert 3e9 < result.duration < 6e9
+    with av.open(str(path)) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
+    marks_a, marks_v = beeps(path), flashes(path)
+    offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
+    assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= 0.020, offsets
