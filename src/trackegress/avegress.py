@@ -26,7 +26,7 @@ from livekit.protocol import egress, models
 
 from trackegress.config import Config
 from trackegress.egress import STOP_API, Egress, Parts
-from trackegress.errors import HTTP_STATUS, INVALID_ARGUMENT, UNIMPLEMENTED, EgressFailure
+from trackegress.errors import HTTP_STATUS, UNIMPLEMENTED, EgressFailure, RequestError
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec
@@ -34,6 +34,7 @@ from trackegress.mux import MuxError, MuxResult
 from trackegress.outputs.avfile import AvFile
 from trackegress.outputs.manifest import build_av_manifest
 from trackegress.redact import redact_start_request
+from trackegress.request import PublishedTrack, check_av_pair
 from trackegress.room.subscriber import TrackSource
 from trackegress.room.transport import Reception
 from trackegress.sinks.websocket import SinkStats
@@ -271,17 +272,12 @@ class AvEgress:
 
 
 def _check_pair(video: TrackSource, audio: TrackSource) -> None:
-    """``EgressFailure`` unless ``video`` and ``audio`` are a video and an audio track of one participant, in codecs
-    one file holds without transcoding."""
-    if video.track.type != models.TrackType.VIDEO:
-        raise EgressFailure(INVALID_ARGUMENT, f"video_track_id {video.track.sid} is not a video track")
-    if audio.track.type != models.TrackType.AUDIO:
-        raise EgressFailure(INVALID_ARGUMENT, f"the audio route's track {audio.track.sid} is not an audio track")
-    if video.participant.identity != audio.participant.identity:
-        raise EgressFailure(INVALID_ARGUMENT, f"video track {video.track.sid} (published by "
-                            f"{video.participant.identity!r}) and audio track {audio.track.sid} (by "
-                            f"{audio.participant.identity!r}) are not of one participant: one file holds one "
-                            "participant's tracks")
+    """``EgressFailure`` unless ``video`` and ``audio`` are a video and an audio track of one participant
+    (``check_av_pair``: a worker looks no track up before joining), in codecs one file holds without transcoding."""
+    try:
+        check_av_pair(*(PublishedTrack(s.track.sid, s.participant.identity, s.track.type) for s in (video, audio)))
+    except RequestError as exc:
+        raise EgressFailure(exc.code, exc.message) from None
     if audio.codec is not Codec.OPUS or video.codec not in _VIDEO_CODECS:
         raise EgressFailure(UNIMPLEMENTED, f"{audio.codec.mime} and {video.codec.mime} cannot be joined without "
                             "transcoding (Opus with VP8, VP9, AV1, H.264 or H.265)")

@@ -247,7 +247,7 @@ async def _serve(config: ServiceConfig, cluster: ClusterSettings | None, stop: a
         dispatcher: Dispatcher
         if cluster is None:
             manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
-                                    admission=config.admission)
+                                    admission=config.admission, check_pair=rooms.check_av_pair)
             metrics.watch(manager)
             manager.add_listener(metrics.observe)
             await manager.recover()  # what a previous run left unfinished is reported FAILED first
@@ -288,7 +288,7 @@ async def _serve_child(config: ServiceConfig, stop: asyncio.Event) -> None:
                                  on_drop=metrics.webhook_dropped)
         stack.push_async_callback(webhooks.close)
         manager = EgressManager(config, store, rooms.check_track, webhooks, on_delay=metrics.observe_delay,
-                                admission=config.admission)
+                                admission=config.admission, check_pair=rooms.check_av_pair)
         metrics.watch(manager)
         manager.add_listener(metrics.observe)
         await manager.recover()  # what a killed predecessor left unfinished is reported FAILED first

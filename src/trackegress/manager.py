@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 Status = egress.EgressStatus
 Listener = Callable[[egress.EgressInfo], None]
 TrackCheck = Callable[[str, str], Awaitable[int | None]]  # raises unless the track exists; its TrackType if known
+PairCheck = Callable[[str, str, str], Awaitable[None]]  # (room, video, audio track): raises unless an A/V pair
 Tasks = list[asyncio.Task[object]]
 Runner = Egress | AvEgress
 PROCESS_KILLED = "Process killed"
@@ -67,8 +68,10 @@ class EgressManager:
         webhooks: WebhookSender | None = None,
         on_delay: Callable[[float], None] | None = None,
         admission: CpuAdmission | None = None,
+        check_pair: PairCheck | None = None,
     ) -> None:
         self._config = config
+        self._check_pair = check_pair
         self._admission = admission
         self._meter = CpuMeter()
         self._on_delay = on_delay
@@ -124,6 +127,8 @@ class EgressManager:
         audio_track = av_audio_track(source) if source is not None else None
         if audio_track is not None:
             await self._check_track(request.room_name, audio_track)
+            if self._check_pair is not None:  # else checked once both record (AvEgress)
+                await self._check_pair(request.room_name, request.track_id, audio_track)
         egress_id = egress_id or new_egress_id()
         kind = egress_kind(request, track_type)
         cost = self._admit(egress_id, kind)  # reserved from here on

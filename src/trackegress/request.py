@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 
 from trackegress.errors import INVALID_ARGUMENT, ConfigError, RequestError
 from trackegress.redact import redact_url
@@ -148,3 +149,25 @@ def _passthrough_tracks(request: egress.StartEgressRequest) -> tuple[str, str]:
     if video == audio:
         raise _invalid("passthrough track_id", "video_track_id and the audio route name the same track")
     return video, audio
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTrack:
+    """A track as the room lists it: its sid, its publisher's identity, its ``models.TrackType``."""
+
+    sid: str
+    publisher: str
+    type: int
+
+
+def check_av_pair(video: PublishedTrack, audio: PublishedTrack) -> None:
+    """``invalid_argument`` unless ``video`` and ``audio`` are a video and an audio track of one participant (the
+    tracks an A/V egress joins into one file)."""
+    if video.type != models.TrackType.VIDEO:
+        raise RequestError(INVALID_ARGUMENT, f"video_track_id {video.sid} is not a video track")
+    if audio.type != models.TrackType.AUDIO:
+        raise RequestError(INVALID_ARGUMENT, f"the audio route's track {audio.sid} is not an audio track")
+    if video.publisher != audio.publisher:
+        raise RequestError(INVALID_ARGUMENT, f"video track {video.sid} (published by {video.publisher!r}) and audio "
+                           f"track {audio.sid} (by {audio.publisher!r}) are not of one participant: one file holds "
+                           "one participant's tracks")

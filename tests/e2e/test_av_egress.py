@@ -26,6 +26,7 @@ from test_av_mux import beeps, flashes, packets
 from test_worker import lk_redis, redis_server, webhooks, workers  # noqa: F401 (fixtures)
 
 from trackegress.info import ENDED
+from trackegress.mux import mux
 
 Status = egress.EgressStatus
 SECONDS = 8.0
@@ -43,6 +44,13 @@ def av_request(room: str, video: str, audio: str, filepath: str) -> egress.Start
 def track_request(room: str, track_id: str, filepath: str) -> egress.TrackEgressRequest:
     return egress.TrackEgressRequest(room_name=room, track_id=track_id,
                                      file=egress.DirectFileOutput(filepath=filepath))
+
+
+def av_offsets(path: Path) -> list[float]:
+    """Each flash's nearest beep minus the flash (s), for the pairs within 0.5 s."""
+    marks_a, marks_v = beeps(path), flashes(path)
+    offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
+    return [o for o in offsets if abs(o) < 0.5]
 
 
 def contiguous_in(part: list[bytes], whole: list[bytes]) -> bool:
@@ -119,17 +127,18 @@ async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_f
     assert contiguous_in(got_audio, packets(ref_audio, "audio")), "audio copied as received, not transcoded"
     assert contiguous_in(got_video, packets(ref_video, "video")), "video copied as received, not transcoded"
 
-    marks_a, marks_v = beeps(path), flashes(path)
-    offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
-    offsets = [o for o in offsets if abs(o) < 0.5]
+    offsets = av_offsets(path)
     median, spread = statistics.median(offsets), max(offsets) - min(offsets)
+    # the reference track files joined by ``trackegress mux``: what the capture times give on their own (WebM: ms)
+    by_mux = statistics.median(av_offsets(mux(path.with_name(f"ref{suffix}"), [ref_video, ref_audio]).path))
     print(f"A/V offsets (ms): {[round(o * 1000, 1) for o in offsets]}; median {median * 1000:.1f}, spread "
-          f"{spread * 1000:.1f}; {done.details}")
-    assert len(offsets) >= 4, (marks_a, marks_v)
+          f"{spread * 1000:.1f}; the reference files muxed: median {by_mux * 1000:.1f}; {done.details}")
+    assert len(offsets) >= 4, offsets
     assert abs(median) <= 0.020 and spread <= 0.040
+    assert abs(median - by_mux) <= 0.003, "the egress aligns as trackegress mux does"
 
 
-async def test_tracks_of_two_participants_fail_invalid_argument_and_keep_what_was_recorded(
+async def test_tracks_of_two_participants_are_refused_invalid_argument_by_serve(
     livekit_server: LiveKitServer, make_room: RoomFactory, service: EgressService, client: api.LiveKitAPI,
     sample_media: dict[str, Path],
 ) -> None:
@@ -137,14 +146,42 @@ async def test_tracks_of_two_participants_fail_invalid_argument_and_keep_what_wa
     creds = (livekit_server.api_key, livekit_server.api_secret)
     async with (Publisher(livekit_server.url, creds, room, "cam", sample_media["vp8"], loop=True) as cam,
                 Publisher(livekit_server.url, creds, room, "mic", sample_media["opus"], loop=True) as mic):
-        info = await client.egress.start_egress(av_request(room, cam.track_sid, mic.track_sid, "x"))
-        done = await wait_status(client, info.egress_id, Status.EGRESS_FAILED, Status.EGRESS_COMPLETE)
+        for video, audio, message in [
+            (cam.track_sid, mic.track_sid, f"video track {cam.track_sid} (published by 'cam') and audio track "
+             f"{mic.track_sid} (by 'mic') are not of one participant: one file holds one participant's tracks"),
+            (mic.track_sid, cam.track_sid, f"video_track_id {mic.track_sid} is not a video track"),
+        ]:
+            with pytest.raises(api.TwirpError) as error:
+                await client.egress.start_egress(av_request(room, video, audio, "x"))
+            assert (error.value.code, error.value.message) == ("invalid_argument", message)
+        listed = await client.egress.list_egress(egress.ListEgressRequest(room_name=room))
+    assert not listed.items and not list(service.local_dir.rglob("*.*")), "nothing started, nothing written"
+
+
+async def test_a_worker_fails_tracks_of_two_participants_400_and_keeps_what_was_recorded(
+    lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], tmp_path: Path,  # noqa: F811
+    sample_media: dict[str, Path],
+) -> None:
+    """A worker looks no track up before joining (as upstream): the pair is checked once both record."""
+    worker = Worker(tmp_path / "w", lk_redis, redis_server)
+    workers.append(worker.start())
+    client = api.LiveKitAPI(lk_redis.http_url, lk_redis.api_key, lk_redis.api_secret)
+    creds = (lk_redis.api_key, lk_redis.api_secret)
+    room = (await client.room.create_room(api.CreateRoomRequest(name=f"av2-{tmp_path.name[-12:]}"))).name
+    try:
+        async with (Publisher(lk_redis.url, creds, room, "cam", sample_media["vp8"], loop=True) as cam,
+                    Publisher(lk_redis.url, creds, room, "mic", sample_media["opus"], loop=True) as mic):
+            info = await client.egress.start_egress(av_request(room, cam.track_sid, mic.track_sid, "x"))
+            done = await wait_status(client, info.egress_id, *ENDED)
+    finally:
+        await client.room.delete_room(api.DeleteRoomRequest(room=room))
+        await client.aclose()
     assert (Status.Name(done.status), done.error_code) == ("EGRESS_FAILED", 400)
     assert done.error == (f"video track {cam.track_sid} (published by 'cam') and audio track {mic.track_sid} (by "
                           "'mic') are not of one participant: one file holds one participant's tracks")
     kept = sorted(Path(f.location).name for f in done.file_results)
     assert kept == ["audio.ogg", "video.webm"] and all(Path(f.location).is_file() for f in done.file_results)
-    assert not list(service.local_dir.glob("x*")), "no joined file"
+    assert not list(worker.local_dir.glob("x*")), "no joined file"
 
 
 @pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
@@ -179,6 +216,5 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
     assert 3e9 < result.duration < 6e9
     with av.open(str(path)) as container:
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
-    marks_a, marks_v = beeps(path), flashes(path)
-    offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
+    offsets = av_offsets(path)
     assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= 0.020, offsets

@@ -9,7 +9,7 @@ from livekit.protocol import egress, models
 from trackegress.errors import RequestError
 from trackegress.info import recorded_track_id, request_webhooks
 from trackegress.redact import redact_start_request
-from trackegress.request import av_audio_track, passthrough_track_request
+from trackegress.request import PublishedTrack, av_audio_track, check_av_pair, passthrough_track_request
 from trackegress.storage.settings import SECRET_FIELDS
 
 PASSTHROUGH = egress.EncodingOptionsPreset.PASSTHROUGH
@@ -114,3 +114,25 @@ def test_the_reported_request_has_its_credentials_redacted() -> None:
     info = egress.EgressInfo(egress=shown)
     assert recorded_track_id(info) == "TR_audio"
     assert [hook.url for hook in request_webhooks(info)] == ["https://h"]
+
+
+VIDEO, AUDIO = models.TrackType.VIDEO, models.TrackType.AUDIO
+
+
+def test_a_video_and_an_audio_track_of_one_participant_are_an_av_pair() -> None:
+    check_av_pair(PublishedTrack("TR_v", "alice", VIDEO), PublishedTrack("TR_a", "alice", AUDIO))
+
+
+@pytest.mark.parametrize(("video", "audio", "message"), [
+    (PublishedTrack("TR_v", "cam", VIDEO), PublishedTrack("TR_a", "mic", AUDIO),
+     "video track TR_v (published by 'cam') and audio track TR_a (by 'mic') are not of one participant: one file "
+     "holds one participant's tracks"),
+    (PublishedTrack("TR_a2", "a", AUDIO), PublishedTrack("TR_a", "a", AUDIO), "video_track_id TR_a2 is not a video "
+     "track"),
+    (PublishedTrack("TR_v", "a", VIDEO), PublishedTrack("TR_v2", "a", VIDEO), "the audio route's track TR_v2 is not "
+     "an audio track"),
+])
+def test_other_pairs_are_invalid_arguments(video: PublishedTrack, audio: PublishedTrack, message: str) -> None:
+    with pytest.raises(RequestError) as error:
+        check_av_pair(video, audio)
+    assert (error.value.code, error.value.message) == ("invalid_argument", message)
