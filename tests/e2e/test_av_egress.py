@@ -16,7 +16,7 @@ import av
 import pytest
 from livekit import api
 from livekit.protocol import egress
-from support.egress_helpers import wait_status
+from support.egress_helpers import until, wait_status
 from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.redis_server import RedisServer
@@ -218,3 +218,38 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
     offsets = av_offsets(path)
     assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= 0.020, offsets
+
+
+async def test_a_killed_service_reports_the_track_files_recorded_so_far(
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path,
+) -> None:
+    """The joined file is written at the end: until then the track files are the crash-safe record, and a restarted
+    ``serve`` lists them with the egress FAILED ``Process killed``."""
+    room = await make_room()
+    publisher, sids = await marks_publisher(livekit_server, room, "VP8", seconds=30)
+    first = EgressService(livekit_server, tmp_path)
+    try:
+        async with api.LiveKitAPI(first.url, livekit_server.api_key, livekit_server.api_secret) as client:
+            info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "av"))
+            await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+        private = first.local_dir / ".trackegress-av" / info.egress_id
+        tracks = [private / "audio.ogg", private / "video.webm"]
+        await until(lambda: all(t.stat().st_size >= 5000 for t in tracks), timeout=20)  # flushed by the muxers
+        first.kill()
+    finally:
+        first.stop()
+        publisher.terminate()
+        await publisher.wait()
+    second = EgressService(livekit_server, tmp_path)
+    try:
+        async with api.LiveKitAPI(second.url, livekit_server.api_key, livekit_server.api_secret) as client:
+            done = await wait_status(client, info.egress_id, *ENDED)
+    finally:
+        second.stop()
+    assert (Status.Name(done.status), done.error) == ("EGRESS_FAILED", "Process killed")
+    files = {Path(f.location).name: f for f in done.file_results}
+    assert sorted(files) == ["audio.ogg", "video.webm"]
+    for file in files.values():
+        assert Path(file.location).parent == private.resolve()
+        assert file.size == Path(file.location).stat().st_size >= 5000
+    assert (tmp_path / "recordings" / "av.webm").stat().st_size == 0, "the joined file's claim, never written"
