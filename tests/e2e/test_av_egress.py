@@ -21,12 +21,17 @@ from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.redis_server import RedisServer
 from support.server import LiveKitServer, RoomFactory
+from support.storage_checks import BUCKET, running, s3_client, s3_upload
+from support.storage_servers import MINIO, MinIO
 from support.worker_process import Worker
 from test_av_mux import beeps, flashes, packets
 from test_worker import lk_redis, redis_server, webhooks, workers  # noqa: F401 (fixtures)
 
+from trackegress.avegress import AvEgress
+from trackegress.config import Config
 from trackegress.info import ENDED
 from trackegress.mux import mux
+from trackegress.request import passthrough_track_request
 
 Status = egress.EgressStatus
 SECONDS = 8.0
@@ -253,3 +258,41 @@ async def test_a_killed_service_reports_the_track_files_recorded_so_far(
         assert Path(file.location).parent == private.resolve()
         assert file.size == Path(file.location).stat().st_size >= 5000
     assert (tmp_path / "recordings" / "av.webm").stat().st_size == 0, "the joined file's claim, never written"
+
+
+async def test_the_joined_file_and_its_manifest_are_uploaded_and_nothing_stays_local(
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path,
+) -> None:
+    (tmp_path / "minio").mkdir()
+    with running(MinIO, MINIO, tmp_path / "minio") as minio:
+        s3 = s3_client(minio)
+        s3.create_bucket(Bucket=BUCKET)
+        room = await make_room()
+        publisher, sids = await marks_publisher(livekit_server, room, "VP8", seconds=5)
+        start = av_request(room, sids["video"], sids["audio"], "{room_name}/av")
+        start.outputs[0].storage.s3.CopyFrom(s3_upload(minio))
+        config = Config(livekit_server.url, livekit_server.api_key, livekit_server.api_secret,
+                        local_dir=tmp_path / "recordings")
+        job = AvEgress(passthrough_track_request(start), sids["audio"], config, source=start)
+        try:
+            done = await asyncio.wait_for(job.run(), 30)  # both tracks end as the publisher leaves
+        finally:
+            if publisher.returncode is None:
+                publisher.terminate()
+            await publisher.wait()
+        assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+        (result,) = done.file_results
+        key = f"{room}/av.webm"
+        assert (result.filename, result.location) == (key, f"{minio.url}/{BUCKET}/{key}")
+        assert done.manifest_location == f"{minio.url}/{BUCKET}/{room}/{done.egress_id}.json"
+        data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{room}/{done.egress_id}.json")["Body"].read())
+    assert len(data) == result.size
+    (tmp_path / "av.webm").write_bytes(data)
+    with av.open(str(tmp_path / "av.webm")) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
+    assert manifest["files"] == [{"filename": key, "location": result.location}]
+    assert [(t["track_kind"], t["codec"], t["sync"]["source"]) for t in manifest["tracks"]] == [
+        ("video", "video/vp8", "sender_report"), ("audio", "audio/opus", "sender_report")]
+    left = [p.relative_to(tmp_path / "recordings") for p in (tmp_path / "recordings").rglob("*") if p.is_file()]
+    assert all(p.parts[0] == ".trackegress-claims" for p in left), left
