@@ -25,7 +25,7 @@ from pathlib import Path
 from livekit.protocol import egress, models
 
 from trackegress.config import Config
-from trackegress.egress import STOP_API, Egress, Parts
+from trackegress.egress import LIMIT_REACHED, STOP_API, Egress, Parts
 from trackegress.errors import HTTP_STATUS, UNIMPLEMENTED, EgressFailure, RequestError
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
@@ -216,12 +216,12 @@ class AvEgress:
         del self.info.file_results[:]
         manifest = functools.partial(self._manifest, infos, result)
         error = await self._output.write_results(self.info, files[first].started_at, duration, manifest)
-        if error is not None:
-            await self._fail(error, 500, [])
+        if error is not None:  # the joined file stays here, listed where it lies
+            await self._fail(error, 500, list(self.info.file_results))
             return
         await asyncio.to_thread(shutil.rmtree, self._private_dir(), True)
         if self._limit_reached:
-            self.info.error, self.info.error_code = "Session limit reached", 413
+            self.info.error, self.info.error_code = LIMIT_REACHED, 413
             self._set_status(Status.EGRESS_LIMIT_REACHED, ended=True)
         else:
             self._set_status(Status.EGRESS_COMPLETE, ended=True)

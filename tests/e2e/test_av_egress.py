@@ -296,3 +296,25 @@ async def test_the_joined_file_and_its_manifest_are_uploaded_and_nothing_stays_l
         ("video", "video/vp8", "sender_report"), ("audio", "audio/opus", "sender_report")]
     left = [p.relative_to(tmp_path / "recordings") for p in (tmp_path / "recordings").rglob("*") if p.is_file()]
     assert all(p.parts[0] == ".trackegress-claims" for p in left), left
+
+
+async def test_a_session_limit_ends_both_tracks_and_the_joined_file_is_limit_reached(
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path,
+) -> None:
+    room = await make_room()
+    publisher, sids = await marks_publisher(livekit_server, room, "VP8", seconds=30)
+    service = EgressService(livekit_server, tmp_path, session_limits={"file_output_max_duration": "3s"})
+    try:
+        async with api.LiveKitAPI(service.url, livekit_server.api_key, livekit_server.api_secret) as client:
+            info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "av"))
+            done = await wait_status(client, info.egress_id, *ENDED)
+    finally:
+        service.stop()
+        publisher.terminate()
+        await publisher.wait()
+    assert (Status.Name(done.status), done.error, done.error_code) == (
+        "EGRESS_LIMIT_REACHED", "Session limit reached", 413)
+    (result,) = done.file_results
+    assert result.filename == "av.webm" and 1.5e9 < result.duration < 3.5e9
+    with av.open(str(service.local_dir / "av.webm")) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
