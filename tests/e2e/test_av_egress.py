@@ -298,6 +298,8 @@ async def test_the_joined_file_and_its_manifest_are_uploaded_and_nothing_stays_l
     assert all(p.parts[0] == ".trackegress-claims" for p in left), left
 
 
+@pytest.mark.timing  # the file's duration: the limit's 3 s less the time both tracks took to start recording
+@pytest.mark.xdist_group("cpu")
 async def test_a_session_limit_ends_both_tracks_and_the_joined_file_is_limit_reached(
     livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path,
 ) -> None:
