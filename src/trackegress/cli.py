@@ -258,7 +258,8 @@ async def _open_parts(stack: contextlib.AsyncExitStack, config: ServiceConfig) -
 async def _open_manager(config: ServiceConfig, parts: _Parts) -> EgressManager:
     """The egress manager, watched by the metrics, once what a previous run left unfinished is reported FAILED."""
     manager = EgressManager(config, parts.store, parts.rooms.check_track, parts.webhooks,
-                            on_delay=parts.metrics.observe_delay, admission=config.admission)
+                            on_delay=parts.metrics.observe_delay, admission=config.admission,
+                            check_pair=parts.rooms.check_av_pair)
     parts.metrics.watch(manager)
     manager.add_listener(parts.metrics.observe)
     await manager.recover()

@@ -19,6 +19,7 @@ from trackegress.errors import HTTP_STATUS, NOT_FOUND, UNAVAILABLE, UNIMPLEMENTE
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec, EncodedFrame
+from trackegress.media.sync import SyncInfo
 from trackegress.outputs.base import Output
 from trackegress.outputs.file import FileOutput, FileSinkFactory, UploaderFactory
 from trackegress.outputs.stream import StreamOutput, StreamSinkFactory
@@ -153,6 +154,16 @@ class Egress:
         if not isinstance(self._output, FileOutput):
             return None
         return self._output.partial_file(self._media_started_at)
+
+    @property
+    def track(self) -> TrackSource | None:
+        """The track recorded and who publishes it, once found."""
+        return self._source
+
+    @property
+    def sync(self) -> SyncInfo | None:
+        """When the file's first sample was captured (``media/sync.py``), once it has one; None for a stream."""
+        return self._output.sink.sync if isinstance(self._output, FileOutput) else None
 
     @property
     def layer_switches(self) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import egress, models
 
+from trackegress.avegress import AvEgress
 from trackegress.config import ServiceConfig
 from trackegress.cpuload import CpuAdmission, CpuMeter, egress_kind
 from trackegress.egress import Egress
@@ -28,14 +29,16 @@ from trackegress.info import copy_info, is_ended, new_egress_id, request_webhook
 from trackegress.outputs.file import finalised_before_kill, refresh_killed_files
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
-from trackegress.request import check_track_request, check_webhooks
+from trackegress.request import av_audio_track, check_track_request, check_webhooks
 
 log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
 Listener = Callable[[egress.EgressInfo], None]
 TrackCheck = Callable[[str, str], Awaitable[int | None]]  # raises unless the track exists; its TrackType if known
+PairCheck = Callable[[str, str, str], Awaitable[None]]  # (room, video, audio track): raises unless an A/V pair
 Tasks = list[asyncio.Task[object]]
+Runner = Egress | AvEgress
 PROCESS_KILLED = "Process killed"
 SHUTDOWN = "Server shutting down"  # upstream's ErrShuttingDown ("server is shutting down"), as an end reason
 STATUS_LOST = "Process stopped before the final status was stored; the output was finalised"
@@ -45,7 +48,7 @@ STOP_WAIT = 5.0  # seconds StopEgress waits for the egress to leave STARTING/ACT
 
 @dataclass
 class _Job:
-    runner: Egress
+    runner: Runner
     info: egress.EgressInfo
     webhooks: tuple[models.WebhookConfig, ...]
     kind: str = ""  # cpuload.KINDS
@@ -65,8 +68,10 @@ class EgressManager:
         webhooks: WebhookSender | None = None,
         on_delay: Callable[[float], None] | None = None,
         admission: CpuAdmission | None = None,
+        check_pair: PairCheck | None = None,
     ) -> None:
         self._config = config
+        self._check_pair = check_pair
         self._admission = admission
         self._meter = CpuMeter()
         self._on_delay = on_delay
@@ -88,7 +93,7 @@ class EgressManager:
         """False once ``close()`` has begun."""
         return self._accepting
 
-    def running(self) -> list[Egress]:
+    def running(self) -> list[Runner]:
         """The egresses running in this process."""
         return [job.runner for job in self._jobs.values()]
 
@@ -110,7 +115,8 @@ class EgressManager:
     async def start(self, request: egress.TrackEgressRequest, egress_id: str | None = None, *,
                     source: egress.StartEgressRequest | None = None) -> egress.EgressInfo:
         """Validate ``request`` (nothing starts on error: ``RequestError``), start it, return the STARTING info.
-        ``source``: the unified ``StartEgress`` request ``request`` was made from (the info reports it)."""
+        ``source``: the unified ``StartEgress`` request ``request`` was made from (the info reports it); one that
+        also names an audio track (``av_audio_track``) runs as an ``AvEgress`` of ``request``'s video track."""
         if not self._accepting:
             raise RequestError(UNAVAILABLE, "the egress service is shutting down")
         check_track_request(request, self._config.egress.local_dir)
@@ -118,11 +124,21 @@ class EgressManager:
         if egress_id in self._jobs:
             raise RequestError(ALREADY_EXISTS, f"egress {egress_id} is already running")
         track_type = await self._check_track(request.room_name, request.track_id)
+        audio_track = av_audio_track(source) if source is not None else None
+        if audio_track is not None:
+            await self._check_track(request.room_name, audio_track)
+            if self._check_pair is not None:  # else checked once both record (AvEgress)
+                await self._check_pair(request.room_name, request.track_id, audio_track)
         egress_id = egress_id or new_egress_id()
         kind = egress_kind(request, track_type)
         cost = self._admit(egress_id, kind)  # reserved from here on
-        job = Egress(request, self._config.egress, egress_id=egress_id, source=source,
-                     on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
+        job: Runner
+        if source is not None and audio_track is not None:
+            job = AvEgress(request, audio_track, self._config.egress, egress_id=egress_id, source=source,
+                           on_update=lambda info: self._on_update(egress_id, info))
+        else:
+            job = Egress(request, self._config.egress, egress_id=egress_id, source=source,
+                         on_update=lambda info: self._on_update(egress_id, info), on_delay=self._on_delay)
         try:
             await self._store.put(job.info)
         except Exception as exc:
@@ -287,7 +303,7 @@ async def _after(seconds: float, action: Callable[[], None]) -> None:
     action()
 
 
-async def _watch_size(job: Egress, max_size: int) -> None:
+async def _watch_size(job: Runner, max_size: int) -> None:
     """``limit_reached()`` once the file has grown to ``max_size`` bytes."""
     while True:
         await asyncio.sleep(SIZE_CHECK_INTERVAL)

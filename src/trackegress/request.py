@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from livekit.protocol import egress
+from livekit.protocol import egress, models
 
 from trackegress.errors import INVALID_ARGUMENT, ConfigError, RequestError
 from trackegress.redact import redact_url
@@ -84,10 +85,15 @@ def _invalid(field: str, why: str) -> RequestError:
 def passthrough_track_request(request: egress.StartEgressRequest) -> egress.TrackEgressRequest:
     """The track egress a unified ``StartEgress`` asks for: preset ``PASSTHROUGH``, one track (``video_track_id`` or
     one audio route by ``track_id``) and exactly one file output of the default file type, as livekit/egress's
-    ``validatePassthrough`` (PR #1342) accepts; any other shape is ``invalid_argument``."""
+    ``validatePassthrough`` (PR #1342) accepts; any other shape is ``invalid_argument``.
+
+    Ours beyond upstream (which refuses a second track): ``video_track_id`` and one audio route together ask for one
+    A/V file (``avegress.py``); the track egress returned then names the video track and the joined file, and
+    ``av_audio_track`` names the audio track."""
     if request.WhichOneof("encoding") != "preset" or request.preset != egress.EncodingOptionsPreset.PASSTHROUGH:
-        raise _invalid("preset", "only preset PASSTHROUGH is supported: one track recorded as it is published")
-    track_id = _passthrough_track(request)
+        raise _invalid("preset", "only preset PASSTHROUGH is supported: tracks recorded as they are published")
+    video, audio = _passthrough_tracks(request)
+    track_id = video or audio
     if len(request.outputs) != 1:
         raise _invalid("passthrough outputs", f"exactly one output is required, got {len(request.outputs)}")
     output = request.outputs[0]
@@ -104,9 +110,19 @@ def passthrough_track_request(request: egress.StartEgressRequest) -> egress.Trac
                                      webhooks=request.webhooks)
 
 
-def _passthrough_track(request: egress.StartEgressRequest) -> str:
+def av_audio_track(request: egress.StartEgressRequest) -> str | None:
+    """The audio track of a request ``passthrough_track_request`` accepted naming a video and an audio track (an A/V
+    egress); None for any other request."""
+    media = request.media
+    if request.WhichOneof("source") != "media" or not media.video_track_id or len(media.audio.routes) != 1:
+        return None
+    return media.audio.routes[0].track_id or None
+
+
+def _passthrough_tracks(request: egress.StartEgressRequest) -> tuple[str, str]:
+    """The video and the audio track named (either may be ``""``, not both)."""
     if request.WhichOneof("source") != "media":
-        raise _invalid("passthrough source", "a media source naming one track is required")
+        raise _invalid("passthrough source", "a media source naming one or two tracks is required")
     media = request.media
     video = ""
     if media.WhichOneof("video") == "participant_video":
@@ -128,6 +144,30 @@ def _passthrough_track(request: egress.StartEgressRequest) -> str:
             if not routes[0].track_id:
                 raise _invalid("passthrough audio route track_id", "empty")
             audio = routes[0].track_id
-    if bool(video) == bool(audio):
-        raise _invalid("passthrough track_id", "exactly one track is required: video_track_id or one audio route")
-    return video or audio
+    if not video and not audio:
+        raise _invalid("passthrough track_id", "a track is required: video_track_id, one audio route or both")
+    if video == audio:
+        raise _invalid("passthrough track_id", "video_track_id and the audio route name the same track")
+    return video, audio
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTrack:
+    """A track as the room lists it: its sid, its publisher's identity, its ``models.TrackType``."""
+
+    sid: str
+    publisher: str
+    type: int
+
+
+def check_av_pair(video: PublishedTrack, audio: PublishedTrack) -> None:
+    """``invalid_argument`` unless ``video`` and ``audio`` are a video and an audio track of one participant (the
+    tracks an A/V egress joins into one file)."""
+    if video.type != models.TrackType.VIDEO:
+        raise RequestError(INVALID_ARGUMENT, f"video_track_id {video.sid} is not a video track")
+    if audio.type != models.TrackType.AUDIO:
+        raise RequestError(INVALID_ARGUMENT, f"the audio route's track {audio.sid} is not an audio track")
+    if video.publisher != audio.publisher:
+        raise RequestError(INVALID_ARGUMENT, f"video track {video.sid} (published by {video.publisher!r}) and audio "
+                           f"track {audio.sid} (by {audio.publisher!r}) are not of one participant: one file holds "
+                           "one participant's tracks")

@@ -12,6 +12,7 @@ import aiohttp
 from livekit import api
 
 from trackegress.errors import NOT_FOUND, UNAVAILABLE, RequestError
+from trackegress.request import PublishedTrack, check_av_pair
 
 T = TypeVar("T")
 
@@ -42,6 +43,20 @@ class LiveKitRooms:
         """The sid of ``room_name`` once ``track_id`` is published in it; ``RequestError`` not_found if not."""
         return (await self._find_track(room_name, track_id))[0]
 
+    async def check_av_pair(self, room_name: str, video_track_id: str, audio_track_id: str) -> None:
+        """``RequestError``: not_found unless both tracks are published in ``room_name``, invalid_argument unless
+        they are a video and an audio track of one participant (``request.check_av_pair``)."""
+        for track_id in (video_track_id, audio_track_id):
+            await self._find_track(room_name, track_id)
+        with _server_errors():
+            people = await self._participants(room_name)
+        found = {t.sid: PublishedTrack(t.sid, person.identity, int(t.type))
+                 for person in people.participants for t in person.tracks}
+        missing = [track_id for track_id in (video_track_id, audio_track_id) if track_id not in found]
+        if missing:
+            raise RequestError(NOT_FOUND, f"track {missing[0]} not found in room {room_name}")
+        check_av_pair(found[video_track_id], found[audio_track_id])
+
     async def _find_track(self, room_name: str, track_id: str) -> tuple[str, int]:
         with _server_errors():
             sid = await self._room_sid(room_name)
@@ -69,9 +84,12 @@ class LiveKitRooms:
             raise RequestError(NOT_FOUND, "requested room does not exist")
         return str(sid)
 
-    async def _track_type(self, room_name: str, track_id: str) -> int | None:
-        people = await self._shared(("participants", room_name), lambda: self._api.room.list_participants(
+    async def _participants(self, room_name: str) -> api.ListParticipantsResponse:
+        return await self._shared(("participants", room_name), lambda: self._api.room.list_participants(
             api.ListParticipantsRequest(room=room_name)))
+
+    async def _track_type(self, room_name: str, track_id: str) -> int | None:
+        people = await self._participants(room_name)
         types = (int(t.type) for person in people.participants for t in person.tracks if t.sid == track_id)
         return next(types, None)
 

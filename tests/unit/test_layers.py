@@ -21,7 +21,7 @@ RANKS = {
     "trackegress.config": 3, "trackegress.request": 3, "trackegress.roomservice": 3, "trackegress.dispatcher": 3,
     "trackegress.mux": 3,
     "trackegress.reporting": 4, "trackegress.outputs": 4,
-    "trackegress.egress": 5,
+    "trackegress.egress": 5, "trackegress.avegress": 5,
     "trackegress.manager": 6,
     "trackegress.ops": 7, "trackegress.api": 7, "trackegress.cluster": 7, "trackegress.children": 7,
     "trackegress.cli": 8, "trackegress.supervisor": 8,

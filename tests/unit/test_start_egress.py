@@ -9,7 +9,7 @@ from livekit.protocol import egress, models
 from trackegress.errors import RequestError
 from trackegress.info import recorded_track_id, request_webhooks
 from trackegress.redact import redact_start_request
-from trackegress.request import passthrough_track_request
+from trackegress.request import PublishedTrack, av_audio_track, check_av_pair, passthrough_track_request
 from trackegress.storage.settings import SECRET_FIELDS
 
 PASSTHROUGH = egress.EncodingOptionsPreset.PASSTHROUGH
@@ -50,6 +50,19 @@ def test_a_video_track_and_the_storage_of_the_output_over_the_request_s() -> Non
     assert passthrough_track_request(start).file.gcp.bucket == "req"  # the request-level default
 
 
+def test_a_video_and_an_audio_track_to_one_file_is_one_av_egress_of_the_video_track_and_its_audio() -> None:
+    start = request(egress.MediaSource(video_track_id="TR_video", audio=audio().audio),
+                    [file_output("rec/{publisher_identity}")])
+    track = passthrough_track_request(start)
+    assert (track.track_id, track.file.filepath) == ("TR_video", "rec/{publisher_identity}")
+    assert av_audio_track(start) == "TR_audio"
+
+
+@pytest.mark.parametrize("media", [audio(), egress.MediaSource(video_track_id="TR_video")])
+def test_a_single_track_has_no_av_audio_track(media: egress.MediaSource) -> None:
+    assert av_audio_track(request(media)) is None
+
+
 @pytest.mark.parametrize(("start", "field"), [
     (request(preset=egress.EncodingOptionsPreset.H264_720P_30), "preset"),
     (request(advanced=egress.EncodingOptions(width=640)), "preset"),
@@ -65,7 +78,12 @@ def test_a_video_track_and_the_storage_of_the_output_over_the_request_s() -> Non
     (request(egress.MediaSource(audio=egress.AudioConfig(routes=[egress.AudioRoute(participant_identity="a")]))),
      "passthrough audio route match"),
     (request(audio("")), "passthrough audio route track_id"),
-    (request(egress.MediaSource(video_track_id="TR_v", audio=audio().audio)), "passthrough track_id"),
+    (request(egress.MediaSource(video_track_id="TR_audio", audio=audio().audio)), "passthrough track_id"),
+    (request(egress.MediaSource(video_track_id="TR_v", audio=egress.AudioConfig(capture_all=True))),
+     "passthrough capture_all"),
+    (request(egress.MediaSource(video_track_id="TR_v", audio=audio("").audio)), "passthrough audio route track_id"),
+    (request(egress.MediaSource(participant_video=egress.ParticipantVideo(identity="a"), audio=audio().audio)),
+     "passthrough participant_video"),
     (request(egress.MediaSource()), "passthrough track_id"),
     (request(outputs=[]), "passthrough outputs"),
     (request(outputs=[file_output(), file_output("b")]), "passthrough outputs"),
@@ -96,3 +114,25 @@ def test_the_reported_request_has_its_credentials_redacted() -> None:
     info = egress.EgressInfo(egress=shown)
     assert recorded_track_id(info) == "TR_audio"
     assert [hook.url for hook in request_webhooks(info)] == ["https://h"]
+
+
+VIDEO, AUDIO = models.TrackType.VIDEO, models.TrackType.AUDIO
+
+
+def test_a_video_and_an_audio_track_of_one_participant_are_an_av_pair() -> None:
+    check_av_pair(PublishedTrack("TR_v", "alice", VIDEO), PublishedTrack("TR_a", "alice", AUDIO))
+
+
+@pytest.mark.parametrize(("video", "audio", "message"), [
+    (PublishedTrack("TR_v", "cam", VIDEO), PublishedTrack("TR_a", "mic", AUDIO),
+     "video track TR_v (published by 'cam') and audio track TR_a (by 'mic') are not of one participant: one file "
+     "holds one participant's tracks"),
+    (PublishedTrack("TR_a2", "a", AUDIO), PublishedTrack("TR_a", "a", AUDIO), "video_track_id TR_a2 is not a video "
+     "track"),
+    (PublishedTrack("TR_v", "a", VIDEO), PublishedTrack("TR_v2", "a", VIDEO), "the audio route's track TR_v2 is not "
+     "an audio track"),
+])
+def test_other_pairs_are_invalid_arguments(video: PublishedTrack, audio: PublishedTrack, message: str) -> None:
+    with pytest.raises(RequestError) as error:
+        check_av_pair(video, audio)
+    assert (error.value.code, error.value.message) == ("invalid_argument", message)

@@ -28,7 +28,7 @@ from trackegress.psrpc.wire import PsrpcError, SelectionOpts, StartEgressRequest
 from trackegress.reporting.ioinfo_server import IOInfoServer
 from trackegress.reporting.store import Store
 from trackegress.reporting.webhooks import WebhookSender
-from trackegress.request import check_track_request
+from trackegress.request import av_audio_track, check_track_request
 from trackegress.roomservice import LiveKitRooms
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ class ClusterDispatcher:
         check_track_request(request, self._config.egress.local_dir)
         kind, message = ("track", request) if source is None else ("egress", source)
         room_id = await self._rooms.track_room_sid(request.room_name, request.track_id)  # the workers do not check
+        audio_track = av_audio_track(source) if source is not None else None
+        if audio_track is not None:
+            await self._rooms.check_av_pair(request.room_name, request.track_id, audio_track)
         start = StartEgressRequest(egress_id or new_egress_id(), kind, message, room_id=room_id,
                                    room_name=request.room_name)
         info = egress.EgressInfo.FromString(await self._start(start))

@@ -10,9 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trackegress.egress import Egress
 from trackegress.info import is_ended
-from trackegress.manager import EgressManager
+from trackegress.manager import EgressManager, Runner
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Capacity = Callable[[], "dict[str, int] | None"]  # how many more egresses of each kind would be admitted now
@@ -115,7 +114,7 @@ class Metrics(Collector):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": METRICS_TYPE})
 
 
-def _counts(job: Egress) -> tuple[int, int, int, int, int]:
+def _counts(job: Runner) -> tuple[int, int, int, int, int]:
     stats, reception = job.stream_stats, job.reception
     return (
         reception.packets_lost, reception.packets_recovered, stats.reconnects if stats else 0,

@@ -60,7 +60,7 @@ class FileOutput:
         """Name, check and claim the file, then open its sink (``EgressFailure`` if any of that fails)."""
         relative = output_path(request.filepath, codec, template_vars(source, room))
         settings = config.storage or StorageSettings()
-        upload_to = _destination(settings, request)
+        upload_to = destination(settings, request)
         storage = LocalStorage(config.local_dir)
         local = f"{egress_id}/{posixpath.basename(relative)}" if upload_to else relative
         try:
@@ -70,7 +70,7 @@ class FileOutput:
             path = storage.path_for(local)
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
-        _claim(storage, upload_to, path, relative, egress_id)
+        claim_output(storage, upload_to, path, relative, egress_id)
         sink = file_sink(path, codec, request_keyframe, top=top_layer(source.track), top_wait=config.top_layer_wait)
         return cls(sink, relative, egress_id, source, storage, upload_to, settings.backup,
                    not request.disable_manifest, uploader)
@@ -139,7 +139,7 @@ class FileOutput:
             await uploader.close()
             info.backup_storage_used = uploader.backup_used
         if error is None:
-            await asyncio.to_thread(_remove_empty_dir, self.sink.path.parent)
+            await asyncio.to_thread(remove_empty_dir, self.sink.path.parent)
         return error
 
     async def failed_results(self, info: egress.EgressInfo) -> None:
@@ -160,7 +160,7 @@ class FileOutput:
         error = None
         if uploader is not None:
             try:
-                file_info.location = await _upload(uploader, self.sink.path, self.filename)
+                file_info.location = await upload_then_remove(uploader, self.sink.path, self.filename)
             except UploadError as exc:
                 error, uploader = str(exc), None
         info.file_results.append(file_info)
@@ -184,7 +184,7 @@ class FileOutput:
             sync=self.sink.sync,
         )
         try:
-            await asyncio.to_thread(_write_whole, path, body)
+            await asyncio.to_thread(write_whole, path, body)
         except OSError as exc:
             log.error("egress %s: manifest not written: %s", self.egress_id, exc)
             return f"manifest not written: {exc.strerror or exc}"
@@ -193,7 +193,7 @@ class FileOutput:
             return None
         filename = posixpath.join(posixpath.dirname(self.filename), path.name)
         try:
-            info.manifest_location = await _upload(uploader, path, filename)
+            info.manifest_location = await upload_then_remove(uploader, path, filename)
         except UploadError as exc:
             return str(exc)
         return None
@@ -225,7 +225,7 @@ def _track_kind(track: models.TrackInfo) -> str:
     return "audio" if track.type == models.TrackType.AUDIO else "video"
 
 
-def _destination(settings: StorageSettings, request: egress.DirectFileOutput) -> Destination | None:
+def destination(settings: StorageSettings, request: egress.DirectFileOutput) -> Destination | None:
     """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
     try:
         return settings.destination(request)
@@ -233,7 +233,9 @@ def _destination(settings: StorageSettings, request: egress.DirectFileOutput) ->
         raise EgressFailure(exc.code, exc.message) from None
 
 
-def _claim(storage: LocalStorage, upload_to: Destination | None, path: Path, relative: str, egress_id: str) -> None:
+def claim_output(
+    storage: LocalStorage, upload_to: Destination | None, path: Path, relative: str, egress_id: str
+) -> None:
     """Own the output before writing (see ``storage/claims.py``); ``already_exists`` if another egress does."""
     try:
         if upload_to is not None:
@@ -245,14 +247,14 @@ def _claim(storage: LocalStorage, upload_to: Destination | None, path: Path, rel
         raise EgressFailure(UNAVAILABLE, f"output {relative!r} cannot be created: {exc.strerror}") from None
 
 
-async def _upload(uploader: Uploader, local: Path, filename: str) -> str:
+async def upload_then_remove(uploader: Uploader, local: Path, filename: str) -> str:
     """Upload ``local`` as ``filename``, then (only then) delete the local copy; returns the location."""
     location = await uploader.upload(local, filename)
     await asyncio.to_thread(local.unlink)
     return location
 
 
-def _write_whole(path: Path, body: bytes) -> None:
+def write_whole(path: Path, body: bytes) -> None:
     """Write ``path`` all or nothing (a temporary file renamed into place): a full disk leaves no stub."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -263,7 +265,7 @@ def _write_whole(path: Path, body: bytes) -> None:
         raise
 
 
-def _remove_empty_dir(path: Path) -> None:
+def remove_empty_dir(path: Path) -> None:
     """Remove the egress's local directory once everything in it was uploaded."""
     try:
         path.rmdir()
