@@ -24,7 +24,7 @@ from support.server import LiveKitServer, RoomFactory
 from support.storage_checks import BUCKET, running, s3_client, s3_upload
 from support.storage_servers import MINIO, MinIO
 from support.worker_process import Worker
-from test_av_mux import beeps, flashes, packets
+from test_av_mux import SYNC_BOUND, beeps, flashes, packets
 from test_worker import lk_redis, redis_server, webhooks, workers  # noqa: F401 (fixtures)
 
 from trackegress.avegress import AvEgress
@@ -139,7 +139,7 @@ async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_f
     print(f"A/V offsets (ms): {[round(o * 1000, 1) for o in offsets]}; median {median * 1000:.1f}, spread "
           f"{spread * 1000:.1f}; the reference files muxed: median {by_mux * 1000:.1f}; {done.details}")
     assert len(offsets) >= 4, offsets
-    assert abs(median) <= 0.020 and spread <= 0.040
+    assert abs(median) <= SYNC_BOUND and spread <= 0.040
     assert abs(median - by_mux) <= 0.003, "the egress aligns as trackegress mux does"
 
 
@@ -222,7 +222,7 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
     with av.open(str(path)) as container:
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
     offsets = av_offsets(path)
-    assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= 0.020, offsets
+    assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= SYNC_BOUND, offsets
 
 
 async def test_a_killed_service_reports_the_track_files_recorded_so_far(
