@@ -147,12 +147,13 @@ class DecodedSamples:
 
 
 def decoded_fps(counts: list[tuple[float, int]], seconds: float) -> float:
-    """The viewer's frames per second over the last ``seconds`` of ``counts`` (linear between samples)."""
+    """The viewer's frames per second over the last ``seconds`` of ``counts`` (linear between samples), or over
+    all of them if they begin later (by less than a second: the file's first frame may precede the first sample)."""
     end, total = counts[-1]
-    start = end - seconds * 1000
-    assert counts[0][0] <= start, f"the viewer's samples start {(end - counts[0][0]) / 1000:.1f} s before the end"
+    start = max(end - seconds * 1000, counts[0][0])
+    assert end - start >= (seconds - 1) * 1000, f"the viewer sampled only {(end - start) / 1000:.1f} s"
     at_start = float(numpy.interp(start, [t for t, _ in counts], [n for _, n in counts]))
-    return (total - at_start) / seconds
+    return (total - at_start) / ((end - start) / 1000)
 
 
 async def record_browser(
