@@ -1,4 +1,4 @@
-.PHONY: install install-test lint checks test test-parallel test-py313 py313-tests dist demo bench
+.PHONY: install install-test lint checks test test-parallel timing-cpu timing-clock test-py313 py313-tests dist demo bench
 
 # The Rust toolchain (rustup) that builds and lints native/.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -23,7 +23,8 @@ checks:  ## what lint runs, without the install step (the native core's target d
 
 # The parallel tests: pytest-xdist workers, one test file per worker (its module fixtures start once). Then the tests that
 # assert wall-clock timing, in two lanes side by side: the end-to-end ones (a browser, spinning processes, ICE
-# restarts) one after another, and the WebSocket sink's in-process deadlines (xdist_group "cpu" / "clock").
+# restarts, the multi-host tests) one after another, and the WebSocket sink's in-process deadlines (xdist_group "cpu" /
+# "clock", each lane a pytest process: timing-cpu, timing-clock).
 # Before them, side by side, the lint checks and the Python 3.13 run (py313-tests): beside the parallel run they
 # starved its end-to-end tests (a WebSocket tone test got 1.56 s of 3 s, a proxied upload lost frames).
 # `make test PYTEST_WORKERS=0` runs the parallel part in one process.
@@ -32,10 +33,15 @@ PYTEST_WORKERS ?= 5
 test: install-test dist
 	$(MAKE) --no-print-directory -j2 --output-sync=target checks py313-tests
 	$(MAKE) --no-print-directory test-parallel
-	.venv/bin/pytest -q -n 2 --dist loadgroup -m timing --durations=5
+	$(MAKE) --no-print-directory -j2 --output-sync=target timing-cpu timing-clock
 
 test-parallel:
 	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not timing" --durations=10
+
+# Each lane a pytest process of its own, its tests one at a time, its servers on the ports of one xdist worker's block.
+timing-cpu timing-clock:
+	PYTEST_XDIST_WORKER=gw$(if $(filter timing-cpu,$@),0,1) .venv/bin/pytest -q -p no:cacheprovider -m timing \
+		--lane $(subst timing-,,$@) --durations=5
 
 # Python 3.13, in a Debian trixie root (scripts/py313.sh: laid once by debootstrap, cached in ~/.cache/trackegress):
 # the unit suite and a file and a WebSocket e2e, on dist/'s wheels.
