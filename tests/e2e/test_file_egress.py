@@ -106,17 +106,9 @@ async def test_a_publisher_without_sender_reports_gets_its_arrival_time_flagged(
 ) -> None:
     """No RTCP from the publisher, so no sender report reaches the recorder: the manifest and ``details`` place
     the file's first sample at its arrival here, flagged ``source=arrival`` (what ``trackegress mux`` warns of)."""
-    room, creds = await make_room(), (livekit_server.api_key, livekit_server.api_secret)
-    async with Publisher(livekit_server.url, creds, room, "alice", sample_media["opus"], start_delay=None,
-                         sender_reports=False) as pub:
-        job = Egress(file_request(room, pub.track_sid, ""), config_for(livekit_server, tmp_path))
-        run = asyncio.create_task(job.run())
-        await until(lambda: job.info.room_id)
-        await asyncio.sleep(1.5)  # subscription negotiated
-        pub.begin()
-        await asyncio.wait_for(pub.done, 15)
-        await asyncio.sleep(0.5)
-    info = await asyncio.wait_for(run, 15)
+    room, config = await make_room(), config_for(livekit_server, tmp_path)
+    info, _, _ = await record_published(livekit_server, room, sample_media["opus"], config,
+                                        lambda track: file_request(room, track, ""), sender_reports=False)
 
     assert egress.EgressStatus.Name(info.status) == "EGRESS_COMPLETE", info.error
     sync = json.loads((tmp_path / f"{info.egress_id}.json").read_text())["sync"]

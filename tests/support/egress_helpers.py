@@ -42,12 +42,13 @@ async def until(condition: Callable[[], object], timeout: float = 10.0, interval
 
 async def record_published(
     server: LiveKitServer, room: str, media: Path, config: Config, request: Callable[[str], egress.TrackEgressRequest],
-    *, on_update: Callable[[egress.EgressInfo], None] | None = None, timeout: float = 15.0,
+    *, on_update: Callable[[egress.EgressInfo], None] | None = None, timeout: float = 15.0, sender_reports: bool = True,
 ) -> tuple[egress.EgressInfo, list[bytes], str]:
     """Publish ``media`` as alice (held until the recorder has joined), record it with the egress
     ``request(track_sid)`` asks for, leave; returns (final info, frames sent, track sid)."""
     creds = (server.api_key, server.api_secret)
-    async with Publisher(server.url, creds, room, "alice", media, start_delay=None, prime=True) as pub:
+    async with Publisher(server.url, creds, room, "alice", media, start_delay=None, prime=True,
+                         sender_reports=sender_reports) as pub:
         job = Egress(request(pub.track_sid), config, on_update=on_update)
         run = asyncio.create_task(job.run())
         await until(lambda: job.info.room_id)

@@ -16,23 +16,19 @@ from pathlib import Path
 from livekit.protocol import egress
 
 from trackegress.config import Config
-from trackegress.errors import INVALID_ARGUMENT, EgressFailure
 from trackegress.mux import MuxResult, mux
 from trackegress.outputs.file import (
+    ClaimedPath,
     TemplateRoom,
     UploaderFactory,
-    claim_output,
-    destination,
     remove_empty_dir,
-    template_vars,
     upload_then_remove,
     write_whole,
 )
 from trackegress.room.subscriber import TrackSource
-from trackegress.sinks.naming import MAX_KEY, check_path_limits, output_path
-from trackegress.storage.base import UploadError, object_key
+from trackegress.storage.base import UploadError
 from trackegress.storage.local import LocalStorage
-from trackegress.storage.settings import Destination, StorageSettings
+from trackegress.storage.settings import Destination
 from trackegress.storage.uploader import Uploader
 
 Manifest = Callable[[egress.EgressInfo], bytes]
@@ -55,21 +51,9 @@ class AvFile:
     def claim(cls, request: egress.DirectFileOutput, config: Config, egress_id: str, video: TrackSource,
               room: TemplateRoom, uploader: UploaderFactory = Uploader) -> AvFile:
         """Name, check and claim the file (``EgressFailure`` if any of that fails)."""
-        relative = output_path(request.filepath, video.codec, template_vars(video, room))
-        settings = config.storage or StorageSettings()
-        upload_to = destination(settings, request)
-        storage = LocalStorage(config.local_dir)
-        local = f"{egress_id}/{posixpath.basename(relative)}" if upload_to else relative
-        try:
-            check_path_limits(relative)
-            if upload_to is not None:
-                check_path_limits(object_key(upload_to.prefix, relative), MAX_KEY)
-            path = storage.path_for(local)
-        except ValueError as exc:
-            raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
-        claim_output(storage, upload_to, path, relative, egress_id)
-        return cls(relative, path, egress_id, storage, upload_to, settings.backup, not request.disable_manifest,
-                   uploader)
+        claimed = ClaimedPath.claim(request, config, egress_id, video.codec, video, room)
+        return cls(claimed.relative, claimed.path, egress_id, claimed.storage, claimed.upload_to,
+                   claimed.settings.backup, not request.disable_manifest, uploader)
 
     async def join(self, tracks: Sequence[Path]) -> MuxResult:
         """Join the track files into a temporary file beside the claimed one, then move it into place

@@ -37,6 +37,36 @@ UploaderFactory = Callable[[Destination, Destination | None], Uploader]
 TemplateRoom = tuple[str, str]  # the room's name (as requested) and id
 
 
+@dataclass(frozen=True)
+class ClaimedPath:
+    """An output file named from its template, checked and claimed: where it is written (``path``) and uploaded."""
+
+    relative: str
+    path: Path
+    storage: LocalStorage
+    upload_to: Destination | None
+    settings: StorageSettings
+
+    @classmethod
+    def claim(cls, request: egress.DirectFileOutput, config: Config, egress_id: str, codec: Codec,
+              source: TrackSource, room: TemplateRoom) -> ClaimedPath:
+        """``EgressFailure`` if the name is invalid or another egress owns it."""
+        relative = output_path(request.filepath, codec, template_vars(source, room))
+        settings = config.storage or StorageSettings()
+        upload_to = _destination(settings, request)
+        storage = LocalStorage(config.local_dir)
+        local = f"{egress_id}/{posixpath.basename(relative)}" if upload_to else relative
+        try:
+            check_path_limits(relative)
+            if upload_to is not None:
+                check_path_limits(object_key(upload_to.prefix, relative), MAX_KEY)
+            path = storage.path_for(local)
+        except ValueError as exc:
+            raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
+        _claim(storage, upload_to, path, relative, egress_id)
+        return cls(relative, path, storage, upload_to, settings)
+
+
 @dataclass
 class FileOutput:
     """The file one track is recorded to: ``open`` claims it, ``sink`` writes it, ``write_results`` finishes it."""
@@ -58,22 +88,11 @@ class FileOutput:
         uploader: UploaderFactory = Uploader,
     ) -> FileOutput:
         """Name, check and claim the file, then open its sink (``EgressFailure`` if any of that fails)."""
-        relative = output_path(request.filepath, codec, template_vars(source, room))
-        settings = config.storage or StorageSettings()
-        upload_to = destination(settings, request)
-        storage = LocalStorage(config.local_dir)
-        local = f"{egress_id}/{posixpath.basename(relative)}" if upload_to else relative
-        try:
-            check_path_limits(relative)
-            if upload_to is not None:
-                check_path_limits(object_key(upload_to.prefix, relative), MAX_KEY)
-            path = storage.path_for(local)
-        except ValueError as exc:
-            raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
-        claim_output(storage, upload_to, path, relative, egress_id)
-        sink = file_sink(path, codec, request_keyframe, top=top_layer(source.track), top_wait=config.top_layer_wait)
-        return cls(sink, relative, egress_id, source, storage, upload_to, settings.backup,
-                   not request.disable_manifest, uploader)
+        claimed = ClaimedPath.claim(request, config, egress_id, codec, source, room)
+        sink = file_sink(claimed.path, codec, request_keyframe, top=top_layer(source.track),
+                         top_wait=config.top_layer_wait)
+        return cls(sink, claimed.relative, egress_id, source, claimed.storage, claimed.upload_to,
+                   claimed.settings.backup, not request.disable_manifest, uploader)
 
     @property
     def codec(self) -> Codec:
@@ -225,7 +244,7 @@ def _track_kind(track: models.TrackInfo) -> str:
     return "audio" if track.type == models.TrackType.AUDIO else "video"
 
 
-def destination(settings: StorageSettings, request: egress.DirectFileOutput) -> Destination | None:
+def _destination(settings: StorageSettings, request: egress.DirectFileOutput) -> Destination | None:
     """Where the file is uploaded (the request's upload, else the configured storage); None: it stays local."""
     try:
         return settings.destination(request)
@@ -233,7 +252,7 @@ def destination(settings: StorageSettings, request: egress.DirectFileOutput) -> 
         raise EgressFailure(exc.code, exc.message) from None
 
 
-def claim_output(
+def _claim(
     storage: LocalStorage, upload_to: Destination | None, path: Path, relative: str, egress_id: str
 ) -> None:
     """Own the output before writing (see ``storage/claims.py``); ``already_exists`` if another egress does."""
