@@ -18,6 +18,7 @@ from support.media import h264_canonical, make_opus_ogg
 from support.publisher import Publisher
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
 from support.wsreceiver import LEFT_HZ, RIGHT_HZ, Receiver, is_silent, steps
+from test_av_mux import record_apart_and_mux
 from test_file_egress import config_for, decode_errors, packets
 
 from trackegress.config import Config
@@ -217,3 +218,14 @@ async def test_websocket_under_30ms_jitter_has_no_dropouts_and_little_delay(
     # Idle machine: p50 18 ms, p99 33 ms. The bound leaves room for the CI run's load (this process also runs the
     # relay and the egress: p99 76 ms once there); upstream's egress takes ~2.85 s.
     assert p50 <= 0.040 and p99 <= 0.120
+
+
+@pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
+@pytest.mark.xdist_group("cpu")
+async def test_two_egresses_mux_in_sync_through_jitter_and_loss(
+    relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory, tmp_path: Path
+) -> None:
+    """The A/V marks (``test_av_mux.py``) with 30 ms of jitter and 2 % loss each way on every client's media,
+    the publisher's too: the capture times still put every beep on its flash."""
+    relay.set_profiles(down=Profile(loss=0.02, jitter=0.03), up=Profile(loss=0.02, jitter=0.03))
+    await record_apart_and_mux(relayed_server, await relayed_room(), tmp_path, "VP8", ".webm", media_protocols=UDP)
