@@ -199,7 +199,7 @@ async def test_random_loss_on_the_worker_link_keeps_at_least_as_many_frames_as_a
     each recording completes and plays, and at 2 and 5 % it keeps no fewer frames than the viewer decoded. At 10 %
     a packet defeats all its NACKs in about one run of three (str0m NACKs a packet 5 times, livekit-server resends
     it at most 3 times: 21 % of attempts fail there) and costs the rest of the GOP, as this publisher cannot answer
-    the PLI: the mean over runs is in the README (ours 478 of 500 in 13 runs, the viewer's 400), not asserted per
+    the PLI: the mean over runs is in the README (ours 475 of 500 in 8 runs, the viewer's 397), not asserted per
     run. The figures are printed (``pytest -s``)."""
     worker = worker_on(host, site, tmp_path / "w", media_protocols=["udp"]).start()
     rows: list[tuple[int, int, int | None, str]] = []  # (percent, frames kept, frames the viewer decoded, details)
