@@ -51,7 +51,7 @@ class _Job:
     runner: Runner
     info: egress.EgressInfo
     webhooks: tuple[models.WebhookConfig, ...]
-    kind: str = ""  # cpuload.KINDS
+    kinds: tuple[str, ...] = ()  # cpuload.KINDS it records: one, or an A/V egress's video and audio file
     cost: float = 0.0  # CPUs it is priced at (admission)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: Tasks = field(default_factory=list)
@@ -130,8 +130,8 @@ class EgressManager:
             if self._check_pair is not None:  # else checked once both record (AvEgress)
                 await self._check_pair(request.room_name, request.track_id, audio_track)
         egress_id = egress_id or new_egress_id()
-        kind = egress_kind(request, track_type)
-        cost = self._admit(egress_id, kind)  # reserved from here on
+        kinds = (egress_kind(request, track_type), *(("audio_file",) if audio_track is not None else ()))
+        cost = self._admit(egress_id, kinds)  # reserved from here on
         job: Runner
         if source is not None and audio_track is not None:
             job = AvEgress(request, audio_track, self._config.egress, egress_id=egress_id, source=source,
@@ -147,7 +147,7 @@ class EgressManager:
             raise RequestError(UNAVAILABLE, "the egress store cannot be written (data_dir full?)") from None
         finally:
             self._admitting.pop(egress_id, None)
-        state = _Job(job, job.info, tuple(request.webhooks), kind, cost)
+        state = _Job(job, job.info, tuple(request.webhooks), kinds, cost)
         self._jobs[egress_id] = state
         self._announce(job.info, state.webhooks)
         state.tasks = [
@@ -201,10 +201,11 @@ class EgressManager:
 
     # internals
 
-    def kind(self, egress_id: str) -> str | None:
-        """What kind of egress (``cpuload.KINDS``) ``egress_id`` is, while it runs here."""
+    def kinds(self, egress_id: str) -> tuple[str, ...] | None:
+        """What ``egress_id`` records (``cpuload.KINDS``: an A/V egress a video and an audio file), while it runs
+        here."""
         job = self._jobs.get(egress_id)
-        return job.kind if job else None
+        return job.kinds if job else None
 
     def available(self) -> dict[str, int] | None:
         """How many more egresses of each kind this process would admit now (None without admission)."""
@@ -213,16 +214,17 @@ class EgressManager:
         self._meter.start()
         return self._admission.available(self._reserved(), self._meter.measured)
 
-    def _admit(self, egress_id: str, kind: str) -> float:
-        """Reserve what an egress of ``kind`` costs, or ``resource_exhausted`` if it does not fit; the cost."""
+    def _admit(self, egress_id: str, kinds: tuple[str, ...]) -> float:
+        """Reserve what an egress recording ``kinds`` costs, or ``resource_exhausted`` if it does not fit; the cost."""
         if self._admission is None:
             return 0.0
         self._meter.start()
-        cost, reserved, measured = self._admission.cost(kind), self._reserved(), self._meter.measured
-        if not self._admission.admits(reserved, measured, cost):
+        admission = self._admission
+        cost, reserved, measured = sum(map(admission.cost, kinds)), self._reserved(), self._meter.measured
+        if not admission.admits(reserved, measured, cost):
             raise RequestError(RESOURCE_EXHAUSTED, f"at capacity: {len(self._jobs)} egresses running, "
-                               f"{reserved:.2f} CPUs reserved, {measured:.2f} measured; a {kind} egress costs "
-                               f"{cost:g}, budget {self._admission.budget:g} CPUs")
+                               f"{reserved:.2f} CPUs reserved, {measured:.2f} measured; a {' + '.join(kinds)} "
+                               f"egress costs {cost:g}, budget {admission.budget:g} CPUs")
         self._meter.reserve(egress_id, cost)
         self._admitting[egress_id] = cost
         return cost

@@ -18,6 +18,7 @@ from support.server import free_port
 
 from trackegress.api.auth import Authenticator
 from trackegress.api.twirp import PAGE_SIZE, TwirpRunner, TwirpServer
+from trackegress.avegress import AvEgress
 from trackegress.config import load_service_config
 from trackegress.cpuload import CpuAdmission
 from trackegress.egress import Egress
@@ -170,6 +171,34 @@ async def test_serve_admits_egresses_by_cpu_cost(served: Api) -> None:
         gate.set()
         monkey.undo()
     assert codes == [None, None, None, "resource_exhausted"]
+
+
+async def test_an_av_egress_is_admitted_at_the_price_of_both_its_tracks(served: Api) -> None:
+    """An A/V egress (``StartEgress`` PASSTHROUGH naming a video and an audio track) reserves a video and an audio
+    egress's price: 1.0 of the 1.6 budget here, so a second does not fit where a single track still does."""
+    gate = asyncio.Event()
+
+    async def blocked_run(self: Egress | AvEgress) -> egress.EgressInfo:
+        await gate.wait()
+        return self.info
+
+    def av(n: int) -> bytes:
+        media = {"video_track_id": f"TR_v{n}", "audio": {"routes": [{"track_id": f"TR_a{n}"}]}}
+        return json.dumps({"room_name": "r", "preset": "PASSTHROUGH", "media": media,
+                           "outputs": [{"file": {"filepath": f"av{n}"}}]}).encode()
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(Egress, "run", blocked_run)
+    monkey.setattr(AvEgress, "run", blocked_run)
+    try:
+        first, second = [(await served.post("StartEgress", av(n)))[2] for n in range(2)]
+        single = (await served.post("StartTrackEgress", track_request("f")))[2]
+    finally:
+        gate.set()
+        monkey.undo()
+    assert first.get("code") is None and first["egress_id"].startswith("EG_"), first
+    assert second["code"] == "resource_exhausted" and "a video_file + audio_file egress costs 1" in second["msg"]
+    assert single.get("code") is None, single
 
 
 async def test_a_failing_store_is_retried_until_the_status_is_saved(tmp_path: Path) -> None:

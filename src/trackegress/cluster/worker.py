@@ -35,7 +35,7 @@ from trackegress.psrpc.bus import Method, RedisBus, RPCClient, RPCServer
 from trackegress.psrpc.wire import ListActiveEgressResponse, PsrpcError, Request, StartEgressRequest
 from trackegress.reporting.ioinfo_client import IOInfoReporter
 from trackegress.reporting.store import Store
-from trackegress.request import passthrough_track_request
+from trackegress.request import av_audio_track, passthrough_track_request
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,13 @@ class Worker:
 
     def _cost(self, start: StartEgressRequest) -> float:
         """CPUs a StartEgress is priced at: livekit-server's estimate, else the kind's cost (a file of a track of
-        unknown type at the video price until it runs)."""
+        unknown type at the video price until it runs; an A/V egress at a video and an audio file's)."""
         if start.estimated_cpu:
             return start.estimated_cpu
-        return self._admission.cost(egress_kind(start.track)) if start.track else self._admission.video_file
+        if start.track:
+            return self._admission.cost(egress_kind(start.track))
+        av = isinstance(start.request, egress.StartEgressRequest) and av_audio_track(start.request) is not None
+        return self._admission.video_file + (self._admission.audio_file if av else 0.0)
 
     def _load(self) -> tuple[float, float]:
         """CPUs reserved (running and claimed egresses at their cost) and measured (claims included)."""
@@ -245,9 +248,9 @@ class Worker:
             if owned:
                 await self._bus.redis.delete(OWNER_PREFIX + egress_id)
             raise
-        kind, running = self._manager.kind(egress_id), self._running.get(egress_id)
-        if reprice and kind is not None and running is not None and not running.ended:
-            running.cost = self._admission.cost(kind)  # the track's type is known now
+        kinds, running = self._manager.kinds(egress_id), self._running.get(egress_id)
+        if reprice and kinds is not None and running is not None and not running.ended:
+            running.cost = sum(map(self._admission.cost, kinds))  # the track's type is known now
         await self._reporter.wait_created(egress_id, CREATE_WAIT)
         return info
 
