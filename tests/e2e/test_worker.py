@@ -214,7 +214,8 @@ async def test_ten_egresses_spread_over_two_workers_by_affinity(
     tmp_path: Path,
 ) -> None:
     """Both claim with affinity 1 (taken at once), the busier one later by 0.1 s times its reserved share, so
-    sequential starts alternate between the workers."""
+    sequential starts go to the less busy worker: about half each (the delays differ by ~3 ms at 4 against 5
+    egresses, within a loaded machine's scheduling jitter: 4 / 6 seen in CI; without the spread one takes all)."""
     start_two_workers(tmp_path, lk_redis, redis_server, workers, max_cpu_utilization=0.8, cost_per_cpu=0.1)
     creds = (lk_redis.api_key, lk_redis.api_secret)
     async with livekit(lk_redis) as (client, room), \
@@ -226,7 +227,7 @@ async def test_ten_egresses_spread_over_two_workers_by_affinity(
             await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
         done = [await wait_status(client, info.egress_id, Status.EGRESS_COMPLETE) for info in started]
     per_worker = [Path(info.file_results[0].location).parents[1].name for info in active]
-    assert sorted(per_worker.count(name) for name in ("a", "b")) == [5, 5], per_worker
+    assert min(per_worker.count(name) for name in ("a", "b")) >= 4, per_worker
     assert all(info.file_results[0].size > 0 for info in done)
 
 
