@@ -37,19 +37,26 @@ UploaderFactory = Callable[[Destination, Destination | None], Uploader]
 TemplateRoom = tuple[str, str]  # the room's name (as requested) and id
 
 
+Manifest = Callable[[egress.EgressInfo], bytes]  # the manifest's body for the final info
+
+
 @dataclass(frozen=True)
 class ClaimedPath:
-    """An output file named from its template, checked and claimed: where it is written (``path``) and uploaded."""
+    """An output file named from its template, checked and claimed: where it is written (``path``), where it is
+    uploaded, and how its results and manifest are delivered (``deliver``)."""
 
-    relative: str
-    path: Path
+    filename: str  # as requested, templates filled in: relative to the base dir, or the object key's tail
+    path: Path  # where it is written here
+    egress_id: str
     storage: LocalStorage
-    upload_to: Destination | None
-    settings: StorageSettings
+    upload_to: Destination | None  # None: the file stays local
+    backup: Destination | None
+    manifest: bool
+    uploader: UploaderFactory
 
     @classmethod
     def claim(cls, request: egress.DirectFileOutput, config: Config, egress_id: str, codec: Codec,
-              source: TrackSource, room: TemplateRoom) -> ClaimedPath:
+              source: TrackSource, room: TemplateRoom, uploader: UploaderFactory = Uploader) -> ClaimedPath:
         """``EgressFailure`` if the name is invalid or another egress owns it."""
         relative = output_path(request.filepath, codec, template_vars(source, room))
         settings = config.storage or StorageSettings()
@@ -64,7 +71,65 @@ class ClaimedPath:
         except ValueError as exc:
             raise EgressFailure(INVALID_ARGUMENT, f"invalid filepath {relative!r}: {exc}") from None
         _claim(storage, upload_to, path, relative, egress_id)
-        return cls(relative, path, storage, upload_to, settings)
+        return cls(relative, path, egress_id, storage, upload_to, settings.backup, not request.disable_manifest,
+                   uploader)
+
+    def file_info(self, size: int, started_at: int, duration: int | None = None) -> egress.FileInfo:
+        """The file's ``FileInfo`` where it lies here (``duration`` and end once it is finished)."""
+        info = egress.FileInfo(filename=self.filename, location=self.storage.location(self.path), size=size,
+                               started_at=started_at)
+        if duration is not None:
+            info.duration, info.ended_at = duration, started_at + duration
+        return info
+
+    async def deliver(self, info: egress.EgressInfo, file_info: egress.FileInfo, manifest: Manifest) -> str | None:
+        """Put ``file_info`` into ``info``'s results, uploading the file and its manifest if configured; returns
+        the upload error (after which the manifest stays local and names local paths)."""
+        if self.upload_to is None:
+            return await self._deliver(info, file_info, manifest, None)
+        uploader = self.uploader(self.upload_to, self.backup)
+        try:
+            error = await self._deliver(info, file_info, manifest, uploader)
+        finally:
+            await uploader.close()
+            info.backup_storage_used = uploader.backup_used
+        if error is None:
+            await asyncio.to_thread(_remove_empty_dir, self.path.parent)
+        return error
+
+    async def _deliver(self, info: egress.EgressInfo, file_info: egress.FileInfo, manifest: Manifest,
+                       uploader: Uploader | None) -> str | None:
+        error = None
+        if uploader is not None:
+            try:
+                file_info.location = await _upload_then_remove(uploader, self.path, self.filename)
+            except UploadError as exc:
+                error, uploader = str(exc), None
+        info.file_results.append(file_info)
+        if info.HasField("track"):  # the deprecated single result, of StartTrackEgress only (as upstream)
+            info.file.CopyFrom(file_info)
+        if self.manifest:
+            error = await self._write_manifest(info, manifest, uploader) or error
+        return error
+
+    async def _write_manifest(self, info: egress.EgressInfo, manifest: Manifest,
+                              uploader: Uploader | None) -> str | None:
+        path = self.path.with_name(f"{self.egress_id}.json")
+        info.ended_at = time.time_ns()
+        try:
+            await asyncio.to_thread(_write_whole, path, manifest(info))
+        except OSError as exc:
+            log.error("egress %s: manifest not written: %s", self.egress_id, exc)
+            return f"manifest not written: {exc.strerror or exc}"
+        info.manifest_location = self.storage.location(path)
+        if uploader is None:
+            return None
+        filename = posixpath.join(posixpath.dirname(self.filename), path.name)
+        try:
+            info.manifest_location = await _upload_then_remove(uploader, path, filename)
+        except UploadError as exc:
+            return str(exc)
+        return None
 
 
 @dataclass
@@ -72,14 +137,8 @@ class FileOutput:
     """The file one track is recorded to: ``open`` claims it, ``sink`` writes it, ``write_results`` finishes it."""
 
     sink: FileSink
-    filename: str  # as requested, templates filled in: relative to the base dir, or the object key's tail
-    egress_id: str
+    target: ClaimedPath
     source: TrackSource
-    storage: LocalStorage
-    upload_to: Destination | None  # None: the file stays local
-    backup: Destination | None
-    manifest: bool
-    uploader: UploaderFactory
 
     @classmethod
     def open(
@@ -88,11 +147,18 @@ class FileOutput:
         uploader: UploaderFactory = Uploader,
     ) -> FileOutput:
         """Name, check and claim the file, then open its sink (``EgressFailure`` if any of that fails)."""
-        claimed = ClaimedPath.claim(request, config, egress_id, codec, source, room)
-        sink = file_sink(claimed.path, codec, request_keyframe, top=top_layer(source.track),
+        target = ClaimedPath.claim(request, config, egress_id, codec, source, room, uploader)
+        sink = file_sink(target.path, codec, request_keyframe, top=top_layer(source.track),
                          top_wait=config.top_layer_wait)
-        return cls(sink, claimed.relative, egress_id, source, claimed.storage, claimed.upload_to,
-                   claimed.settings.backup, not request.disable_manifest, uploader)
+        return cls(sink, target, source)
+
+    @property
+    def filename(self) -> str:
+        return self.target.filename
+
+    @property
+    def egress_id(self) -> str:
+        return self.target.egress_id
 
     @property
     def codec(self) -> Codec:
@@ -110,8 +176,7 @@ class FileOutput:
 
     def partial_file(self, started_at: int) -> egress.FileInfo:
         """The file being written: filename, location, size so far (``OSError`` if it cannot be read)."""
-        return egress.FileInfo(filename=self.filename, location=self.storage.location(self.sink.path),
-                               size=self.sink.size, started_at=started_at)
+        return self.target.file_info(self.sink.size, started_at)
 
     def write_error(self, exc: OSError | av.FFmpegError) -> str:
         """Why writing failed, without the file's path."""
@@ -148,52 +213,15 @@ class FileOutput:
 
     async def write_results(self, info: egress.EgressInfo, started_at: int) -> str | None:
         """Fill in ``info``'s results, uploading the file and its manifest if configured; returns the upload error."""
-        if self.upload_to is None:
-            await self._write_file_results(info, started_at, None)
-            return None
-        uploader = self.uploader(self.upload_to, self.backup)
-        try:
-            error = await self._write_file_results(info, started_at, uploader)
-        finally:
-            await uploader.close()
-            info.backup_storage_used = uploader.backup_used
-        if error is None:
-            await asyncio.to_thread(remove_empty_dir, self.sink.path.parent)
-        return error
+        file_info = self.target.file_info(self.sink.size, started_at, self.sink.duration_ns)
+        return await self.target.deliver(info, file_info, self._manifest)
 
     async def failed_results(self, info: egress.EgressInfo) -> None:
         """A failed file egress reports no file (its partial file was reported while it ran)."""
 
-    async def _write_file_results(
-        self, info: egress.EgressInfo, started_at: int, uploader: Uploader | None
-    ) -> str | None:
-        """FileInfo and manifest; after an upload failure the manifest stays local and names local paths."""
-        file_info = egress.FileInfo(
-            filename=self.filename,
-            location=self.storage.location(self.sink.path),
-            size=self.sink.size,
-            duration=self.sink.duration_ns,
-            started_at=started_at,
-            ended_at=started_at + self.sink.duration_ns,
-        )
-        error = None
-        if uploader is not None:
-            try:
-                file_info.location = await upload_then_remove(uploader, self.sink.path, self.filename)
-            except UploadError as exc:
-                error, uploader = str(exc), None
-        info.file_results.append(file_info)
-        if info.HasField("track"):  # the deprecated single result, of StartTrackEgress only (as upstream)
-            info.file.CopyFrom(file_info)
-        if self.manifest:
-            error = await self._write_manifest(info, uploader) or error
-        return error
-
-    async def _write_manifest(self, info: egress.EgressInfo, uploader: Uploader | None) -> str | None:
-        path = self.sink.path.with_name(f"{self.egress_id}.json")
+    def _manifest(self, info: egress.EgressInfo) -> bytes:
         track = self.source.track
-        info.ended_at = time.time_ns()
-        body = build_manifest(
+        return build_manifest(
             info,
             publisher_identity=self.source.participant.identity,
             track_id=track.sid,
@@ -202,20 +230,6 @@ class FileOutput:
             codec=self.codec.mime,
             sync=self.sink.sync,
         )
-        try:
-            await asyncio.to_thread(write_whole, path, body)
-        except OSError as exc:
-            log.error("egress %s: manifest not written: %s", self.egress_id, exc)
-            return f"manifest not written: {exc.strerror or exc}"
-        info.manifest_location = self.storage.location(path)
-        if uploader is None:
-            return None
-        filename = posixpath.join(posixpath.dirname(self.filename), path.name)
-        try:
-            info.manifest_location = await upload_then_remove(uploader, path, filename)
-        except UploadError as exc:
-            return str(exc)
-        return None
 
 
 def template_vars(source: TrackSource, room: TemplateRoom) -> TemplateVars:
@@ -266,14 +280,14 @@ def _claim(
         raise EgressFailure(UNAVAILABLE, f"output {relative!r} cannot be created: {exc.strerror}") from None
 
 
-async def upload_then_remove(uploader: Uploader, local: Path, filename: str) -> str:
+async def _upload_then_remove(uploader: Uploader, local: Path, filename: str) -> str:
     """Upload ``local`` as ``filename``, then (only then) delete the local copy; returns the location."""
     location = await uploader.upload(local, filename)
     await asyncio.to_thread(local.unlink)
     return location
 
 
-def write_whole(path: Path, body: bytes) -> None:
+def _write_whole(path: Path, body: bytes) -> None:
     """Write ``path`` all or nothing (a temporary file renamed into place): a full disk leaves no stub."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -284,7 +298,7 @@ def write_whole(path: Path, body: bytes) -> None:
         raise
 
 
-def remove_empty_dir(path: Path) -> None:
+def _remove_empty_dir(path: Path) -> None:
     """Remove the egress's local directory once everything in it was uploaded."""
     try:
         path.rmdir()
