@@ -11,7 +11,6 @@ import itertools
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -23,7 +22,7 @@ from support.egress_helpers import until, wait_status
 from support.egress_service import EgressService
 from support.publisher import Publisher
 from support.redis_server import RedisServer
-from support.server import LiveKitServer
+from support.server import LiveKitServer, temporary_room
 from test_worker import Worker, lk_redis, redis_server, webhooks, workers  # noqa: F401 (fixtures)
 
 Status = egress.EgressStatus
@@ -31,18 +30,11 @@ FRAME = 0.02  # seconds of audio per Opus frame in the sample
 PASSTHROUGH = egress.EncodingOptionsPreset.PASSTHROUGH
 
 
-@contextlib.asynccontextmanager
-async def auto_room(server: LiveKitServer, tracks: egress.AutoTrackEgress) -> AsyncIterator[tuple[api.LiveKitAPI, str]]:
+def auto_room(
+    server: LiveKitServer, tracks: egress.AutoTrackEgress
+) -> contextlib.AbstractAsyncContextManager[tuple[api.LiveKitAPI, str]]:
     """A room whose every published track livekit-server records with ``tracks`` (deleted afterwards)."""
-    client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
-    name = f"auto-{uuid.uuid4().hex[:10]}"
-    await client.room.create_room(api.CreateRoomRequest(name=name, egress=room_pb.RoomEgress(tracks=tracks)))
-    try:
-        yield client, name
-    finally:
-        with contextlib.suppress(api.TwirpError):
-            await client.room.delete_room(api.DeleteRoomRequest(room=name))
-        await client.aclose()
+    return temporary_room(server, "auto", room_pb.RoomEgress(tracks=tracks))
 
 
 def opus_packets(path: Path) -> list[bytes]:

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from support.egress_helpers import file_request, until, wait_status
 from support.publisher import Publisher
 from support.redis_server import RedisServer
-from support.server import BINARY, LiveKitServer, create_room, free_port
+from support.server import BINARY, LiveKitServer, create_room, free_port, temporary_room
 from support.site import decode_errors, seconds_of
 from support.worker_process import Worker
 from support.wsreceiver import Receiver
@@ -112,18 +112,9 @@ def workers(tmp_path: Path, lk_redis: LiveKitServer, redis_server: RedisServer) 
         worker.close()
 
 
-@asynccontextmanager
-async def livekit(server: LiveKitServer) -> AsyncIterator[tuple[api.LiveKitAPI, str]]:
+def livekit(server: LiveKitServer) -> contextlib.AbstractAsyncContextManager[tuple[api.LiveKitAPI, str]]:
     """An API client and a fresh room (deleted afterwards)."""
-    client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
-    room = await create_room(client, "worker")
-    try:
-        yield client, room
-    finally:
-        try:
-            await client.room.delete_room(api.DeleteRoomRequest(room=room))
-        finally:
-            await client.aclose()
+    return temporary_room(server, "worker")
 
 
 @asynccontextmanager

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 import socket
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from livekit import api
+from livekit.protocol import room as room_pb
 
 from .process import LogFile, http_ok, stop_process, wait_ready
 
@@ -149,7 +151,25 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ignored}
 
 
-async def create_room(client: api.LiveKitAPI, prefix: str = "e2e") -> str:
-    """Create a room with a unique name and return the name."""
-    room = await client.room.create_room(api.CreateRoomRequest(name=f"{prefix}-{uuid.uuid4().hex[:10]}"))
+async def create_room(client: api.LiveKitAPI, prefix: str = "e2e", egress: room_pb.RoomEgress | None = None) -> str:
+    """Create a room with a unique name (recording its tracks as ``egress`` says, if given) and return the name."""
+    request = api.CreateRoomRequest(name=f"{prefix}-{uuid.uuid4().hex[:10]}")
+    if egress is not None:
+        request.egress.CopyFrom(egress)
+    room = await client.room.create_room(request)
     return str(room.name)
+
+
+@contextlib.asynccontextmanager
+async def temporary_room(
+    server: LiveKitServer, prefix: str = "e2e", egress: room_pb.RoomEgress | None = None
+) -> AsyncIterator[tuple[api.LiveKitAPI, str]]:
+    """An API client and a fresh room (``create_room``), deleted afterwards."""
+    client = api.LiveKitAPI(server.http_url, server.api_key, server.api_secret)
+    name = await create_room(client, prefix, egress)
+    try:
+        yield client, name
+    finally:
+        with contextlib.suppress(api.TwirpError):
+            await client.room.delete_room(api.DeleteRoomRequest(room=name))
+        await client.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from livekit.protocol import egress
 
 from . import netns
 from .redis_server import RedisServer
-from .server import LiveKitServer, create_room
+from .server import LiveKitServer, temporary_room
 from .usage import Usage
 from .worker_process import Worker
 
@@ -45,17 +45,9 @@ def open_site() -> Iterator[Site]:
         yield Site(host, redis, server)
 
 
-@contextlib.asynccontextmanager
-async def room(site: Site) -> AsyncIterator[tuple[api.LiveKitAPI, str]]:
+def room(site: Site) -> contextlib.AbstractAsyncContextManager[tuple[api.LiveKitAPI, str]]:
     """An API client and a fresh room on the site's livekit-server (deleted afterwards)."""
-    client = api.LiveKitAPI(site.server.http_url, site.server.api_key, site.server.api_secret)
-    name = await create_room(client, "hosts")
-    try:
-        yield client, name
-    finally:
-        with contextlib.suppress(api.TwirpError):
-            await client.room.delete_room(api.DeleteRoomRequest(room=name))
-        await client.aclose()
+    return temporary_room(site.server, "hosts")
 
 
 def worker_on(host: netns.Host, site: Site, workdir: Path, **settings: object) -> Worker:
