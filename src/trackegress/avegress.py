@@ -2,13 +2,15 @@
 with preset ``PASSTHROUGH`` naming ``video_track_id`` and one audio route (upstream refuses a second track).
 
 Each track is recorded as any track egress records it (its own room join, its own file and manifest with its sync
-fields) into a private directory under the base dir, ``.trackegress-av/<egress id>/``: those files are the
-crash-safe record while it runs. Once both have ended they are joined by ``mux.mux`` (aligned by their capture times,
-``media/sync.py``) into the requested file, which is then uploaded like a track egress's; the private directory is
-removed. One ``EgressInfo`` tells it all: STARTING → ACTIVE (both tracks recording) → ENDING → COMPLETE.
+fields) into a private directory under the base dir, ``.trackegress-av/<egress id>/``, and every packet its file
+gets goes into the requested file too, live (``sinks/livemux.py``: aligned by capture times as ``trackegress mux``
+aligns track files, written as it records, playable up to about a second before a crash). Once both have ended the
+file is finished and uploaded like a track egress's; the private directory is removed. One ``EgressInfo`` tells it
+all: STARTING → ACTIVE (both tracks recording; ``file_results`` lists the A/V file and the track files as they are
+written, what a crash leaves) → ENDING → COMPLETE.
 
 A track that fails, or never sends anything, fails the egress (the other is stopped): FAILED with that track's
-error, the files recorded so far kept in the private directory and listed in ``file_results``.
+error, the files recorded so far (the A/V file, if it was opened, and the track files) kept and listed.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ from trackegress.errors import HTTP_STATUS, UNIMPLEMENTED, EgressFailure, Reques
 from trackegress.info import copy_info, is_ended, new_egress_id
 from trackegress.logs import current_egress_id
 from trackegress.media.frames import Codec
-from trackegress.mux import MuxError, MuxResult
 from trackegress.outputs.avfile import AvFile
 from trackegress.outputs.manifest import build_av_manifest
 from trackegress.redact import redact_start_request
 from trackegress.request import PublishedTrack, check_av_pair
 from trackegress.room.subscriber import TrackSource
 from trackegress.room.transport import Reception
+from trackegress.sinks.livemux import LiveMux
 from trackegress.sinks.websocket import SinkStats
 from trackegress.storage.local import LocalStorage
 from trackegress.storage.settings import SECRET_FIELDS
@@ -74,17 +76,20 @@ class AvEgress:
         )
         self.info.egress.CopyFrom(redact_start_request(source, SECRET_FIELDS))
         self._folder = f"{AV_DIR}/{self.egress_id}"
-        private = dataclasses.replace(config, storage=None)  # the track files stay here until they are joined
+        private = dataclasses.replace(config, storage=None)  # the track files stay here until the A/V file is done
+        self._live = LiveMux()
         self._tracks = {
             kind: Egress(
                 egress.TrackEgressRequest(room_name=request.room_name, track_id=track_id,
                                           file=egress.DirectFileOutput(filepath=f"{self._folder}/{kind}")),
                 private, egress_id=f"{self.egress_id}_{kind}", on_update=functools.partial(self._track_changed, kind),
-                parts=self._parts,
+                parts=dataclasses.replace(self._parts, file_sink=functools.partial(
+                    self._parts.file_sink, lane=self._live.lanes[kind])),
             )
             for kind, track_id in zip(KINDS, (request.track_id, audio_track_id), strict=True)
         }
         self._output: AvFile | None = None
+        self._av_started_at = 0  # when the A/V file was listed, both tracks recording
         self._error: tuple[str, int] | None = None  # a failure of the pair (not of a track): message, HTTP status
         self._limit_reached = False
 
@@ -128,7 +133,7 @@ class AvEgress:
             track.limit_reached()
 
     async def run(self) -> egress.EgressInfo:
-        """Record both tracks until they end, then join them; returns the final ``EgressInfo``."""
+        """Record both tracks until they end, then finish the A/V file; returns the final ``EgressInfo``."""
         current_egress_id.set(self.egress_id)
         try:
             infos = dict(zip(KINDS, await asyncio.gather(*(t.run() for t in self._tracks.values())), strict=True))
@@ -153,11 +158,14 @@ class AvEgress:
             self._set_status(Status.EGRESS_ENDING)
 
     def _both_recording(self) -> None:
-        """Check the pair and claim the joined file (stopping both on failure), then ACTIVE, the track files listed
-        in ``file_results`` while they are written (what a crash leaves)."""
+        """Check the pair and claim the A/V file (stopping both on failure), then ACTIVE, the A/V file and the track
+        files listed in ``file_results`` while they are written (what a crash leaves)."""
         if not self._prepare():
             self.stop("the tracks cannot be joined")
             return
+        assert self._output is not None
+        self._av_started_at = time.time_ns()
+        self.info.file_results.append(self._output.partial_file(self._av_started_at))
         for track in self._tracks.values():
             partial = track.partial_file
             if partial is not None:
@@ -165,7 +173,8 @@ class AvEgress:
         self._set_status(Status.EGRESS_ACTIVE)
 
     def _prepare(self) -> bool:
-        """Check that the tracks can be joined and claim the file; on failure ``_error`` says why."""
+        """Check that the tracks can be joined, claim the file and start writing it; on failure ``_error`` says
+        why."""
         if self._output is not None:
             return True
         video, audio = (self._tracks[kind].track for kind in KINDS)
@@ -178,6 +187,7 @@ class AvEgress:
             log.warning("egress %s: %s", self.egress_id, exc.message)
             self._error = (exc.message, HTTP_STATUS[exc.code])
             return False
+        self._live.start(self._output.path, video.codec)
         return True
 
     # once both have ended
@@ -189,6 +199,7 @@ class AvEgress:
         failed = [(kind, info) for kind, info in infos.items() if info.status not in _RECORDED]
         if self._error is None and not failed:
             self._prepare()  # both recorded, but never at once (one ended before the other began)
+        await asyncio.to_thread(self._live.close)
         if self._error is not None:
             await self._fail(self._error[0], self._error[1], kept)
         elif all(info.status == Status.EGRESS_ABORTED for info in infos.values()):
@@ -197,26 +208,26 @@ class AvEgress:
         elif failed:
             kind, info = failed[0]
             await self._fail(f"{kind} track {self._request_track(kind)}: {info.error}", info.error_code or 500, kept)
+        elif self._live.error is not None:
+            await self._fail(self._live.error, 500, kept)
         else:
-            await self._join(infos)
+            await self._complete(infos)
 
-    async def _join(self, infos: dict[str, egress.EgressInfo]) -> None:
+    async def _complete(self, infos: dict[str, egress.EgressInfo]) -> None:
+        """Report the finished A/V file (uploaded if configured), remove the track files, COMPLETE."""
         assert self._output is not None
         self._set_status(Status.EGRESS_ENDING)
-        files = {kind: info.file_results[0] for kind, info in infos.items()}
-        try:
-            result = await self._output.join([Path(files[kind].location) for kind in KINDS])
-        except MuxError as exc:
-            await self._fail(f"joining the tracks failed: {exc}", 500, list(files.values()))
-            return
-        offsets = {kind: round(result.offsets[Path(files[kind].location)] * 1e9) for kind in KINDS}
-        self.info.details += "; joined: " + ", ".join(f"{kind} at +{offsets[kind] / 1e9:.3f} s" for kind in KINDS)
-        first = min(KINDS, key=lambda kind: offsets[kind])
-        duration = max(offsets[kind] + files[kind].duration for kind in KINDS)
+        live = self._live
+        self.info.details += f"; joined live, aligned by {live.aligned_by}: " + ", ".join(
+            f"{kind} at +{live.offsets[kind]:.3f} s" + (f" (its first {live.skipped[kind]:.3f} s not held)"
+                                                       if live.skipped[kind] else "")
+            for kind in KINDS)
+        first = min(KINDS, key=lambda kind: live.offsets[kind])
+        started_at = infos[first].file_results[0].started_at + round(live.skipped[first] * 1e9)
         del self.info.file_results[:]
-        manifest = functools.partial(self._manifest, infos, result)
-        error = await self._output.write_results(self.info, files[first].started_at, duration, manifest)
-        if error is not None:  # the joined file stays here, listed where it lies
+        error = await self._output.write_results(self.info, started_at, round(live.duration * 1e9),
+                                                 self._manifest)
+        if error is not None:  # the A/V file stays here, listed where it lies
             await self._fail(error, 500, list(self.info.file_results))
             return
         await asyncio.to_thread(shutil.rmtree, self._private_dir(), True)
@@ -226,7 +237,7 @@ class AvEgress:
         else:
             self._set_status(Status.EGRESS_COMPLETE, ended=True)
 
-    def _manifest(self, infos: dict[str, egress.EgressInfo], result: MuxResult, info: egress.EgressInfo) -> bytes:
+    def _manifest(self, info: egress.EgressInfo) -> bytes:
         tracks: list[dict[str, object]] = []
         for kind in KINDS:
             source = self._tracks[kind].track
@@ -235,19 +246,22 @@ class AvEgress:
             tracks.append({
                 "track_id": source.track.sid, "track_kind": kind, "codec": source.codec.mime,
                 "track_source": models.TrackSource.Name(source.track.source).lower(),
-                "sync": None if sync is None else sync.to_json(),
-                "offset": result.offsets[Path(infos[kind].file_results[0].location)],
+                "sync": None if sync is None else sync.to_json(), "aligned_by": self._live.aligned_by,
+                "offset": self._live.offsets[kind], "skipped": self._live.skipped[kind],
             })
         video = self._tracks["video"].track
         return build_av_manifest(info, publisher_identity=video.participant.identity if video else "", tracks=tracks)
 
     async def _fail(self, error: str, code: int, kept: list[egress.FileInfo]) -> None:
-        """FAILED; the track files recorded stay in the private directory and are listed."""
+        """FAILED; what was recorded stays and is listed: the A/V file if it was written, the track files in the
+        private directory."""
         log.warning("egress %s failed: %s", self.egress_id, error)
-        if self._output is not None:
-            await self._output.release()
-        self.info.error, self.info.error_code = error, code
         del self.info.file_results[:]
+        if self._output is not None:
+            written = await self._output.release(self._av_started_at)
+            if written is not None:
+                self.info.file_results.append(written)
+        self.info.error, self.info.error_code = error, code
         self.info.file_results.extend(kept)
         self._set_status(Status.EGRESS_FAILED, ended=True)
 

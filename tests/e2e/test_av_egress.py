@@ -16,7 +16,7 @@ import av
 import pytest
 from livekit import api
 from livekit.protocol import egress
-from support.egress_helpers import until, wait_status
+from support.egress_helpers import wait_status
 from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.redis_server import RedisServer
@@ -35,6 +35,7 @@ from trackegress.request import passthrough_track_request
 
 Status = egress.EgressStatus
 SECONDS = 8.0
+KILL_AFTER = 8.0  # s of ACTIVE before the service is killed
 SUPPORT = Path(__file__).parents[1]
 
 
@@ -56,6 +57,17 @@ def av_offsets(path: Path) -> list[float]:
     marks_a, marks_v = beeps(path), flashes(path)
     offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
     return [o for o in offsets if abs(o) < 0.5]
+
+
+def media_seconds(path: Path) -> dict[str, float]:
+    """Each stream's end (s): its last packet's time plus duration."""
+    ends: dict[str, float] = {}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.pts is not None and packet.time_base is not None:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                ends[packet.stream.type] = max(ends.get(packet.stream.type, 0.0), end)
+    return ends
 
 
 def contiguous_in(part: list[bytes], whole: list[bytes]) -> bool:
@@ -99,7 +111,7 @@ async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_f
                                                            "{room_name}/av-{publisher_identity}"))
         assert info.status == Status.EGRESS_STARTING and info.WhichOneof("request") == "egress"
         active = await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
-        recording = {Path(f.location).name for f in active.file_results}  # the track files, while they are written
+        recording = [Path(f.location).name for f in active.file_results]  # the files, while they are written
         assert json.loads(await asyncio.wait_for(publisher.stdout.readline(), SECONDS + 10)) == {"done": True}
     finally:
         if publisher.returncode is None:
@@ -109,7 +121,7 @@ async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_f
     refs = [await wait_status(client, r.egress_id, Status.EGRESS_COMPLETE) for r in references]
 
     assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
-    assert recording == {"video" + suffix, "audio.ogg"}
+    assert recording == [f"av-presenter{suffix}", f"video{suffix}", "audio.ogg"]
     statuses = [status for _, status in hooks.for_egress(info.egress_id)]
     assert statuses == [Status.EGRESS_STARTING, Status.EGRESS_ACTIVE, Status.EGRESS_ENDING, Status.EGRESS_COMPLETE]
     (result,) = done.file_results
@@ -194,8 +206,8 @@ async def test_a_worker_fails_tracks_of_two_participants_400_and_keeps_what_was_
 async def test_through_livekit_server_a_worker_records_one_file_until_stop_egress(
     lk_redis: LiveKitServer, redis_server: RedisServer, workers: list[Worker], tmp_path: Path,  # noqa: F811
 ) -> None:
-    """livekit-server v1.13.5 sends the request to a worker in psrpc's ``egress`` field; StopEgress (through
-    livekit-server) stops both tracks, and the joined file is there once the egress is COMPLETE."""
+    """livekit-server v1.13.5 sends the request to a worker in psrpc's ``egress`` field; the A/V file plays, in
+    sync, while it is recorded; StopEgress (through livekit-server) stops both tracks and finishes it."""
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
     client = api.LiveKitAPI(lk_redis.http_url, lk_redis.api_key, lk_redis.api_secret)
@@ -204,7 +216,9 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
     try:
         info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "{room_name}/av"))
         await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
-        await asyncio.sleep(4)
+        await asyncio.sleep(7)
+        snapshot = tmp_path / "while-recording.webm"  # what a reader of the file sees now
+        snapshot.write_bytes((worker.local_dir / room / "av.webm").read_bytes())
         stopped = await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
         assert stopped.status not in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE)
         done = await wait_status(client, info.egress_id, *ENDED)
@@ -218,18 +232,23 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
     (result,) = done.file_results
     path = worker.local_dir / result.filename
     assert result.filename == f"{room}/av.webm" and result.size == path.stat().st_size
-    assert 3e9 < result.duration < 6e9
+    assert 6e9 < result.duration < 9e9
+    seen = media_seconds(snapshot)
+    assert seen["audio"] > 4 and seen["video"] > 4, f"written while recording: {seen}"
+    early = av_offsets(snapshot)
+    assert len(early) >= 3 and abs(statistics.median(early)) <= SYNC_BOUND, early
     with av.open(str(path)) as container:
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
     offsets = av_offsets(path)
     assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= SYNC_BOUND, offsets
 
 
-async def test_a_killed_service_reports_the_track_files_recorded_so_far(
+async def test_a_killed_service_leaves_an_a_v_file_that_plays_in_sync_up_to_the_kill(
     livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path,
 ) -> None:
-    """The joined file is written at the end: until then the track files are the crash-safe record, and a restarted
-    ``serve`` lists them with the egress FAILED ``Process killed``."""
+    """``kill -9`` mid-recording: a restarted ``serve`` reports the egress FAILED ``Process killed`` with the A/V
+    file and the track files as they were left; the A/V file plays both tracks, in sync, to about a second before
+    the kill."""
     room = await make_room()
     publisher, sids = await marks_publisher(livekit_server, room, "VP8", seconds=30)
     first = EgressService(livekit_server, tmp_path)
@@ -237,9 +256,7 @@ async def test_a_killed_service_reports_the_track_files_recorded_so_far(
         async with api.LiveKitAPI(first.url, livekit_server.api_key, livekit_server.api_secret) as client:
             info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "av"))
             await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
-        private = first.local_dir / ".trackegress-av" / info.egress_id
-        tracks = [private / "audio.ogg", private / "video.webm"]
-        await until(lambda: all(t.stat().st_size >= 5000 for t in tracks), timeout=20)  # flushed by the muxers
+        await asyncio.sleep(KILL_AFTER)
         first.kill()
     finally:
         first.stop()
@@ -252,12 +269,17 @@ async def test_a_killed_service_reports_the_track_files_recorded_so_far(
     finally:
         second.stop()
     assert (Status.Name(done.status), done.error) == ("EGRESS_FAILED", "Process killed")
-    files = {Path(f.location).name: f for f in done.file_results}
-    assert sorted(files) == ["audio.ogg", "video.webm"]
-    for file in files.values():
-        assert Path(file.location).parent == private.resolve()
+    private = first.local_dir / ".trackegress-av" / info.egress_id
+    assert [f.location for f in done.file_results] == [
+        str(p.resolve()) for p in (first.local_dir / "av.webm", private / "video.webm", private / "audio.ogg")]
+    for file in done.file_results:
         assert file.size == Path(file.location).stat().st_size >= 5000
-    assert (tmp_path / "recordings" / "av.webm").stat().st_size == 0, "the joined file's claim, never written"
+    av_file, video = (Path(f.location) for f in done.file_results[:2])
+    played, recorded = media_seconds(av_file), media_seconds(video)["video"]
+    print(f"killed {KILL_AFTER} s after ACTIVE: the A/V file plays {played}, the video track file {recorded:.3f} s")
+    assert min(played.values()) > KILL_AFTER - 2.5, (played, recorded)
+    offsets = av_offsets(av_file)
+    assert len(offsets) >= 4 and abs(statistics.median(offsets)) <= SYNC_BOUND, offsets
 
 
 async def test_the_joined_file_and_its_manifest_are_uploaded_and_nothing_stays_local(

@@ -77,10 +77,11 @@ class SenderClock:
             delta -= _WRAP
         self._report = (ntp_ns, frame.timestamp + delta, rtp)
 
-    def info(self, first: EncodedFrame) -> SyncInfo:
-        """Where ``first`` (the file's first frame) lies on the publisher's clock, or its arrival without a report."""
+    def info(self, first: EncodedFrame, *, by_arrival: bool = False) -> SyncInfo:
+        """Where ``first`` (the file's first frame) lies on the publisher's clock, or its arrival without a report
+        (or if ``by_arrival``)."""
         first_rtp = first.timestamp % _WRAP
-        if self._report is None:
+        if self._report is None or by_arrival:
             arrival = round(first.arrival * 1e9) + self._wall_offset
             return SyncInfo(arrival, ARRIVAL, self.clock_rate, first_rtp, None)
         ntp_ns, rtp_ext, rtp = self._report

@@ -12,6 +12,7 @@ from trackegress.media.continuity import ContinuityStats, KeyframeGate
 from trackegress.media.frames import Codec, EncodedFrame
 from trackegress.media.sync import SenderClock, SyncInfo
 from trackegress.sinks.layers import TOP_LAYER_WAIT, LayerWatch, Size, TopLayerStart
+from trackegress.sinks.livemux import Lane
 from trackegress.sinks.muxer import Muxer
 
 # Free space under which a failed write is put down to a full disk: FFmpeg may report a short write as EINVAL.
@@ -27,16 +28,19 @@ class FileSink:
 
     Video that follows a loss is dropped until the next keyframe (``KeyframeGate``), which
     ``request_keyframe`` is asked for. ``top``: the largest layer the track announces (video); the file starts on
-    it (waiting up to ``top_wait`` seconds of media for it) and its header states it.
+    it (waiting up to ``top_wait`` seconds of media for it) and its header states it. ``lane``: the live A/V file
+    this track is also written into (packet for packet).
     """
 
     def __init__(
         self, path: Path, codec: Codec, request_keyframe: Callable[[], None] | None = None, top: Size | None = None,
-        top_wait: float = TOP_LAYER_WAIT,
+        top_wait: float = TOP_LAYER_WAIT, lane: Lane | None = None,
     ) -> None:
         self.path = path
         self.codec = codec
-        self._muxer = Muxer(path, codec, size=top)
+        self._muxer = Muxer(path, codec, size=top, tee=lane)
+        if lane is not None:
+            lane.track = self
         self._gate = KeyframeGate(codec, request_keyframe)
         self._start = TopLayerStart(codec, top, top_wait)
         self._layers = LayerWatch(codec)
@@ -97,6 +101,17 @@ class FileSink:
         """When the file's first sample was captured (None while nothing is written)."""
         first = self._muxer.first
         return None if first is None else self._clock.info(first)
+
+    @property
+    def arrival_sync(self) -> SyncInfo | None:
+        """When the file's first sample arrived here."""
+        first = self._muxer.first
+        return None if first is None else self._clock.info(first, by_arrival=True)
+
+    @property
+    def header_size(self) -> Size | None:
+        """The picture size the file declares (video, once it is open)."""
+        return self._muxer.size
 
     @property
     def continuity(self) -> ContinuityStats:

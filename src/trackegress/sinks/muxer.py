@@ -13,6 +13,7 @@ import fractions
 import logging
 import struct
 from pathlib import Path
+from typing import Protocol
 
 import av
 from av.container import OutputContainer
@@ -28,14 +29,26 @@ log = logging.getLogger(__name__)
 _OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)
 
 
-class Muxer:
-    """Writes one track's frames into ``path``; the file is created at the first usable frame."""
+class Tee(Protocol):
+    """Sees every packet the muxer writes (the live A/V file's lane)."""
 
-    def __init__(self, path: Path, codec: Codec, size: tuple[int, int] | None = None) -> None:
+    def packet(self, data: bytes, timestamp: int, keyframe: bool, duration: int) -> None:
+        """``timestamp``: the frame's (extended RTP) timestamp; ``duration`` in the codec's clock."""
+        ...
+
+
+class Muxer:
+    """Writes one track's frames into ``path``; the file is created at the first usable frame. ``tee`` is handed
+    every packet written."""
+
+    def __init__(self, path: Path, codec: Codec, size: tuple[int, int] | None = None, tee: Tee | None = None) -> None:
         self.path = path
         self.codec = codec
         self._traits = CODECS[codec]
-        self.size = size  # the header's picture size: the largest layer, when the track announces its layers
+        self._tee = tee
+        # the header's picture size: the largest layer when the track announces its layers, the first keyframe's
+        # if larger (set once the file is open)
+        self.size = size
         # Video times stay at least 1 ms apart (WebM's resolution): the SFU stamps a layer switch's keyframe a
         # tick after the previous layer's last frame.
         self._min_step = codec.clock_rate // 1000 if codec.is_video else 1
@@ -96,6 +109,7 @@ class Muxer:
                 return False
             if self.size is not None:
                 size = (max(size[0], self.size[0]), max(size[1], self.size[1]))
+            self.size = size
         output = output_format(self.codec)
         options = {"flush_packets": "1", **output.mux_options}
         container = av.open(str(self.path), "w", format=output.container, options=options)
@@ -154,6 +168,8 @@ class Muxer:
         packet.duration = duration
         packet.stream = self._stream
         self._container.mux(packet)
+        if self._tee is not None:
+            self._tee.packet(data, timestamp, keyframe, duration)
         self._last_ts = timestamp
         self._last_duration = duration
         self._last_toc = data[0]
