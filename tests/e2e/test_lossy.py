@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from support.media import h264_canonical, make_h264, make_opus_ogg, make_vp8_ivf
 from support.publisher import Publisher
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
 from support.wsreceiver import LEFT_HZ, RIGHT_HZ, Receiver, is_silent, steps
-from test_av_mux import record_apart_and_mux
+from test_av_egress import SECONDS, av_offsets, av_request, marks_publisher
+from test_av_mux import SYNC_BOUND, record_apart_and_mux
 from test_file_egress import config_for, decode_errors, packets
 
+from trackegress.avegress import AvEgress
 from trackegress.config import Config
 from trackegress.egress import Egress
+from trackegress.request import passthrough_track_request
 
 RELAY_IP = "127.0.0.2"
 UDP = ("udp",)  # the relay impairs UDP only: ICE-TCP to the server's TCP port would go around it
@@ -239,3 +243,31 @@ async def test_two_egresses_mux_in_sync_through_jitter_and_loss(
     the publisher's too: the capture times still put every beep on its flash."""
     relay.set_profiles(down=Profile(loss=0.02, jitter=0.03), up=Profile(loss=0.02, jitter=0.03))
     await record_apart_and_mux(relayed_server, await relayed_room(), tmp_path, "VP8", ".webm", media_protocols=UDP)
+
+
+@pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
+@pytest.mark.xdist_group("cpu")
+async def test_an_a_v_egress_writes_its_live_file_in_sync_through_jitter_and_loss(
+    relayed_server: LiveKitServer, relay: UdpRelay, relayed_room: RoomFactory, tmp_path: Path
+) -> None:
+    """The live A/V file (``StartEgress``, two tracks) with 30 ms of jitter and 2 % loss each way on every
+    client's media: the two tracks arrive unevenly, the file's beeps stay on its flashes."""
+    relay.set_profiles(down=Profile(loss=0.02, jitter=0.03), up=Profile(loss=0.02, jitter=0.03))
+    room = await relayed_room()
+    publisher, sids = await marks_publisher(relayed_server, room, "VP8")
+    start = av_request(room, sids["video"], sids["audio"], "av")
+    config = Config(relayed_server.url, relayed_server.api_key, relayed_server.api_secret, local_dir=tmp_path,
+                    media_protocols=UDP)
+    try:
+        done = await asyncio.wait_for(AvEgress(passthrough_track_request(start), sids["audio"], config,
+                                               source=start).run(), SECONDS + 30)
+    finally:
+        if publisher.returncode is None:
+            publisher.terminate()
+        await publisher.wait()
+    assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert "joined live, aligned by sender_report" in done.details, done.details
+    offsets = av_offsets(tmp_path / "av.webm")
+    median, spread = statistics.median(offsets), max(offsets) - min(offsets)
+    print(f"A/V offsets (ms): {[round(o * 1000, 1) for o in offsets]}; median {median * 1000:.1f}")
+    assert len(offsets) >= 4 and abs(median) <= SYNC_BOUND and spread <= 0.040, offsets
