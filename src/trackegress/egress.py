@@ -367,8 +367,7 @@ class Egress:
         log.warning("egress %s failed: %s", self.egress_id, error)
         self.info.error, self.info.error_code = error, code
         await self._close_sink()
-        if self.frames == 0:
-            await self._release_unused_output()
+        await self._release_unused_output()
         if self._output is not None:
             await self._output.failed_results(self.info)
         self._set_status(Status.EGRESS_FAILED, ended=True)

@@ -265,3 +265,18 @@ async def test_packets_still_missing_when_the_track_ends_are_reported_lost(tmp_p
     room.events.on_ended("Source closed", None)
     info = await run.result()
     assert "; received: 100 packets, 3 lost, 0 recovered (RTX/RED)" in info.details, info.details
+
+
+async def test_frames_of_which_none_could_be_written_fail_and_leave_no_file(tmp_path: Path) -> None:
+    """Media came but nothing of it could go into the file (here invalid Opus; for video: no keyframe): FAILED,
+    not COMPLETE with an empty file."""
+    run = Harness(tmp_path)
+    room = await run.subscribed()
+    for n in range(20):
+        room.events.on_frame(EncodedFrame(b"", n * 960, True))
+    room.events.on_ended("Source closed", None)
+    info = await run.result()
+    assert (Status.Name(info.status), info.error, info.error_code) == (
+        "EGRESS_FAILED", "nothing recorded: none of the 20 frames of the audio track was valid", 500)
+    assert run.statuses == [Status.EGRESS_ACTIVE, Status.EGRESS_ENDING, Status.EGRESS_FAILED]
+    assert not info.file_results and not (tmp_path / "out.ogg").exists()

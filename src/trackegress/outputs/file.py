@@ -203,8 +203,13 @@ class FileOutput:
         return f"; audio: {summary}{details}"
 
     def failure(self) -> str | None:
-        """A file fails through its writes (``write_error``), never on its own."""
-        return None
+        """Frames came but none could be written (no keyframe, no valid audio frame): an empty file is no
+        recording. Otherwise a file fails through its writes (``write_error``)."""
+        if not self.sink.received or self.sink.frames:
+            return None
+        if self.codec.is_video:
+            return f"nothing recorded: no keyframe came in {self.sink.received} frames of the video track"
+        return f"nothing recorded: none of the {self.sink.received} frames of the audio track was valid"
 
     async def release_unused(self) -> None:
         """A file claimed but never written (no media came) is removed: nothing was recorded to protect."""
@@ -212,7 +217,10 @@ class FileOutput:
             await asyncio.to_thread(self.sink.path.unlink, True)
 
     async def write_results(self, info: egress.EgressInfo, started_at: int) -> str | None:
-        """Fill in ``info``'s results, uploading the file and its manifest if configured; returns the upload error."""
+        """Fill in ``info``'s results, uploading the file and its manifest if configured; returns the upload error.
+        Nothing is delivered of a file that got no frame (``failure``)."""
+        if not self.sink.frames:
+            return None
         file_info = self.target.file_info(self.sink.size, started_at, self.sink.duration_ns)
         return await self.target.deliver(info, file_info, self._manifest)
 

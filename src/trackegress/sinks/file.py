@@ -48,9 +48,11 @@ class FileSink:
         self._last: EncodedFrame | None = None  # video: written once the next frame shows it is not superseded
         self._same_instant = int(SAME_INSTANT * codec.clock_rate)
         self.superseded = 0
+        self.received = 0  # frames handed to ``write``
         self._clock = SenderClock(codec.clock_rate)
 
     def write(self, frame: EncodedFrame) -> None:
+        self.received += 1
         self._clock.see(frame)
         if not self._gate.admit(frame):
             return
