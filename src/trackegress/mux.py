@@ -118,7 +118,7 @@ def _remux(output: Path, container_format: str, inputs: list[tuple[Path, Fractio
             streams = []
             for source, (_, offset) in zip(sources, inputs, strict=True):
                 (stream,) = source.streams
-                target = out.add_stream_from_template(stream)
+                target = out.add_stream_from_template(stream, opaque=True)  # AV1's decoder, libdav1d, cannot encode
                 streams.append((source, stream, target, offset))
             count = 0
             for _, packet, target, shift in heapq.merge(*(_packets(*s) for s in streams), key=lambda item: item[0]):

@@ -95,7 +95,7 @@ async def service(livekit_server: LiveKitServer, hooks: WebhookSink, tmp_path: P
 
 @pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
 @pytest.mark.xdist_group("cpu")  # end to end: not beside the multi-host tests
-@pytest.mark.parametrize(("codec", "suffix"), [("VP8", ".webm"), ("H264", ".mp4")])
+@pytest.mark.parametrize(("codec", "suffix"), [("VP8", ".webm"), ("VP9", ".webm"), ("AV1", ".webm"), ("H264", ".mp4")])
 async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_file(
     livekit_server: LiveKitServer, make_room: RoomFactory, service: EgressService, client: api.LiveKitAPI,
     hooks: WebhookSink, codec: str, suffix: str,
