@@ -40,12 +40,15 @@ class Track:
         return SyncInfo(self.arrival_ns, ARRIVAL, self.codec.clock_rate, 0, None)
 
 
-def live_mux(path: Path, *, video_ns: int | None = None, audio_ns: int | None = None) -> tuple[LiveMux, Track, Track]:
+def live_mux(path: Path | None, *, video_ns: int | None = None,
+             audio_ns: int | None = None) -> tuple[LiveMux, Track, Track]:
+    """A live file of a VP8 and an Opus track (started at ``path``, if given)."""
     live = LiveMux()
     video = Track(Codec.VP8, video_ns, header_size=(320, 240))
     audio = Track(Codec.OPUS, audio_ns)
     live.lanes["video"].track, live.lanes["audio"].track = video, audio
-    live.start(path, Codec.VP8)
+    if path is not None:
+        live.start(path, Codec.VP8)
     return live, video, audio
 
 
@@ -116,10 +119,11 @@ def test_without_sender_reports_both_tracks_are_aligned_by_arrival_after_the_wai
 
 def test_a_lane_alone_keeps_its_last_seconds_from_a_keyframe_and_says_what_it_skipped(tmp_path: Path) -> None:
     path = tmp_path / "av.webm"
-    live, _, _ = live_mux(path, video_ns=T0, audio_ns=T0 + 9_000_000_000)
+    live, _, _ = live_mux(None, video_ns=T0, audio_ns=T0 + 9_000_000_000)  # not yet claimed either
     feed_video(live, 0, 300, gop=60)  # 10 s of video, a keyframe every 2 s, and no audio yet
     held = live.lanes["video"].held
     assert held[0].keyframe and held[0].timestamp == 50_000 + 3000 * 120 and len(held) == 180
+    live.start(path, Codec.VP8)
     feed_audio(live, 0, 1)
     assert live.skipped == {"video": 4.0, "audio": 0.0} and live.offsets == {"video": 0.0, "audio": 5.0}
     live.close()

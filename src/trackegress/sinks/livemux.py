@@ -147,6 +147,7 @@ class LiveMux:
             return
         if self._container is None:
             lane.hold(packet)
+            self._trim_alone()
             self._open_when_ready()
         else:
             self._write([(lane, packet)])
@@ -169,12 +170,16 @@ class LiveMux:
 
     # opening
 
+    def _trim_alone(self) -> None:
+        """A lane holding packets while the other has none keeps its last ``SYNC_WAIT`` seconds."""
+        video, audio = self.lanes["video"], self.lanes["audio"]
+        for lane, other in ((video, audio), (audio, video)):
+            if not other.held:
+                lane.trim()
+
     def _open_when_ready(self) -> None:
         if self._target is None:
             return
-        for lane, other in ((self.lanes["video"], self.lanes["audio"]), (self.lanes["audio"], self.lanes["video"])):
-            if not other.held:
-                lane.trim()
         source = self._sync_source(force=False)
         if source is not None:
             self._open(source)
