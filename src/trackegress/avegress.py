@@ -38,7 +38,7 @@ from trackegress.redact import redact_start_request
 from trackegress.request import PublishedTrack, check_av_pair
 from trackegress.room.subscriber import TrackSource
 from trackegress.room.transport import Reception
-from trackegress.sinks.livemux import LiveMux
+from trackegress.sinks.livemux import KINDS, LiveMux
 from trackegress.sinks.websocket import SinkStats
 from trackegress.storage.local import LocalStorage
 from trackegress.storage.settings import SECRET_FIELDS
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
 AV_DIR = ".trackegress-av"  # under the base dir: each A/V egress's track recordings until they are joined
-KINDS = ("video", "audio")
 _RECORDED = (Status.EGRESS_COMPLETE, Status.EGRESS_LIMIT_REACHED)
 _VIDEO_CODECS = (Codec.VP8, Codec.VP9, Codec.AV1, Codec.H264, Codec.H265)
 
@@ -218,10 +217,7 @@ class AvEgress:
         assert self._output is not None
         self._set_status(Status.EGRESS_ENDING)
         live = self._live
-        self.info.details += f"; joined live, aligned by {live.aligned_by}: " + ", ".join(
-            f"{kind} at +{live.offsets[kind]:.3f} s" + (f" (its first {live.skipped[kind]:.3f} s not held)"
-                                                       if live.skipped[kind] else "")
-            for kind in KINDS)
+        self.info.details += f"; joined live, {live.summary()}"
         first = min(KINDS, key=lambda kind: live.offsets[kind])
         started_at = infos[first].file_results[0].started_at + round(live.skipped[first] * 1e9)
         del self.info.file_results[:]

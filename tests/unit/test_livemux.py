@@ -127,6 +127,8 @@ def test_a_lane_alone_keeps_its_last_seconds_from_a_keyframe_and_says_what_it_sk
     feed_audio(live, 0, 1)
     assert live.skipped == {"video": 4.0, "audio": 0.0} and live.offsets == {"video": 0.0, "audio": 5.0}
     live.close()
+    assert live.summary() == ("aligned by sender_report: video at +0.000 s (its first 4.000 s not held), "
+                              "audio at +5.000 s (181 packets)")
     got = read_back(path)
     assert got["video"][0][1] == vp8(120, True) and got["video"][0][0] == 0
     assert got["audio"][0][0] == 5

@@ -76,9 +76,8 @@ class _Packet:
 class Lane:
     """One track's side of the live file (its ``Muxer``'s tee)."""
 
-    def __init__(self, owner: LiveMux, kind: str) -> None:
+    def __init__(self, owner: LiveMux) -> None:
         self._owner = owner
-        self.kind = kind
         self.track: TrackTiming | None = None  # set by the track's FileSink
         self.held: list[_Packet] = []
         self.origin: int | None = None  # the timestamp of the track's first packet (its file's time 0)
@@ -127,14 +126,14 @@ class LiveMux:
     """The live A/V file (see the module docstring): lanes fill it, ``start`` names it, ``close`` finishes it."""
 
     def __init__(self) -> None:
-        self.lanes = {kind: Lane(self, kind) for kind in KINDS}
+        self.lanes = {kind: Lane(self) for kind in KINDS}
         self._target: tuple[Path, str] | None = None  # path, FFmpeg format
         self._container: OutputContainer | None = None
         self.offsets: dict[str, float] = {}  # each lane's first packet in the file (s), once open
         self.skipped: dict[str, float] = {}  # seconds at a track's start the file lacks (held too long alone)
         self.aligned_by: str | None = None  # SENDER_REPORT or ARRIVAL, once open
         self.error: str | None = None
-        self.packets = 0
+        self.packets = 0  # written into the file
         self.duration = 0.0  # seconds from the file's start to the end of its last packet
 
     def start(self, path: Path, video: Codec) -> None:
@@ -167,6 +166,13 @@ class LiveMux:
                 container.close()
             except (OSError, av.FFmpegError) as exc:
                 self._fail(exc)
+
+    def summary(self) -> str:
+        """``aligned by sender_report: video at +0.030 s, audio at +0.000 s (912 packets)``; a track's start the
+        file lacks is told (``(its first 4.000 s not held)``)."""
+        starts = ", ".join(f"{kind} at +{self.offsets[kind]:.3f} s" + (
+            f" (its first {self.skipped[kind]:.3f} s not held)" if self.skipped[kind] else "") for kind in KINDS)
+        return f"aligned by {self.aligned_by}: {starts} ({self.packets} packets)"
 
     # opening
 
