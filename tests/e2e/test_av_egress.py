@@ -20,7 +20,7 @@ from support.egress_helpers import wait_status
 from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.redis_server import RedisServer
-from support.server import LiveKitServer, RoomFactory
+from support.server import LiveKitServer, RoomFactory, temporary_room
 from support.storage_checks import BUCKET, running, s3_client, s3_upload
 from support.storage_servers import MINIO, MinIO
 from support.worker_process import Worker
@@ -182,17 +182,12 @@ async def test_a_worker_fails_tracks_of_two_participants_400_and_keeps_what_was_
     """A worker looks no track up before joining (as upstream): the pair is checked once both record."""
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
-    client = api.LiveKitAPI(lk_redis.http_url, lk_redis.api_key, lk_redis.api_secret)
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    room = (await client.room.create_room(api.CreateRoomRequest(name=f"av2-{tmp_path.name[-12:]}"))).name
-    try:
-        async with (Publisher(lk_redis.url, creds, room, "cam", sample_media["vp8"], loop=True) as cam,
-                    Publisher(lk_redis.url, creds, room, "mic", sample_media["opus"], loop=True) as mic):
-            info = await client.egress.start_egress(av_request(room, cam.track_sid, mic.track_sid, "x"))
-            done = await wait_status(client, info.egress_id, *ENDED)
-    finally:
-        await client.room.delete_room(api.DeleteRoomRequest(room=room))
-        await client.aclose()
+    async with (temporary_room(lk_redis, "av2") as (client, room),
+                Publisher(lk_redis.url, creds, room, "cam", sample_media["vp8"], loop=True) as cam,
+                Publisher(lk_redis.url, creds, room, "mic", sample_media["opus"], loop=True) as mic):
+        info = await client.egress.start_egress(av_request(room, cam.track_sid, mic.track_sid, "x"))
+        done = await wait_status(client, info.egress_id, *ENDED)
     assert (Status.Name(done.status), done.error_code) == ("EGRESS_FAILED", 400)
     assert done.error == (f"video track {cam.track_sid} (published by 'cam') and audio track {mic.track_sid} (by "
                           "'mic') are not of one participant: one file holds one participant's tracks")
@@ -210,23 +205,20 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
     sync, while it is recorded; StopEgress (through livekit-server) stops both tracks and finishes it."""
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
-    client = api.LiveKitAPI(lk_redis.http_url, lk_redis.api_key, lk_redis.api_secret)
-    room = (await client.room.create_room(api.CreateRoomRequest(name=f"av-{tmp_path.name[-12:]}"))).name
-    publisher, sids = await marks_publisher(lk_redis, room, "VP8", seconds=30)
-    try:
-        info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "{room_name}/av"))
-        await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
-        await asyncio.sleep(7)
-        snapshot = tmp_path / "while-recording.webm"  # what a reader of the file sees now
-        snapshot.write_bytes((worker.local_dir / room / "av.webm").read_bytes())
-        stopped = await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
-        assert stopped.status not in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE)
-        done = await wait_status(client, info.egress_id, *ENDED)
-    finally:
-        publisher.terminate()
-        await publisher.wait()
-        await client.room.delete_room(api.DeleteRoomRequest(room=room))
-        await client.aclose()
+    async with temporary_room(lk_redis, "av") as (client, room):
+        publisher, sids = await marks_publisher(lk_redis, room, "VP8", seconds=30)
+        try:
+            info = await client.egress.start_egress(av_request(room, sids["video"], sids["audio"], "{room_name}/av"))
+            await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+            await asyncio.sleep(7)
+            snapshot = tmp_path / "while-recording.webm"  # what a reader of the file sees now
+            snapshot.write_bytes((worker.local_dir / room / "av.webm").read_bytes())
+            stopped = await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+            assert stopped.status not in (Status.EGRESS_STARTING, Status.EGRESS_ACTIVE)
+            done = await wait_status(client, info.egress_id, *ENDED)
+        finally:
+            publisher.terminate()
+            await publisher.wait()
     assert Status.Name(done.status) == "EGRESS_COMPLETE", done.error
     assert done.details.startswith("video track ") and "End reason: StopEgress API" in done.details
     (result,) = done.file_results

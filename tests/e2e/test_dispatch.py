@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import re
 import time
-import uuid
 from pathlib import Path
 
 import av
@@ -197,14 +196,9 @@ async def test_start_egress_passthrough_through_livekit_server(
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    client = api.LiveKitAPI(lk_redis.http_url, *creds)
-    room = (await client.room.create_room(api.CreateRoomRequest(name=f"v2-{uuid.uuid4().hex[:10]}"))).name
-    try:
-        async with Publisher(lk_redis.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
-            done = await start_egress_passthrough(client, room, pub, creds[0])
-    finally:
-        await client.room.delete_room(api.DeleteRoomRequest(room=room))
-        await client.aclose()
+    async with (temporary_room(lk_redis, "v2") as (client, room),
+                Publisher(lk_redis.url, creds, room, "erin", sample_media["opus"], loop=True) as pub):
+        done = await start_egress_passthrough(client, room, pub, creds[0])
     assert_recorded_as_upstream(done, room, pub.track_sid, worker.local_dir)
 
 
@@ -234,17 +228,10 @@ async def start_egress_through(
 ) -> tuple[egress.EgressInfo, list[egress.EgressInfo], str]:
     """``start_egress_passthrough`` through serve's API: final info, ListEgress of it, the track id."""
     creds = (livekit_server.api_key, livekit_server.api_secret)
-    rooms = api.LiveKitAPI(livekit_server.http_url, *creds)
-    client = api.LiveKitAPI(service.url, *creds)
-    room = (await rooms.room.create_room(api.CreateRoomRequest(name=f"v2-{uuid.uuid4().hex[:10]}"))).name
-    try:
+    async with (temporary_room(livekit_server, "v2") as (_, room), api.LiveKitAPI(service.url, *creds) as client):
         async with Publisher(livekit_server.url, creds, room, "erin", media, loop=True) as pub:
             done = await start_egress_passthrough(client, room, pub, creds[0])
         listed = (await client.egress.list_egress(egress.ListEgressRequest(egress_id=done.egress_id))).items
-    finally:
-        await rooms.room.delete_room(api.DeleteRoomRequest(room=room))
-        await rooms.aclose()
-        await client.aclose()
     return done, list(listed), pub.track_sid
 
 
@@ -275,26 +262,21 @@ async def test_two_egresses_at_once_log_each_line_with_its_own_egress_and_no_tok
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    client = api.LiveKitAPI(lk_redis.http_url, *creds)
-    room = (await client.room.create_room(api.CreateRoomRequest(name=f"logs-{uuid.uuid4().hex[:10]}"))).name
-    try:
-        async with Publisher(lk_redis.url, creds, room, "a", sample_media["opus"], loop=True) as first, \
-                Publisher(lk_redis.url, creds, room, "b", sample_media["opus"], loop=True) as second:
-            infos = await asyncio.gather(*(
-                client.egress.start_track_egress(egress.TrackEgressRequest(
-                    room_name=room, track_id=pub.track_sid, file=egress.DirectFileOutput(filepath=f"{n}.ogg")))
-                for n, pub in enumerate((first, second))
-            ))
-            for info in infos:
-                await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
-            await asyncio.sleep(1)
-            for info in infos:
-                await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
-            for info in infos:
-                await wait_status(client, info.egress_id, Status.EGRESS_COMPLETE)
-    finally:
-        await client.room.delete_room(api.DeleteRoomRequest(room=room))
-        await client.aclose()
+    async with (temporary_room(lk_redis, "logs") as (client, room),
+                Publisher(lk_redis.url, creds, room, "a", sample_media["opus"], loop=True) as first,
+                Publisher(lk_redis.url, creds, room, "b", sample_media["opus"], loop=True) as second):
+        infos = await asyncio.gather(*(
+            client.egress.start_track_egress(egress.TrackEgressRequest(
+                room_name=room, track_id=pub.track_sid, file=egress.DirectFileOutput(filepath=f"{n}.ogg")))
+            for n, pub in enumerate((first, second))
+        ))
+        for info in infos:
+            await wait_status(client, info.egress_id, Status.EGRESS_ACTIVE)
+        await asyncio.sleep(1)
+        for info in infos:
+            await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+        for info in infos:
+            await wait_status(client, info.egress_id, Status.EGRESS_COMPLETE)
     text = worker.log_text()
     egress_of = {info.track.track_id: info.egress_id for info in infos}
     records = log_records(text)
