@@ -235,14 +235,17 @@ async def test_through_livekit_server_a_worker_records_one_file_until_stop_egres
     assert len(offsets) >= 3 and abs(statistics.median(offsets)) <= SYNC_BOUND, offsets
 
 
+@pytest.mark.timing  # seconds of media by the kill, and the publisher's capture clock
+@pytest.mark.xdist_group("cpu")
+@pytest.mark.parametrize(("codec", "suffix"), [("VP8", ".webm"), ("H264", ".mp4")])
 async def test_a_killed_service_leaves_an_a_v_file_that_plays_in_sync_up_to_the_kill(
-    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path,
+    livekit_server: LiveKitServer, make_room: RoomFactory, tmp_path: Path, codec: str, suffix: str,
 ) -> None:
     """``kill -9`` mid-recording: a restarted ``serve`` reports the egress FAILED ``Process killed`` with the A/V
     file and the track files as they were left; the A/V file plays both tracks, in sync, to about a second before
     the kill."""
     room = await make_room()
-    publisher, sids = await marks_publisher(livekit_server, room, "VP8", seconds=30)
+    publisher, sids = await marks_publisher(livekit_server, room, codec, seconds=30)
     first = EgressService(livekit_server, tmp_path)
     try:
         async with api.LiveKitAPI(first.url, livekit_server.api_key, livekit_server.api_secret) as client:
@@ -263,7 +266,7 @@ async def test_a_killed_service_leaves_an_a_v_file_that_plays_in_sync_up_to_the_
     assert (Status.Name(done.status), done.error) == ("EGRESS_FAILED", "Process killed")
     private = first.local_dir / ".trackegress-av" / info.egress_id
     assert [f.location for f in done.file_results] == [
-        str(p.resolve()) for p in (first.local_dir / "av.webm", private / "video.webm", private / "audio.ogg")]
+        str(p.resolve()) for p in (first.local_dir / f"av{suffix}", private / f"video{suffix}", private / "audio.ogg")]
     for file in done.file_results:
         assert file.size == Path(file.location).stat().st_size >= 5000
     av_file, video = (Path(f.location) for f in done.file_results[:2])
