@@ -46,7 +46,7 @@ from trackegress.storage.settings import SECRET_FIELDS
 log = logging.getLogger(__name__)
 
 Status = egress.EgressStatus
-AV_DIR = ".trackegress-av"  # under the base dir: each A/V egress's track recordings until they are joined
+AV_DIR = ".trackegress-av"  # under the base dir: each A/V egress's track recordings until its file is finished
 _RECORDED = (Status.EGRESS_COMPLETE, Status.EGRESS_LIMIT_REACHED)
 _VIDEO_CODECS = (Codec.VP8, Codec.VP9, Codec.AV1, Codec.H264, Codec.H265)
 
