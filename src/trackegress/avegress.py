@@ -139,6 +139,7 @@ class AvEgress:
             await self._finish(infos)
         except Exception as exc:
             log.exception("egress %s crashed", self.egress_id)
+            await asyncio.to_thread(self._live.close)
             await self._fail(f"internal error: {type(exc).__name__}", 500, [])
         return self.info
 

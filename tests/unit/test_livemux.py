@@ -129,6 +129,9 @@ def test_a_lane_alone_keeps_its_last_seconds_from_a_keyframe_and_says_what_it_sk
     live.close()
     assert live.summary() == ("aligned by sender_report: video at +0.000 s (its first 4.000 s not held), "
                               "audio at +5.000 s (181 packets)")
+    feed_audio(live, 1, 1)
+    live.close()
+    assert live.error is None and live.packets == 181, "closed once: later packets and calls change nothing"
     got = read_back(path)
     assert got["video"][0][1] == vp8(120, True) and got["video"][0][0] == 0
     assert got["audio"][0][0] == 5

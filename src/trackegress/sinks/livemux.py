@@ -135,6 +135,7 @@ class LiveMux:
         self.error: str | None = None
         self.packets = 0  # written into the file
         self.duration = 0.0  # seconds from the file's start to the end of its last packet
+        self._closed = False
 
     def start(self, path: Path, video: Codec) -> None:
         """Write the file at ``path`` (claimed; its container follows the video codec) as soon as it can open."""
@@ -142,7 +143,7 @@ class LiveMux:
         self._open_when_ready()
 
     def take(self, lane: Lane, packet: _Packet) -> None:
-        if self.error is not None:
+        if self.error is not None or self._closed:
             return
         if self._container is None:
             lane.hold(packet)
@@ -153,7 +154,10 @@ class LiveMux:
 
     def close(self) -> None:
         """Open with what the lanes hold if it never could (by arrival without sender reports), write it, finish
-        the file; ``error`` says why there is none."""
+        the file; ``error`` says why there is none. Once: later packets and calls are ignored."""
+        if self._closed:
+            return
+        self._closed = True
         if self._container is None and self.error is None:
             if not all(lane.held for lane in self.lanes.values()):
                 empty = [kind for kind, lane in self.lanes.items() if not lane.held]
