@@ -223,15 +223,15 @@ class LiveMux:
         options = {"flush_packets": "1", "max_interleave_delta": INTERLEAVE, **_OPTIONS.get(container_format, {}),
                    **output_format(video.codec).mux_options}
         try:
-            container = av.open(str(path), "w", format=container_format, options=options)
+            self._container = av.open(str(path), "w", format=container_format, options=options)
             for kind, lane in self.lanes.items():
-                lane.stream = _stream(container, lane)
+                lane.stream = _stream(self._container, lane)
                 lane.place((starts[kind] - earliest) * lane.clock_rate // 1_000_000_000)
                 self.offsets[kind] = (starts[kind] - earliest) / 1e9
         except (OSError, av.FFmpegError) as exc:
             self._fail(exc)
             return
-        self._container, self.aligned_by = container, source
+        self.aligned_by = source
         log.info("A/V file %s open, aligned by %s: video at +%.3f s, audio at +%.3f s", path.name, source,
                  self.offsets["video"], self.offsets["audio"])
         held = list(heapq.merge(*(_timed(lane) for lane in self.lanes.values()), key=lambda item: item[0]))
