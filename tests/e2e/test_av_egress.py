@@ -16,7 +16,7 @@ import av
 import pytest
 from livekit import api
 from livekit.protocol import egress
-from support.egress_helpers import wait_status
+from support.egress_helpers import av_request, media_seconds, wait_status
 from support.egress_service import EgressService, WebhookSink
 from support.publisher import Publisher
 from support.redis_server import RedisServer
@@ -39,14 +39,6 @@ KILL_AFTER = 8.0  # s of ACTIVE before the service is killed
 SUPPORT = Path(__file__).parents[1]
 
 
-def av_request(room: str, video: str, audio: str, filepath: str) -> egress.StartEgressRequest:
-    """What livekit-api's ``start_egress`` sends for one video track and one audio track to one file."""
-    media = egress.MediaSource(video_track_id=video,
-                               audio=egress.AudioConfig(routes=[egress.AudioRoute(track_id=audio)]))
-    return egress.StartEgressRequest(room_name=room, preset=egress.EncodingOptionsPreset.PASSTHROUGH, media=media,
-                                     outputs=[egress.Output(file=egress.FileOutput(filepath=filepath))])
-
-
 def track_request(room: str, track_id: str, filepath: str) -> egress.TrackEgressRequest:
     return egress.TrackEgressRequest(room_name=room, track_id=track_id,
                                      file=egress.DirectFileOutput(filepath=filepath))
@@ -57,17 +49,6 @@ def av_offsets(path: Path) -> list[float]:
     marks_a, marks_v = beeps(path), flashes(path)
     offsets = [min(marks_a, key=lambda a: abs(a - v)) - v for v in marks_v]
     return [o for o in offsets if abs(o) < 0.5]
-
-
-def media_seconds(path: Path) -> dict[str, float]:
-    """Each stream's end (s): its last packet's time plus duration."""
-    ends: dict[str, float] = {}
-    with av.open(str(path)) as container:
-        for packet in container.demux():
-            if packet.pts is not None and packet.time_base is not None:
-                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
-                ends[packet.stream.type] = max(ends.get(packet.stream.type, 0.0), end)
-    return ends
 
 
 def contiguous_in(part: list[bytes], whole: list[bytes]) -> bool:

@@ -17,13 +17,15 @@ import numpy
 import pytest
 from livekit.protocol import egress
 from support.browser import BrowserClients, BrowserPublisher, BrowserViewer, join_token
-from support.egress_helpers import file_request, until
+from support.egress_helpers import av_request, file_request, media_seconds, until
 from support.server import LiveKitServer, RoomFactory
 from support.wsreceiver import Receiver
 
+from trackegress.avegress import AvEgress
 from trackegress.config import Config
 from trackegress.egress import Egress
 from trackegress.media.opus import opus_packet_samples
+from trackegress.request import passthrough_track_request
 from trackegress.sinks.pcm import ClockStats
 
 # timing: run after the parallel run, on their own (rates compared with the viewer; a browser is CPU-heavy)
@@ -349,3 +351,36 @@ async def test_layer_switch_mid_recording_plays_in_ffmpeg_and_chromium(
     assert len(set(sizes)) > 1 and session.layer_switches >= 1, (set(sizes), session.layer_switches)
     played = await session.viewer_page.play(name)
     assert played["frames"] > 0 and f"{session.top[0]}x{session.top[1]}" in played["sizes"], played
+
+
+async def test_an_a_v_egress_records_the_browsers_camera_and_mic_into_one_live_file(
+    livekit_server: LiveKitServer, make_room: RoomFactory, browser: BrowserClients
+) -> None:
+    """Chromium publishes camera + mic with the SDK's defaults (VP8 simulcast, RED, DTX); one ``StartEgress``
+    PASSTHROUGH of both writes one WebM while they record, aligned by Chromium's sender reports: both streams
+    decode cleanly, the video on the top layer, both as long as the recording."""
+    room = await make_room()
+    publisher = BrowserPublisher(await browser.new_page())
+    await publisher.publish(livekit_server.url, join_token(livekit_server.api_key, livekit_server.api_secret, room,
+                                                           "alice"))
+    await top_layer(publisher)
+    start = av_request(room, publisher.video, publisher.audio, "{publisher_identity}-av")
+    config = Config(ws_url=livekit_server.url, api_key=livekit_server.api_key, api_secret=livekit_server.api_secret,
+                    local_dir=browser.files, top_layer_wait=TOP_WAIT)
+    job = AvEgress(passthrough_track_request(start), publisher.audio, config, source=start)
+    run = asyncio.create_task(job.run())
+    await until(lambda: job.info.status == egress.EgressStatus.EGRESS_ACTIVE, timeout=20)
+    await asyncio.sleep(WINDOW)
+    await publisher.unpublish()
+    done = await asyncio.wait_for(run, 30)
+
+    assert egress.EgressStatus.Name(done.status) == "EGRESS_COMPLETE", done.error
+    assert "joined live, aligned by sender_report" in done.details, done.details
+    (result,) = done.file_results
+    path = browser.files / result.filename
+    assert result.filename == "alice-av.webm" and decode_errors(path) == ""
+    seconds = media_seconds(path)
+    print(f"A/V file: {seconds}; {done.details}")
+    assert min(seconds.values()) > WINDOW - 1, seconds
+    frames = frames_of(path)
+    assert max(frame[:2] for frame in frames) == CAMERA, {frame[:2] for frame in frames}

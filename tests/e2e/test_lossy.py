@@ -13,13 +13,13 @@ import pytest
 from livekit import api
 from livekit.protocol import egress
 from support.browser import BrowserClients, BrowserViewer, join_token
-from support.egress_helpers import file_request, record_published, until
+from support.egress_helpers import av_request, file_request, record_published, until
 from support.impair import GilbertElliott, Profile, UdpRelay
 from support.media import h264_canonical, make_h264, make_opus_ogg, make_vp8_ivf
 from support.publisher import Publisher
 from support.server import BINARY, LiveKitServer, RoomFactory, create_room
 from support.wsreceiver import LEFT_HZ, RIGHT_HZ, Receiver, is_silent, steps
-from test_av_egress import av_offsets, av_request, marks_publisher
+from test_av_egress import av_offsets, marks_publisher
 from test_av_mux import SYNC_BOUND, record_apart_and_mux
 from test_file_egress import config_for, decode_errors, packets
 

@@ -1,4 +1,5 @@
-"""Small helpers the end-to-end tests share: track egress requests, polling, a recording of a published file."""
+"""Small helpers the end-to-end tests share: track and A/V egress requests, polling, a recording of a published
+file, the media seconds of a file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 from livekit import api
 from livekit.protocol import egress
 
@@ -19,6 +21,25 @@ from .server import LiveKitServer
 def file_request(room: str, track: str, filepath: str = "") -> egress.TrackEgressRequest:
     """A track egress request to a file (``filepath`` empty: the default name)."""
     return egress.TrackEgressRequest(room_name=room, track_id=track, file=egress.DirectFileOutput(filepath=filepath))
+
+
+def av_request(room: str, video: str, audio: str, filepath: str) -> egress.StartEgressRequest:
+    """What livekit-api's ``start_egress`` sends for one video track and one audio track to one file."""
+    media = egress.MediaSource(video_track_id=video,
+                               audio=egress.AudioConfig(routes=[egress.AudioRoute(track_id=audio)]))
+    return egress.StartEgressRequest(room_name=room, preset=egress.EncodingOptionsPreset.PASSTHROUGH, media=media,
+                                     outputs=[egress.Output(file=egress.FileOutput(filepath=filepath))])
+
+
+def media_seconds(path: Path) -> dict[str, float]:
+    """Each stream's end (s): its last packet's time plus duration."""
+    ends: dict[str, float] = {}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.pts is not None and packet.time_base is not None:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                ends[packet.stream.type] = max(ends.get(packet.stream.type, 0.0), end)
+    return ends
 
 
 async def wait_status(
