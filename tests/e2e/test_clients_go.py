@@ -126,13 +126,15 @@ def is_sei(suffix: str, nal: bytes) -> bool:
     return nal[0] & 0x1F == 6 if suffix == ".h264" else (nal[0] >> 1) & 0x3F in (39, 40)
 
 
-def recorded(path: Path) -> list[bytes]:
-    """The recording's frames in the same units (MP4 samples split into NAL units)."""
+def recorded(path: Path, kind: str | None = None) -> list[bytes]:
+    """The recording's frames (of its ``kind`` stream, if given) in the same units (MP4 video samples split into
+    NAL units)."""
     with av.open(str(path)) as container:
-        packets = [bytes(p) for p in container.demux() if p.size]
+        streams = [s for s in container.streams if kind in (None, s.type)]
+        packets = [bytes(p) for p in container.demux(streams) if p.size]
     if path.suffix == ".wav":
         return [b"".join(packets)]
-    if path.suffix != ".mp4":
+    if path.suffix != ".mp4" or kind == "audio":
         return packets
     units = []
     for sample in packets:
@@ -144,11 +146,11 @@ def recorded(path: Path) -> list[bytes]:
     return units
 
 
-def assert_same_frames(source: Path, output: Path) -> None:
+def assert_same_frames(source: Path, output: Path, kind: str | None = None) -> None:
     """The recording is the published stream from its first recorded frame on, byte for byte, to the end (G.711,
     measured: the SDK's first frame need not be the file's first 160 samples, and its last ~0.2 s may not arrive
     before the SDK unpublishes)."""
-    sent, got = published(source), recorded(output)
+    sent, got = published(source), recorded(output, kind)
     if source.suffix == ".wav":  # G.711 samples as sent, from the second frame on, without a gap or an addition
         assert len(got[0]) >= 0.8 * len(sent[0]) and got[0][160:] in sent[0], (len(got[0]), len(sent[0]))
         return
@@ -296,3 +298,31 @@ async def test_go_sdk_egress_api_through_livekit_server_and_worker(
     info = infos[go_media["vp8"].name]
     assert info["status"] == "EGRESS_COMPLETE", info
     assert_same_frames(go_media["vp8"], Path(info["fileResults"][0]["location"]))
+
+
+async def test_go_sdk_start_egress_of_a_participants_audio_and_video_writes_one_mp4(
+    livekit_server: LiveKitServer, make_room: RoomFactory, go_media: dict[str, Path], tmp_path: Path
+) -> None:
+    """The Go SDK publishes an Opus and an H.264 file as one participant (``lk room join --publish a b``) and
+    calls ``StartEgress`` (PASSTHROUGH, the video track and an audio route) on serve: one MP4 with both tracks'
+    frames as published."""
+    service = EgressService(livekit_server, tmp_path)
+    room = await make_room()
+    publisher = GoPublisher(livekit_server, room, [go_media["opus"], go_media["h264"]])
+    try:
+        await publisher.start()
+        video, audio = (publisher.tracks[go_media[codec].name] for codec in ("h264", "opus"))
+        started = lkclient("egress-start-av", service.url, livekit_server, "-room", room, "-track", video,
+                           "-audio", audio, "-filepath", "{room_name}/{publisher_identity}")
+        assert started["egressId"].startswith("EG_") and started["egress"]["media"]["videoTrackId"] == video
+        assert await publisher.wait() == 0
+        info = await wait_complete(service.url, livekit_server, started["egressId"])
+    finally:
+        service.stop()
+    assert info["status"] == "EGRESS_COMPLETE", info
+    (result,) = info["fileResults"]
+    output = Path(result["location"])
+    assert result["filename"] == f"{room}/gopher.mp4" and "joined live, aligned by" in info["details"]
+    print(info["details"])
+    assert_same_frames(go_media["h264"], output, "video")
+    assert_same_frames(go_media["opus"], output, "audio")

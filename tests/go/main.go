@@ -6,6 +6,8 @@
 //	    per event: {"event":"published","file":F,"track_sid":T} and {"event":"written","file":F}.
 //	    Exits once every file has been written and unpublished.
 //	lkclient egress-start -url http://H:P -api-key K -api-secret S -room R -track T [-filepath F]
+//	lkclient egress-start-av -url ... -room R -track VIDEO -audio AUDIO [-filepath F]
+//	    (StartEgress, preset PASSTHROUGH: one video track and one audio route to one file)
 //	lkclient egress-list  -url ... [-room R] [-id EG]
 //	lkclient egress-stop  -url ... -id EG
 //	    call livekit.Egress through the SDK's EgressClient and print the EgressInfo (or ListEgressResponse)
@@ -47,7 +49,7 @@ func main() {
 	switch os.Args[1] {
 	case "publish":
 		err = publish(os.Args[2:])
-	case "egress-start", "egress-list", "egress-stop":
+	case "egress-start", "egress-start-av", "egress-list", "egress-stop":
 		err = egressCall(os.Args[1], os.Args[2:])
 	default:
 		fail("unknown command " + os.Args[1])
@@ -145,7 +147,8 @@ func egressCall(cmd string, args []string) error {
 	var c common
 	c.register(fs)
 	roomName := fs.String("room", "", "room name")
-	trackID := fs.String("track", "", "track sid (egress-start)")
+	trackID := fs.String("track", "", "track sid (egress-start; the video track of egress-start-av)")
+	audioID := fs.String("audio", "", "audio track sid (egress-start-av)")
 	filePath := fs.String("filepath", "", "file output path (egress-start)")
 	egressID := fs.String("id", "", "egress id (egress-list, egress-stop)")
 	_ = fs.Parse(args)
@@ -162,6 +165,18 @@ func egressCall(cmd string, args []string) error {
 		res, err = client.StartTrackEgress(ctx, &livekit.TrackEgressRequest{
 			RoomName: *roomName, TrackId: *trackID,
 			Output: &livekit.TrackEgressRequest_File{File: &livekit.DirectFileOutput{Filepath: *filePath}},
+		})
+	case "egress-start-av":
+		res, err = client.StartEgress(ctx, &livekit.StartEgressRequest{
+			RoomName: *roomName,
+			Source: &livekit.StartEgressRequest_Media{Media: &livekit.MediaSource{
+				Video: &livekit.MediaSource_VideoTrackId{VideoTrackId: *trackID},
+				Audio: &livekit.AudioConfig{Routes: []*livekit.AudioRoute{
+					{Match: &livekit.AudioRoute_TrackId{TrackId: *audioID}},
+				}},
+			}},
+			Encoding: &livekit.StartEgressRequest_Preset{Preset: livekit.EncodingOptionsPreset_PASSTHROUGH},
+			Outputs:  []*livekit.Output{{Config: &livekit.Output_File{File: &livekit.FileOutput{Filepath: *filePath}}}},
 		})
 	case "egress-list":
 		res, err = client.ListEgress(ctx, &livekit.ListEgressRequest{RoomName: *roomName, EgressId: *egressID})
