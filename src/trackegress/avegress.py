@@ -121,12 +121,12 @@ class AvEgress:
         return Reception(*(sum(getattr(c, f.name) for c in counts) for f in dataclasses.fields(Reception)))
 
     def stop(self, reason: str = STOP_API) -> None:
-        """Stop both recordings; the file is joined once they have ended."""
+        """Stop both recordings; the A/V file is finished once they have ended."""
         for track in self._tracks.values():
             track.stop(reason)
 
     def limit_reached(self) -> None:
-        """A session limit fired: both recordings end, are joined, and the egress ends LIMIT_REACHED."""
+        """A session limit fired: both recordings end, the A/V file is finished, and the egress ends LIMIT_REACHED."""
         self._limit_reached = True
         for track in self._tracks.values():
             track.limit_reached()

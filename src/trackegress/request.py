@@ -88,7 +88,7 @@ def passthrough_track_request(request: egress.StartEgressRequest) -> egress.Trac
     ``validatePassthrough`` (PR #1342) accepts; any other shape is ``invalid_argument``.
 
     Ours beyond upstream (which refuses a second track): ``video_track_id`` and one audio route together ask for one
-    A/V file (``avegress.py``); the track egress returned then names the video track and the joined file, and
+    A/V file (``avegress.py``); the track egress returned then names the video track and the A/V file, and
     ``av_audio_track`` names the audio track."""
     if request.WhichOneof("encoding") != "preset" or request.preset != egress.EncodingOptionsPreset.PASSTHROUGH:
         raise _invalid("preset", "only preset PASSTHROUGH is supported: tracks recorded as they are published")

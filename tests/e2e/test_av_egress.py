@@ -112,7 +112,7 @@ async def test_start_egress_with_a_video_and_an_audio_track_records_one_synced_f
     assert done.details.count("source=sender_report") == 2, done.details
     manifest = json.loads(path.with_name(f"{info.egress_id}.json").read_text())
     assert [t["track_id"] for t in manifest["tracks"]] == [sids["video"], sids["audio"]]
-    assert not (service.local_dir / ".trackegress-av" / info.egress_id).exists(), "track files removed once joined"
+    assert not (service.local_dir / ".trackegress-av" / info.egress_id).exists(), "track files removed at the end"
 
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough",
                               "-enc_time_base:v", "1:1000", "-f", "null", "-"], capture_output=True, text=True)
@@ -174,7 +174,7 @@ async def test_a_worker_fails_tracks_of_two_participants_400_and_keeps_what_was_
                           "'mic') are not of one participant: one file holds one participant's tracks")
     kept = sorted(Path(f.location).name for f in done.file_results)
     assert kept == ["audio.ogg", "video.webm"] and all(Path(f.location).is_file() for f in done.file_results)
-    assert not list(worker.local_dir.glob("x*")), "no joined file"
+    assert not list(worker.local_dir.glob("x*")), "no A/V file"
 
 
 @pytest.mark.timing  # the publisher's capture clock: a starved CPU delays its frames unevenly
