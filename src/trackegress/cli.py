@@ -15,11 +15,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import trackegress_native
 import uvloop
 from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from google.protobuf.message import Message
 from livekit import api
 from livekit.protocol import egress
 
@@ -101,8 +103,12 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
                         help=f"the service's URL (env TRACKEGRESS_URL, default {DEFAULT_API_URL})")
     client.add_argument("--api-key", help="env LIVEKIT_API_KEY")
     client.add_argument("--api-secret", help="env LIVEKIT_API_SECRET")
-    start = commands.add_parser("start", parents=[client], help="StartTrackEgress from a request JSON file")
-    start.add_argument("request", type=Path, help="TrackEgressRequest as JSON (as for lk egress start --type track)")
+    start = commands.add_parser("start", parents=[client], help="StartTrackEgress (or StartEgress) from a request "
+                                "JSON file")
+    start.add_argument("request", type=Path, help="TrackEgressRequest as JSON (as for lk egress start --type track), "
+                       "or with --type egress a StartEgressRequest (e.g. PASSTHROUGH of a video and an audio track)")
+    start.add_argument("--type", choices=sorted(_START), default="track",
+                       help="track: StartTrackEgress (default); egress: the unified StartEgress")
     start.add_argument("--wait", action="store_true", help="show live status until the egress ends")
     listing = commands.add_parser("list", parents=[client], help="ListEgress")
     listing.add_argument("--room", default="", help="only this room")
@@ -374,16 +380,24 @@ def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], failu
 
 def _client_main(args: argparse.Namespace) -> int:
     if args.command == "start":
+        message, method = _START[args.type]
         try:
-            request = Parse(args.request.read_text(), egress.TrackEgressRequest())
+            request = Parse(args.request.read_text(), message())
         except (OSError, ParseError) as exc:
             print(f"trackegress: cannot read {args.request}: {exc}", file=sys.stderr)
             return 2
-        return _call(args, lambda lk: _start(lk, request, args.wait))
+        return _call(args, lambda lk: _start(lk, method(lk, request), args.wait))
     if args.command == "list":
         listing = egress.ListEgressRequest(room_name=args.room, egress_id=args.id, active=args.active)
         return _call(args, lambda lk: _list(lk, listing, args.json))
     return _call(args, lambda lk: _stop(lk, args.egress_id))
+
+
+# ``start --type``: the request's message and the client method that sends it
+_START: dict[str, tuple[Callable[[], Message], Callable[[api.LiveKitAPI, Any], Awaitable[egress.EgressInfo]]]] = {
+    "track": (egress.TrackEgressRequest, lambda lk, request: lk.egress.start_track_egress(request)),
+    "egress": (egress.StartEgressRequest, lambda lk, request: lk.egress.start_egress(request)),
+}
 
 
 def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awaitable[int]]) -> int:
@@ -407,8 +421,8 @@ def _call(args: argparse.Namespace, action: Callable[[api.LiveKitAPI], Awaitable
     return 1
 
 
-async def _start(client: api.LiveKitAPI, request: egress.TrackEgressRequest, wait: bool) -> int:
-    info = await client.egress.start_track_egress(request)
+async def _start(client: api.LiveKitAPI, started: Awaitable[egress.EgressInfo], wait: bool) -> int:
+    info = await started
     if not wait:
         print(MessageToJson(info, indent=2))
         return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import av
 import pytest
+from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import egress
 from support.egress_helpers import av_request, media_seconds, wait_status
@@ -317,4 +318,31 @@ async def test_a_session_limit_ends_both_tracks_and_the_joined_file_is_limit_rea
     (result,) = done.file_results
     assert result.filename == "av.webm" and 1.5e9 < result.duration < 3.5e9
     with av.open(str(service.local_dir / "av.webm")) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
+
+
+async def test_the_cli_starts_an_a_v_egress_from_a_start_egress_request_json(
+    livekit_server: LiveKitServer, make_room: RoomFactory, service: EgressService, tmp_path: Path,
+) -> None:
+    """``trackegress start --type egress request.json --wait``: the unified request as JSON (livekit-api's field
+    names), its live status on stderr, the final EgressInfo with the A/V file on stdout, exit 0 once COMPLETE."""
+    room = await make_room()
+    publisher, sids = await marks_publisher(livekit_server, room, "VP8", seconds=5)
+    request = tmp_path / "request.json"
+    request.write_text(MessageToJson(av_request(room, sids["video"], sids["audio"], "cli-av")))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trackegress.cli", "start", "--type", "egress", str(request), "--wait",
+            "--url", service.url, "--api-key", livekit_server.api_key, "--api-secret", livekit_server.api_secret,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if publisher.returncode is None:
+            publisher.terminate()
+        await publisher.wait()
+    assert proc.returncode == 0, stderr.decode()
+    info = json.loads(stdout)
+    assert info["status"] == "EGRESS_COMPLETE" and "EGRESS_ACTIVE" in stderr.decode(), stderr.decode()
+    assert [f["filename"] for f in info["fileResults"]] == ["cli-av.webm"]
+    with av.open(str(service.local_dir / "cli-av.webm")) as container:
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
