@@ -103,7 +103,11 @@ class Impairment:
     _link_free: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
+        self.reseed(self.seed)
+
+    def reseed(self, seed: int) -> None:
+        """Start the random draws (and the burst state) afresh from ``seed``."""
+        self.seed, self._rng, self._bad, self._last_lost = seed, random.Random(seed), False, False
 
     def decide(self, now: float, size: int) -> list[float]:
         """When the copies of a ``size``-byte datagram that arrived at ``now`` leave; [] if it is dropped."""
@@ -256,14 +260,18 @@ class UdpRelay:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
 
-    def set_profiles(self, *, down: Profile | None = None, up: Profile | None = None) -> None:
-        """Change the impairment while running (applied from the relay's thread)."""
+    def set_profiles(self, *, down: Profile | None = None, up: Profile | None = None, seed: int | None = None) -> None:
+        """Change the impairment while running (applied from the relay's thread); ``seed``: both directions' draws
+        start afresh from it (a test whose loss must not depend on what ran before)."""
 
         def apply() -> None:
             if down is not None:
                 self.down.profile = down
             if up is not None:
                 self.up.profile = up
+            if seed is not None:
+                self.down.reseed(seed)
+                self.up.reseed(seed + 1)
 
         assert self._loop is not None
         self._loop.call_soon_threadsafe(apply)

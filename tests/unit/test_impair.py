@@ -23,6 +23,14 @@ def test_clean_profile_passes_everything_at_once() -> None:
     assert model.counters.dropped == 0
 
 
+def test_reseeding_mid_burst_repeats_a_fresh_models_losses() -> None:
+    profile = Profile(burst=GilbertElliott.bursty(0.03, 3))
+    used, _ = run(profile, 5000, seed=3)  # left in whatever state 5000 packets put it
+    used.reseed(29)
+    fresh = Impairment(profile, 29)
+    assert [used.decide(i, 100) for i in range(2000)] == [fresh.decide(i, 100) for i in range(2000)]
+
+
 def test_random_loss_is_seeded_and_near_its_rate() -> None:
     model, out = run(Profile(loss=0.03))
     lost = sum(not copies for copies in out)
