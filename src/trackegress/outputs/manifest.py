@@ -27,7 +27,8 @@ def build_manifest(
 
 def build_av_manifest(info: EgressInfo, *, publisher_identity: str, tracks: list[dict[str, object]]) -> bytes:
     """An A/V egress's manifest: upstream's fields for ``info`` and its A/V file, and ``tracks``: each joined
-    track's ``track_id``, ``track_kind``, ``codec``, ``sync`` and ``offset`` (seconds after the file's start)."""
+    track's ``track_id``, ``track_kind``, ``codec``, ``sync``, ``aligned_by`` (``sender_report`` or ``arrival``),
+    ``offset`` (seconds after the file's start) and ``skipped`` (seconds of its start the file lacks)."""
     return _encode(_upstream_fields(info, publisher_identity) | {"files": _files(info), "tracks": tracks})
 
 

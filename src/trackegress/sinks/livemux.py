@@ -20,7 +20,6 @@ import fractions
 import heapq
 import io
 import logging
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from av.stream import Stream
 from trackegress.media.codecs import Size, output_format
 from trackegress.media.frames import Codec
 from trackegress.media.sync import ARRIVAL, SENDER_REPORT, SyncInfo
+from trackegress.sinks.muxer import encoded_packet, opus_stream, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ SYNC_WAIT = 6.0  # seconds of media a lane holds waiting for the sender reports 
 INTERLEAVE = "1000000"  # µs FFmpeg's interleaving may hold one stream's packets for the other's
 # WebM: a cluster (what a killed process can lose) lasts at most a second; MP4: the track file's fragments
 _OPTIONS = {"webm": {"cluster_time_limit": "1000"}}
-_OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, 48_000, 0, 0)  # pre-skip 0, as the track's Ogg file
 KINDS = ("video", "audio")
 
 
@@ -246,14 +245,10 @@ class LiveMux:
         try:
             for lane, item in packets:
                 assert lane.origin is not None and lane.stream is not None
-                packet = av.Packet(item.data)
                 pts = item.timestamp - lane.origin + lane.shift
-                packet.pts = packet.dts = pts
-                packet.time_base = fractions.Fraction(1, lane.clock_rate)
-                packet.is_keyframe = item.keyframe
-                packet.duration = item.duration
-                packet.stream = lane.stream
-                self._container.mux(packet)
+                time_base = fractions.Fraction(1, lane.clock_rate)
+                self._container.mux(encoded_packet(lane.stream, item.data, pts, time_base, item.keyframe,
+                                                   item.duration))
                 self.packets += 1
                 self.duration = max(self.duration, (pts + item.duration) / lane.clock_rate)
         except (OSError, av.FFmpegError, ValueError) as exc:
@@ -284,9 +279,7 @@ def _stream(container: OutputContainer, lane: Lane) -> Stream:
     if codec is not Codec.OPUS:
         size = lane.track.header_size
         assert size is not None
-        stream = container.add_mux_stream(output_format(codec).ffmpeg_codec, width=size[0], height=size[1])
-        stream.time_base = fractions.Fraction(1, codec.clock_rate)
-        return stream
+        return video_stream(container, codec, size)
     with _opus_template() as template:
         return container.add_stream_from_template(template.streams.audio[0])
 
@@ -296,13 +289,7 @@ def _opus_template() -> av.container.InputContainer:
     encoder's stream would carry libopus's pre-skip, which WebM writes as a codec delay)."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="ogg") as ogg:
-        stream = ogg.add_stream("libopus", rate=48_000, layout="stereo")
-        stream.codec_context.open()
-        stream.codec_context.extradata = _OPUS_HEAD
-        packet = av.Packet(b"\xfc")
-        packet.pts = packet.dts = 0
-        packet.time_base = fractions.Fraction(1, 48_000)
-        packet.stream = stream
-        ogg.mux(packet)
+        stream, _ = opus_stream(ogg)
+        ogg.mux(encoded_packet(stream, b"\xfc", 0, fractions.Fraction(1, 48_000), True, 960))
     buffer.seek(0)
     return av.open(buffer, "r")

@@ -114,30 +114,16 @@ class Muxer:
         options = {"flush_packets": "1", **output.mux_options}
         container = av.open(str(self.path), "w", format=output.container, options=options)
         if self.codec is Codec.OPUS:
-            self._stream = self._opus_stream(container)
+            self._stream, self._pts_shift = opus_stream(container)
         elif size is None:  # G.711: a stream made for an encoder (never opened), as a mux stream has no channels
             self._stream = container.add_stream(output.ffmpeg_codec, rate=self.codec.clock_rate, layout="mono")
             self._stream.time_base = self._time_base
         else:
-            self._stream = container.add_mux_stream(output.ffmpeg_codec, width=size[0], height=size[1])
-            self._stream.time_base = self._time_base
+            self._stream = video_stream(container, self.codec, size)
         self._container = container
         self._first_ts = frame.timestamp
         self.first = frame
         return True
-
-    def _opus_stream(self, container: OutputContainer) -> Stream:
-        """An Ogg Opus stream whose header we write ourselves (the libopus context is opened, never fed).
-
-        FFmpeg's Ogg muxer adds the encoder's pre-skip to every granule position, so packet times are
-        shifted back by it to keep the file's timeline starting at zero.
-        """
-        stream = container.add_stream("libopus", rate=48_000, layout="stereo")
-        context = stream.codec_context
-        context.open()
-        self._pts_shift = struct.unpack_from("<H", context.extradata or bytes(12), 10)[0]
-        context.extradata = _OPUS_HEAD
-        return stream
 
     def _fill_until(self, timestamp: int) -> None:
         """Cover an audio gap (loss, DTX, mute): Opus with TOC-only packets, which decoders treat as lost frames,
@@ -161,13 +147,8 @@ class Muxer:
 
     def _mux(self, data: bytes, timestamp: int, keyframe: bool, duration: int) -> None:
         assert self._container is not None and self._stream is not None
-        packet = av.Packet(data)
-        packet.pts = packet.dts = timestamp - self._first_ts - self._pts_shift
-        packet.time_base = self._time_base
-        packet.is_keyframe = keyframe
-        packet.duration = duration
-        packet.stream = self._stream
-        self._container.mux(packet)
+        pts = timestamp - self._first_ts - self._pts_shift
+        self._container.mux(encoded_packet(self._stream, data, pts, self._time_base, keyframe, duration))
         if self._tee is not None:
             self._tee.packet(data, timestamp, keyframe, duration)
         self._last_ts = timestamp
@@ -175,3 +156,39 @@ class Muxer:
         self._last_toc = data[0]
         self.frames += 1
 
+
+
+def opus_stream(container: OutputContainer) -> tuple[Stream, int]:
+    """An Opus stream whose header (``OpusHead``, pre-skip 0: the packets are the publisher's) we set ourselves (the
+    libopus context is opened, never fed), and the encoder's pre-skip.
+
+    FFmpeg's Ogg muxer adds that pre-skip to every granule position, so an Ogg file's packet times are shifted back
+    by it to keep its timeline starting at zero.
+    """
+    stream = container.add_stream("libopus", rate=48_000, layout="stereo")
+    context = stream.codec_context
+    context.open()
+    pre_skip: int = struct.unpack_from("<H", context.extradata or bytes(12), 10)[0]
+    context.extradata = _OPUS_HEAD
+    return stream, pre_skip
+
+
+def video_stream(container: OutputContainer, codec: Codec, size: tuple[int, int]) -> Stream:
+    """A stream for ``codec``'s encoded pictures of ``size``, on the codec's clock."""
+    stream = container.add_mux_stream(output_format(codec).ffmpeg_codec, width=size[0], height=size[1])
+    stream.time_base = fractions.Fraction(1, codec.clock_rate)
+    return stream
+
+
+def encoded_packet(
+    stream: Stream, data: bytes, pts: int, time_base: fractions.Fraction, keyframe: bool, duration: int
+) -> av.Packet[Stream]:
+    """``data`` as a packet of ``stream`` at ``pts`` (``pts`` and ``duration`` in ``time_base``, the codec's clock:
+    the muxer rescales it to the stream's, which its header may have changed)."""
+    packet = av.Packet(data)
+    packet.pts = packet.dts = pts
+    packet.time_base = time_base
+    packet.is_keyframe = keyframe
+    packet.duration = duration
+    packet.stream = stream
+    return packet
