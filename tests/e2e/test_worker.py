@@ -112,11 +112,6 @@ def workers(tmp_path: Path, lk_redis: LiveKitServer, redis_server: RedisServer) 
         worker.close()
 
 
-def livekit(server: LiveKitServer) -> contextlib.AbstractAsyncContextManager[tuple[api.LiveKitAPI, str]]:
-    """An API client and a fresh room (deleted afterwards)."""
-    return temporary_room(server, "worker")
-
-
 @asynccontextmanager
 async def bus_client(redis: RedisServer, service: str) -> AsyncIterator[RPCClient]:
     """Our psrpc client on the test Redis, standing in for livekit-server."""
@@ -150,7 +145,7 @@ async def test_start_list_stop_through_livekit_server_with_webhooks(
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    async with livekit(lk_redis) as (client, room), \
+    async with temporary_room(lk_redis, "worker") as (client, room), \
             Publisher(lk_redis.url, creds, room, "alice", sample_media["opus"], loop=True) as pub:
         began = time.monotonic()
         info = await client.egress.start_track_egress(file_request(room, pub.track_sid, "{room_name}/alice.ogg"))
@@ -209,7 +204,7 @@ async def test_ten_egresses_spread_over_two_workers_by_affinity(
     egresses, within a loaded machine's scheduling jitter: 4 / 6 seen in CI; without the spread one takes all)."""
     start_two_workers(tmp_path, lk_redis, redis_server, workers, max_cpu_utilization=0.8, cost_per_cpu=0.1)
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    async with livekit(lk_redis) as (client, room), \
+    async with temporary_room(lk_redis, "worker") as (client, room), \
             Publisher(lk_redis.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
         started = [await client.egress.start_track_egress(file_request(room, pub.track_sid, f"carol-{n}.ogg"))
                    for n in range(10)]
@@ -228,7 +223,7 @@ async def test_two_workers_share_load_and_a_killed_worker_reports_failed_on_rest
 ) -> None:
     first, _ = start_two_workers(tmp_path, lk_redis, redis_server, workers, max_cpu_utilization=0.5, cost_per_cpu=0.5)
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    async with livekit(lk_redis) as (client, room), \
+    async with temporary_room(lk_redis, "worker") as (client, room), \
             Publisher(lk_redis.url, creds, room, "bob", sample_media["opus"], loop=True) as pub:
         started = [await client.egress.start_track_egress(file_request(room, pub.track_sid, f"bob-{n}.ogg"))
                    for n in range(2)]
@@ -266,7 +261,8 @@ async def test_repeated_egress_id_records_once_and_malformed_payloads_are_ignore
     worker = Worker(tmp_path / "w", lk_redis, redis_server)
     workers.append(worker.start())
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    async with livekit(lk_redis) as (client, room), bus_client(redis_server, "EgressInternal") as internal, \
+    async with temporary_room(lk_redis, "worker") as (client, room), \
+            bus_client(redis_server, "EgressInternal") as internal, \
             Publisher(lk_redis.url, creds, room, "carol", sample_media["opus"], loop=True) as pub:
         await _send_garbage(internal, worker)
         egress_id = psrpc.new_id("EG_")
@@ -303,7 +299,8 @@ async def test_a_worker_whose_process_uses_its_cpu_budget_claims_nothing_until_i
                     cpu_cost={"max_cpu_utilization": 0.006 / cpus, "track_cpu_cost": 0.0001})
     workers.append(worker.start())
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    async with livekit(lk_redis) as (client, room), bus_client(redis_server, "EgressInternal") as internal, \
+    async with temporary_room(lk_redis, "worker") as (client, room), \
+            bus_client(redis_server, "EgressInternal") as internal, \
             Publisher(lk_redis.url, creds, room, "dave", sample_media["h264"], loop=True) as pub:
         first = await client.egress.start_track_egress(file_request(room, pub.track_sid, "first.mp4"))
         await wait_status(client, first.egress_id, Status.EGRESS_ACTIVE)
@@ -495,7 +492,8 @@ async def test_a_node_runs_a_worker_process_per_core_and_a_crashed_one_ends_only
     await until(lambda: worker.log_text().count("serving (cluster_id") == 2, timeout=20)
     assert worker.proc is not None and len(child_pids(worker.proc)) == 2
     creds = (lk_redis.api_key, lk_redis.api_secret)
-    async with livekit(lk_redis) as (client, room), bus_client(redis_server, "EgressInternal") as internal, \
+    async with temporary_room(lk_redis, "worker") as (client, room), \
+            bus_client(redis_server, "EgressInternal") as internal, \
             Publisher(lk_redis.url, creds, room, "erin", sample_media["opus"], loop=True) as pub:
         started = [await client.egress.start_track_egress(file_request(room, pub.track_sid, f"erin-{n}.ogg"))
                    for n in range(4)]
