@@ -163,10 +163,11 @@ async def record_from_go(url: str, server: LiveKitServer, room: str, media: dict
     """Publish the files with the Go SDK, StartTrackEgress each from Go, wait until ListEgress says they ended."""
     publisher = GoPublisher(server, room, list(media.values()))
     await publisher.start()
-    started = {
-        suffix: lkclient("egress-start", url, server, "-room", room, "-track", sid)
-        for suffix, sid in publisher.tracks.items()
-    }
+    # started together (each call a Go process): one after another, the last started ~1 s into the files under
+    # the parallel run's load (a G.711 recording kept 3 of 4 s once)
+    answers = await asyncio.gather(*(asyncio.to_thread(lkclient, "egress-start", url, server, "-room", room,
+                                                       "-track", sid) for sid in publisher.tracks.values()))
+    started = dict(zip(publisher.tracks, answers, strict=True))
     for info in started.values():
         assert info.get("status", "EGRESS_STARTING") == "EGRESS_STARTING"  # protojson omits the zero value
         assert info["egressId"].startswith("EG_")
